@@ -1,0 +1,85 @@
+# Deep Generative Models course: set-up, lab, website, tests.
+#   make setup   virtual environment, pinned packages, data, vendored MathJax (idempotent)
+#   make lab     JupyterLab on the notebooks
+#   make book    the website, at book/_build/html/index.html
+#   make test    lint, unit tests, kernel tests, nbval over every notebook, book and browser checks
+#   make sync    pair every notebooks/*.py with its .ipynb (Jupytext)
+#   make execute re-run notebooks and store their outputs (NB=notebooks/01_lvm_elbo.py for one)
+#   make student write the student edition (solutions replaced by stubs) to student/
+#   make clean   remove build outputs (not the environment: make distclean)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+APT_PACKAGES := dataset-fashion-mnist chromium
+
+export DGMLIB_THREADS ?= 2
+export PYTHONHASHSEED := 0
+
+.PHONY: setup system-packages data mathjax lab book test lint sync execute student lock clean distclean
+
+setup: $(STAMP) system-packages data mathjax
+
+# Debian packages: installed when apt is available and we are root; otherwise print the command.
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+	  echo "note: Debian packages missing:$$missing"; \
+	  echo "      install them with: sudo apt-get install$$missing"; \
+	  echo "      (without them: Fashion-MNIST is downloaded and checked; the browser test uses"; \
+	  echo "       Playwright's own Chromium: $(VENV)/bin/playwright install chromium)"; \
+	fi
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $@
+
+data: $(STAMP) system-packages
+	@$(PY) -c "from dgmlib.data import load_fashion_mnist as f; f('train'); f('test')" \
+	  && echo "Fashion-MNIST found and verified"
+
+mathjax: $(STAMP)
+	@$(PY) tools/vendor_mathjax.py
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+book: setup
+	$(PY) tools/build_book.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# The README's test command. Notebook cells stay together on one worker (--dist loadfile).
+test: setup lint
+	$(VENV)/bin/pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	  -n 2 --dist loadfile -p no:cacheprovider
+
+sync: $(STAMP)
+	$(VENV)/bin/jupytext --sync notebooks/[0-9A]*.py
+
+execute: $(STAMP)
+	$(PY) tools/execute_notebooks.py $(NB)
+
+student: $(STAMP)
+	$(PY) tools/make_student.py --out student
+
+lock: $(STAMP)
+	$(PY) tools/lock.py
+
+clean:
+	rm -rf book/_build student .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) book/_vendor
