@@ -22,7 +22,7 @@ export PYTHONHASHSEED := 0
 setup: $(STAMP) system-packages data mathjax
 
 # Debian packages: installed when apt is available and we are root; otherwise print the command.
-system-packages:
+system-packages: $(STAMP)
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
@@ -32,8 +32,11 @@ system-packages:
 	else \
 	  echo "note: Debian packages missing:$$missing"; \
 	  echo "      install them with: sudo apt-get install$$missing"; \
-	  echo "      (without them: Fashion-MNIST is downloaded and checked; the browser test uses"; \
-	  echo "       Playwright's own Chromium: $(VENV)/bin/playwright install chromium)"; \
+	  echo "      meanwhile Fashion-MNIST is downloaded and checked, and the browser test uses"; \
+	  echo "      Playwright's own Chromium"; \
+	  case "$$missing" in *chromium*) \
+	    $(VENV)/bin/playwright install chromium || echo "note: no browser for the browser test";; \
+	  esac; \
 	fi
 
 $(STAMP): requirements.txt pyproject.toml
