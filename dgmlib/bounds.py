@@ -1,0 +1,120 @@
+"""Variational bounds on log p(x) and the large-K estimate of the negative log-likelihood.
+
+Shape conventions, shared by every function here:
+
+* a **log-weight** is ``log w = log p(x, z) - log q(z|x) = log p(x|z) + log p(z) - log q(z|x)``
+  for one latent sample ``z ~ q(z | x)``; a tensor of log-weights has the **samples along one
+  dimension** (``dim=0`` by default: shape ``[K, B]`` for ``K`` samples of ``B`` examples);
+* each term is already **summed over data and latent dimensions**, so a value is one number per
+  (sample, example);
+* nothing here averages over the batch: every function returns one value per example, and the
+  caller takes ``.mean()`` for a mini-batch objective;
+* all values are natural logarithms, i.e. **nats**; :func:`nats_to_bits_per_dim` converts.
+
+Inputs containing NaN, or of the wrong shape, raise a ``ValueError`` naming the argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from dgmlib.dequantization import (
+    bits_per_dim_to_nats,
+    log_density_to_integer_units,
+    nats_to_bits_per_dim,
+)
+from dgmlib.distributions import validate_tensor
+
+__all__ = [
+    "bits_per_dim_to_nats",
+    "elbo",
+    "estimate_nll",
+    "iwae_bound",
+    "log_density_to_integer_units",
+    "nats_to_bits_per_dim",
+]
+
+
+def elbo(log_px_z: Tensor, log_pz: Tensor, log_qz: Tensor) -> Tensor:
+    """Single-sample ELBO estimates ``log p(x|z) + log p(z) - log q(z|x)``, elementwise.
+
+    Each input holds one value per (sample, example), already summed over data dimensions
+    (``log_px_z``) or latent dimensions (``log_pz``, ``log_qz``); shapes must broadcast, e.g.
+    ``[B]`` for one sample per example or ``[K, B]`` for ``K``. No reduction is applied: average
+    over samples (dim 0) for a Monte Carlo ELBO and over the batch for a training objective.
+    The result is the log-weight ``log w`` of the importance-weighted bound. Nats.
+    """
+    for name, t in (("log_px_z", log_px_z), ("log_pz", log_pz), ("log_qz", log_qz)):
+        validate_tensor(t, name, "elbo", min_ndim=0)
+    try:
+        torch.broadcast_shapes(log_px_z.shape, log_pz.shape, log_qz.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"elbo: shapes do not broadcast: log_px_z {tuple(log_px_z.shape)}, log_pz "
+            f"{tuple(log_pz.shape)}, log_qz {tuple(log_qz.shape)}"
+        ) from None
+    return log_px_z + log_pz - log_qz
+
+
+def iwae_bound(log_w: Tensor, dim: int = 0) -> Tensor:
+    """The importance-weighted bound ``log (1/K) sum_k exp(log_w_k)`` along ``dim``, in nats.
+
+    ``log_w``: log-weights with the ``K`` samples along ``dim`` (``[K, B]`` by default); the result
+    drops ``dim`` (``[B]``). Computed with ``logsumexp`` (stable for log-weights of any size).
+    ``K = 1`` gives the single-sample ELBO; the expectation of the bound is non-decreasing in ``K``
+    and tends to ``log p(x)`` (Burda et al., 2016).
+    """
+    validate_tensor(log_w, "log_w", "iwae_bound")
+    if not -log_w.dim() <= dim < log_w.dim():
+        raise ValueError(f"iwae_bound: dim={dim} is out of range for log_w {tuple(log_w.shape)}")
+    K = log_w.shape[dim]
+    if K < 1:
+        raise ValueError(f"iwae_bound: log_w has K = 0 samples along dim={dim}")
+    return torch.logsumexp(log_w, dim=dim) - math.log(K)
+
+
+def estimate_nll(
+    log_weights_fn: Callable[[Tensor, int], Tensor],
+    x: Tensor,
+    K: int = 5000,
+    chunk: int = 500,
+) -> Tensor:
+    """Negative log-likelihood estimate ``-log (1/K) sum_k w_k`` per example, in nats: ``[B]``.
+
+    ``log_weights_fn(x, k)`` must return ``k`` fresh log-weights per example, shape ``[k, B]``
+    (e.g. :meth:`dgmlib.models.vae.VAE.log_weights`). The ``K`` samples are drawn in chunks of at
+    most ``chunk`` and combined with a running ``logsumexp``, so memory is bounded by one chunk
+    whatever ``K``; the result equals :func:`iwae_bound` of all ``K`` log-weights at once. It is
+    the ``K``-sample IWAE bound, negated: an upper bound on ``-log p(x)`` in expectation, tight as
+    ``K`` grows (the standard evaluation of Burda et al., 2016, with ``K = 5000``). Computed
+    without gradients. Divide by the number of pixels and ``log 2`` (:func:`nats_to_bits_per_dim`)
+    for bits per dimension.
+    """
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        raise ValueError(f"estimate_nll: K must be an integer >= 1, got {K!r}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"estimate_nll: chunk must be an integer >= 1, got {chunk!r}")
+    validate_tensor(x, "x", "estimate_nll")
+    B = x.shape[0]
+    total: Tensor | None = None
+    done = 0
+    with torch.no_grad():
+        while done < K:
+            k = min(chunk, K - done)
+            log_w = log_weights_fn(x, k)
+            if not isinstance(log_w, Tensor) or tuple(log_w.shape) != (k, B):
+                shape = tuple(log_w.shape) if isinstance(log_w, Tensor) else type(log_w).__name__
+                raise ValueError(
+                    f"estimate_nll: log_weights_fn(x, {k}) must return shape [{k}, {B}] "
+                    f"(samples, examples), got {shape}"
+                )
+            validate_tensor(log_w, "log_weights_fn(x, k)", "estimate_nll")
+            part = torch.logsumexp(log_w, dim=0)
+            total = part if total is None else torch.logaddexp(total, part)
+            done += k
+    assert total is not None
+    return -(total - math.log(K))

@@ -1,0 +1,361 @@
+"""Checks for the notebooks' exercises: run a student's function on cases with known answers.
+
+Each ``check_*`` function takes the student's implementation, calls it on a few fixed cases
+(float64, fixed seeds) and compares the result with a reference implementation from ``dgmlib``.
+If every case agrees it prints one line such as::
+
+    check_elbo_gaussian: all 4 cases agree with the reference (rtol 1e-06)
+
+Otherwise it raises ``AssertionError`` naming the failing case, the expected and the returned
+values, and a hint. A function that still raises ``NotImplementedError`` (the stub of the
+student edition) is reported as "not implemented yet".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import MultivariateNormal
+
+from dgmlib.distributions import log_mean_exp
+from dgmlib.models.ppca import PPCA
+
+__all__ = ["check_elbo_gaussian", "check_em_step", "check_log_importance_estimate"]
+
+RTOL = 1e-6
+ATOL = 1e-8
+
+
+@dataclass
+class Case:
+    """One test case: a name shown to the student, the arguments, a hint if it fails."""
+
+    name: str
+    args: tuple[Any, ...]
+    hint: str = ""
+    diagnoses: Sequence[tuple[Callable[..., Any], str]] = field(default_factory=tuple)
+
+
+def _format_values(t: Tensor) -> str:
+    """A short human-readable rendering of a tensor: its values if few, else shape and a head."""
+    flat = t.detach().reshape(-1).tolist()
+    shown = ", ".join(f"{v:.6g}" for v in flat[:6])
+    if len(flat) <= 6:
+        return f"[{shown}]" if t.dim() > 0 else shown
+    return f"tensor of shape {tuple(t.shape)} starting [{shown}, ...]"
+
+
+def _call_student(check: str, fn: Callable[..., Any], case: Case) -> Any:
+    """Call ``fn`` on the case's arguments, turning a stub or a crash into a clear message."""
+    try:
+        return fn(*case.args)
+    except NotImplementedError:
+        raise AssertionError(
+            f"{check}: `{getattr(fn, '__name__', 'your function')}` is not implemented yet. "
+            "Replace the `raise NotImplementedError` line with your solution and run the cell "
+            "again."
+        ) from None
+    except Exception as err:  # a student's bug: report it with the case it happened in
+        raise AssertionError(
+            f"{check}: case '{case.name}': your function raised {type(err).__name__}: {err}"
+        ) from err
+
+
+def _to_float64(check: str, case: Case, value: Any, what: str) -> Tensor:
+    """``value`` as a float64 tensor, or an AssertionError saying what was returned instead."""
+    try:
+        return torch.as_tensor(value, dtype=torch.float64).detach()
+    except (TypeError, ValueError, RuntimeError):
+        raise AssertionError(
+            f"{check}: case '{case.name}': {what} should be a tensor or a number, got "
+            f"{type(value).__name__}"
+        ) from None
+
+
+def _compare(check: str, case: Case, expected: Tensor, got: Tensor, what: str, hint: str) -> None:
+    """Raise an AssertionError (expected vs got, hint) unless ``got`` matches ``expected``."""
+    expected = expected.detach().to(torch.float64)
+    if got.numel() == 1 and expected.numel() == 1:
+        got = got.reshape(expected.shape)
+    if got.shape != expected.shape:
+        raise AssertionError(
+            f"{check}: case '{case.name}': {what} has shape {tuple(got.shape)}, expected "
+            f"{tuple(expected.shape)}.\nHint: {hint}"
+        )
+    if torch.isnan(got).any():
+        raise AssertionError(
+            f"{check}: case '{case.name}': {what} contains NaN (expected "
+            f"{_format_values(expected)}).\nHint: {hint}"
+        )
+    if not torch.allclose(got, expected, rtol=RTOL, atol=ATOL):
+        err = (got - expected).abs().max().item()
+        raise AssertionError(
+            f"{check}: case '{case.name}' failed for {what}.\n"
+            f"  expected: {_format_values(expected)}\n"
+            f"  got:      {_format_values(got)}\n"
+            f"  (max abs error {err:.3g}; allowed {ATOL:.0e} + {RTOL:.0e} * |expected|)\n"
+            f"Hint: {hint}"
+        )
+
+
+def _hint_for(case: Case, got: Tensor, default: str) -> str:
+    """The hint of the first known mistake that reproduces ``got``, else the case's own hint."""
+    for wrong_fn, message in case.diagnoses:
+        wrong = torch.as_tensor(wrong_fn(*case.args), dtype=torch.float64)
+        if wrong.shape == got.shape and torch.allclose(got, wrong, rtol=RTOL, atol=ATOL):
+            return message
+    return case.hint or default
+
+
+def _report(check: str, n_cases: int) -> None:
+    """Print the success line of a check."""
+    print(f"{check}: all {n_cases} cases agree with the reference (rtol {RTOL:.0e})")
+
+
+def _require_callable(check: str, fn: Any) -> None:
+    """Raise an AssertionError unless ``fn`` is a function."""
+    if not callable(fn):
+        raise AssertionError(f"{check}: expected a function, got {type(fn).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Lecture 01: the ELBO of a Gaussian q(z) under probabilistic PCA
+
+
+def _random_ppca(d: int, q: int, sigma2: float, g: torch.Generator) -> PPCA:
+    """A pPCA model with N(0, 1) loadings and mean, in float64."""
+    W = torch.randn(d, q, generator=g, dtype=torch.float64)
+    mu = torch.randn(d, generator=g, dtype=torch.float64)
+    return PPCA(W=W, mu=mu, sigma2=sigma2)
+
+
+def _random_spd(q: int, g: torch.Generator) -> Tensor:
+    """A random symmetric positive-definite q x q matrix (well conditioned), float64."""
+    A = torch.randn(q, q, generator=g, dtype=torch.float64)
+    return A @ A.T / q + 0.3 * torch.eye(q, dtype=torch.float64)
+
+
+def _elbo_reference(model: PPCA, x: Tensor, m: Tensor, S: Tensor) -> Tensor:
+    """Closed-form ELBO of q = N(m, S) at one point x, as a 0-d tensor (nats)."""
+    return model.elbo(x[None], MultivariateNormal(m, covariance_matrix=S))[0]
+
+
+def _elbo_without_logdet(model: PPCA, x: Tensor, m: Tensor, S: Tensor) -> Tensor:
+    """A typical mistake: the -1/2 log det S term of the KL is missing."""
+    return _elbo_reference(model, x, m, S) - 0.5 * torch.logdet(S)
+
+
+def _elbo_kl_added(model: PPCA, x: Tensor, m: Tensor, S: Tensor) -> Tensor:
+    """A typical mistake: the KL to the prior is added instead of subtracted."""
+    q = MultivariateNormal(m, covariance_matrix=S)
+    return model._expected_log_likelihood(x[None], q)[0] + model._kl_to_prior(q)
+
+
+def _elbo_without_trace(model: PPCA, x: Tensor, m: Tensor, S: Tensor) -> Tensor:
+    """A typical mistake: the tr(W S W^T) / (2 sigma2) term of E_q log p(x|z) is missing."""
+    trace = (model.W.T @ model.W * S).sum() / (2 * model.sigma2)
+    return _elbo_reference(model, x, m, S) + trace
+
+
+def check_elbo_gaussian(fn: Callable[[PPCA, Tensor, Tensor, Tensor], Any]) -> None:
+    """Check ``fn(model, x, m, S)``: the closed-form ELBO (nats) of q(z) = N(m, S) at x [d]."""
+    check = "check_elbo_gaussian"
+    _require_callable(check, fn)
+    g = torch.Generator().manual_seed(1)
+    model = _random_ppca(d=5, q=2, sigma2=0.5, g=g)
+    x = model.sample(1, g)[0]
+    post = model.posterior(x[None])
+    diagnoses = (
+        (_elbo_without_logdet, "the KL to the prior needs the -1/2 log det S term."),
+        (_elbo_kl_added, "the ELBO subtracts KL(q || p(z)); check its sign."),
+        (
+            _elbo_without_trace,
+            "E_q log p(x|z) also contains -tr(W S W^T) / (2 sigma2): the spread of q matters.",
+        ),
+    )
+    general = (
+        "ELBO = E_q[log p(x|z)] - KL(q || p(z)) with E_q[log p(x|z)] = -d/2 log(2 pi sigma2) "
+        "- (|x - mu - W m|^2 + tr(W S W^T)) / (2 sigma2) and "
+        "KL = (tr S + m^T m - q - log det S) / 2."
+    )
+    zeros, eye = torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+    cases = [
+        Case("q = prior N(0, I)", (model, x, zeros, eye), diagnoses=diagnoses),
+        Case(
+            "diagonal S",
+            (
+                model,
+                x,
+                torch.tensor([0.5, -1.0], dtype=torch.float64),
+                torch.diag(torch.tensor([0.2, 1.7], dtype=torch.float64)),
+            ),
+            diagnoses=diagnoses,
+        ),
+        Case(
+            "full S",
+            (model, x, torch.randn(2, generator=g, dtype=torch.float64), _random_spd(2, g)),
+            diagnoses=diagnoses,
+        ),
+        Case(
+            "q = exact posterior (ELBO = log p(x))",
+            (model, x, post.loc[0], post.covariance_matrix[0]),
+            hint="at the exact posterior the ELBO equals log p(x).",
+            diagnoses=diagnoses,
+        ),
+    ]
+    for case in cases:
+        got = _to_float64(check, case, _call_student(check, fn, case), "the ELBO")
+        expected = _elbo_reference(*case.args)
+        _compare(check, case, expected, got, "the ELBO", _hint_for(case, got, general))
+    _report(check, len(cases))
+
+
+# ---------------------------------------------------------------------------------------------
+# Lecture 01: a numerically stable importance-sampling estimate of log p(x)
+
+
+def _is_reference(log_px_given_z: Tensor, log_pz: Tensor, log_qz: Tensor) -> Tensor:
+    """log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k), reducing dim 0."""
+    return log_mean_exp(log_px_given_z + log_pz - log_qz, dim=0)
+
+
+def _is_sum_not_mean(log_px_given_z: Tensor, log_pz: Tensor, log_qz: Tensor) -> Tensor:
+    """A typical mistake: sum of the weights instead of their mean (off by log K)."""
+    return torch.logsumexp(log_px_given_z + log_pz - log_qz, dim=0)
+
+
+def _is_sign_of_q(log_px_given_z: Tensor, log_pz: Tensor, log_qz: Tensor) -> Tensor:
+    """A typical mistake: multiplying by q(z) instead of dividing."""
+    return log_mean_exp(log_px_given_z + log_pz + log_qz, dim=0)
+
+
+def _is_mean_of_logs(log_px_given_z: Tensor, log_pz: Tensor, log_qz: Tensor) -> Tensor:
+    """A typical mistake: averaging log-weights (that is the ELBO estimate, not log p(x))."""
+    return (log_px_given_z + log_pz - log_qz).mean(0)
+
+
+def check_log_importance_estimate(fn: Callable[[Tensor, Tensor, Tensor], Any]) -> None:
+    """Check ``fn(log_px_given_z, log_pz, log_qz)`` -> log((1/K) sum_k w_k), reducing dim 0.
+
+    The three inputs have shape [K, ...] (K samples z_k ~ q per data point); the result has
+    shape [...]: the importance-sampling estimate of log p(x) in nats.
+    """
+    check = "check_log_importance_estimate"
+    _require_callable(check, fn)
+    g = torch.Generator().manual_seed(2)
+
+    def logs(*shape: int, offset: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+        t = [torch.randn(*shape, generator=g, dtype=torch.float64) for _ in range(3)]
+        return (t[0] + offset, t[1] - 1.0, t[2])
+
+    diagnoses = (
+        (
+            _is_sum_not_mean,
+            "average the K weights instead of summing them (a difference of log K).",
+        ),
+        (_is_sign_of_q, "the importance weight is p(x|z) p(z) / q(z): subtract log q(z)."),
+        (
+            _is_mean_of_logs,
+            "the estimate is the log of the mean weight, not the mean of the log-weights "
+            "(that would be an ELBO estimate).",
+        ),
+    )
+    stable = (
+        "exp() of log-weights this large under- or overflows in floating point: subtract the "
+        "largest log-weight before exponentiating (the log-sum-exp trick), or use torch.logsumexp."
+    )
+    general = "log p(x) ~ log (1/K) sum_k exp(log p(x|z_k) + log p(z_k) - log q(z_k))."
+    cases = [
+        Case(
+            "K = 1",
+            logs(1),
+            hint="with one sample the estimate is the single log-weight.",
+            diagnoses=diagnoses,
+        ),
+        Case("K = 5, one data point", logs(5), diagnoses=diagnoses),
+        Case("K = 100, a batch of 3 data points", logs(100, 3), diagnoses=diagnoses),
+        Case(
+            "log-weights near -1000", logs(50, 2, offset=-1000.0), hint=stable, diagnoses=diagnoses
+        ),
+        Case("log-weights near +800", logs(50, offset=800.0), hint=stable, diagnoses=diagnoses),
+    ]
+    for case in cases:
+        got = _to_float64(check, case, _call_student(check, fn, case), "the estimate")
+        expected = _is_reference(*case.args)
+        if torch.isinf(got).any():
+            raise AssertionError(
+                f"{check}: case '{case.name}': the estimate is infinite (expected "
+                f"{_format_values(expected)}).\nHint: {case.hint or stable}"
+            )
+        _compare(check, case, expected, got, "the estimate", _hint_for(case, got, general))
+    _report(check, len(cases))
+
+
+# ---------------------------------------------------------------------------------------------
+# Lecture 01: one EM step for probabilistic PCA
+
+
+def _em_reference(X: Tensor, W: Tensor, mu: Tensor, sigma2: float) -> tuple[Tensor, Tensor]:
+    """(W_new, sigma2_new) of one Tipping-Bishop EM step."""
+    new = PPCA(W=W, mu=mu, sigma2=sigma2).em_step(X)
+    return new.W, new.sigma2
+
+
+def _em_without_posterior_cov(
+    X: Tensor, W: Tensor, mu: Tensor, sigma2: float
+) -> tuple[Tensor, Tensor]:
+    """A typical mistake: E[z z^T] taken as E[z] E[z]^T (the posterior covariance is dropped)."""
+    Xc = X - mu
+    M = W.T @ W + sigma2 * torch.eye(W.shape[1], dtype=W.dtype)
+    Ez = torch.linalg.solve(M, (Xc @ W).T).T
+    Ezz = Ez.T @ Ez
+    W_new = torch.linalg.solve(Ezz, (Xc.T @ Ez).T).T
+    sq = Xc.pow(2).sum() - 2 * (W_new * (Xc.T @ Ez)).sum() + (Ezz * (W_new.T @ W_new)).sum()
+    return W_new, sq / X.numel()
+
+
+def check_em_step(fn: Callable[[Tensor, Tensor, Tensor, float], Any]) -> None:
+    """Check ``fn(X, W, mu, sigma2) -> (W_new, sigma2_new)``: one pPCA EM step, mu = mean(X)."""
+    check = "check_em_step"
+    _require_callable(check, fn)
+    g = torch.Generator().manual_seed(3)
+    general = (
+        "E-step: M = W^T W + sigma2 I, E[z_n] = M^{-1} W^T (x_n - mu), "
+        "E[z_n z_n^T] = sigma2 M^{-1} + E[z_n] E[z_n]^T. M-step: W_new = "
+        "[sum_n (x_n - mu) E[z_n]^T] [sum_n E[z_n z_n^T]]^{-1}, and sigma2_new = "
+        "(1 / (N d)) sum_n (|x_n - mu|^2 - 2 E[z_n]^T W_new^T (x_n - mu) "
+        "+ tr(E[z_n z_n^T] W_new^T W_new))."
+    )
+    diagnoses = (
+        (
+            lambda *a: _em_without_posterior_cov(*a)[0],
+            "E[z_n z_n^T] is sigma2 M^{-1} + E[z_n] E[z_n]^T: the posterior covariance term "
+            "is missing.",
+        ),
+    )
+    cases = []
+    for name, (n, d, q) in {
+        "N = 50, d = 3, q = 1": (50, 3, 1),
+        "N = 200, d = 6, q = 2": (200, 6, 2),
+        "N = 100, d = 8, q = 3, far from the optimum": (100, 8, 3),
+    }.items():
+        X = _random_ppca(d, q, 0.4, g).sample(n, g)
+        W0 = 0.5 * torch.randn(d, q, generator=g, dtype=torch.float64)
+        cases.append(Case(name, (X, W0, X.mean(0), 0.7 if q < 3 else 3.0), diagnoses=diagnoses))
+    for case in cases:
+        out = _call_student(check, fn, case)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise AssertionError(
+                f"{check}: case '{case.name}': return a pair (W_new, sigma2_new), got "
+                f"{type(out).__name__}"
+            )
+        W_exp, s_exp = _em_reference(*case.args)
+        W_got = _to_float64(check, case, out[0], "W_new")
+        s_got = _to_float64(check, case, out[1], "sigma2_new")
+        _compare(check, case, W_exp, W_got, "W_new", _hint_for(case, W_got, general))
+        _compare(check, case, s_exp, s_got, "sigma2_new", general)
+    _report(check, len(cases))

@@ -1,0 +1,230 @@
+"""Homework checks for Lecture 03 (discrete data and dequantization).
+
+Each ``check_*`` function takes the student's implementation, runs it on cases whose answer is
+known, prints one line on success and otherwise raises ``AssertionError`` naming the failing
+case, the expected and the obtained values, and a hint. A function that still raises
+``NotImplementedError`` (the student edition's stub) gets a clear "not implemented yet" message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from dgmlib.dequantization import discretized_logistic_log_prob
+
+Tensor = torch.Tensor
+
+
+def _call(fn: Callable[..., Any], name: str, case: str, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:
+        raise AssertionError(
+            f"{name} is not implemented yet: replace the `raise NotImplementedError` line with "
+            "your solution, then run this cell again."
+        ) from None
+    except AssertionError:
+        raise
+    except Exception as err:  # report the case that made the student's code fail
+        raise AssertionError(f"{name} raised {type(err).__name__} on case '{case}': {err}") from err
+
+
+def _as_tensor(value: Any, name: str, case: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise AssertionError(
+            f"{name}, case '{case}': expected a torch.Tensor, got {type(value).__name__}"
+        )
+    return value.detach().to(torch.float64)
+
+
+def _fmt(t: Tensor) -> str:
+    flat = t.flatten()
+    vals = ", ".join(f"{v:.6g}" for v in flat[:6].tolist())
+    return f"[{vals}{', ...' if flat.numel() > 6 else ''}] (shape {tuple(t.shape)})"
+
+
+# --------------------------------------------------------------------------------------------
+# Exercise 1: the discretized logistic likelihood
+# --------------------------------------------------------------------------------------------
+
+
+def _logistic_cases() -> list[tuple[str, dict[str, Any], str]]:
+    k = torch.arange(17)
+    f64 = torch.float64
+    return [
+        (
+            "interior bins 1..15, loc=7.3, scale=1.5, K=17",
+            dict(
+                x_int=k[1:-1],
+                loc=torch.tensor(7.3, dtype=f64),
+                scale=torch.tensor(1.5, dtype=f64),
+                num_levels=17,
+            ),
+            "an interior bin [x, x+1) has mass sigmoid((x+1-loc)/scale) - sigmoid((x-loc)/scale).",
+        ),
+        (
+            "open outer bins, loc=0.2, scale=3.0, K=17",
+            dict(
+                x_int=torch.tensor([0, 16]),
+                loc=torch.tensor(0.2, dtype=f64),
+                scale=torch.tensor(3.0, dtype=f64),
+                num_levels=17,
+            ),
+            "the bin of 0 is (-inf, 1) and the bin of K-1 is [K-1, inf): use CDF values 0 and 1 "
+            "there, so that the K masses sum to one.",
+        ),
+        (
+            "broadcasting: x [4, 3] against loc, scale [3]",
+            dict(
+                x_int=torch.tensor([[0, 5, 255], [128, 3, 254], [1, 0, 100], [200, 7, 9]]),
+                loc=torch.tensor([10.0, 4.2, 250.0], dtype=f64),
+                scale=torch.tensor([20.0, 0.7, 3.0], dtype=f64),
+                num_levels=256,
+            ),
+            "compute elementwise with torch operations so that shapes broadcast.",
+        ),
+        (
+            "far tail: x=255, loc=0, scale=1, K=256",
+            dict(
+                x_int=torch.tensor([254, 255]),
+                loc=torch.tensor(0.0, dtype=f64),
+                scale=torch.tensor(1.0, dtype=f64),
+                num_levels=256,
+            ),
+            "the mass is about exp(-254), which underflows if you subtract probabilities; work "
+            "with log-CDFs: log sigmoid(z) = -softplus(-z), and log(e^a - e^b) = "
+            "a + log(-expm1(b - a)).",
+        ),
+        (
+            "upper tail: x=20..22, loc=0, scale=1, no open bins",
+            dict(
+                x_int=torch.tensor([20, 21, 22]),
+                loc=torch.tensor(0.0, dtype=f64),
+                scale=torch.tensor(1.0, dtype=f64),
+                num_levels=None,
+            ),
+            "above loc both CDF values are close to 1 and their difference cancels; use the "
+            "symmetry sigmoid(b) - sigmoid(a) = sigmoid(-a) - sigmoid(-b).",
+        ),
+        (
+            "sharp peak: loc=8.5, scale=1e-3, K=17",
+            dict(
+                x_int=k,
+                loc=torch.tensor(8.5, dtype=f64),
+                scale=torch.tensor(1e-3, dtype=f64),
+                num_levels=17,
+            ),
+            "the bin holding loc must get probability ~1 (log-probability ~0) without NaN.",
+        ),
+    ]
+
+
+def check_discretized_logistic(fn: Callable[..., Tensor], atol: float = 1e-6) -> None:
+    """Check ``fn(x_int, loc, scale, num_levels)``: log-masses of a discretized logistic."""
+    name = getattr(fn, "__name__", "your function")
+    for case, kwargs, hint in _logistic_cases():
+        got = _as_tensor(_call(fn, name, case, **kwargs), name, case)
+        want = discretized_logistic_log_prob(**kwargs)
+        if got.shape != want.shape:
+            raise AssertionError(
+                f"{name}, case '{case}': expected shape {tuple(want.shape)}, got "
+                f"{tuple(got.shape)}. Hint: {hint}"
+            )
+        finite = torch.isfinite(want)
+        bad = torch.isnan(got) | (torch.isfinite(got) != finite)
+        bad |= finite & ((got - want).abs() > atol * (1.0 + want.abs()))
+        if bad.any():
+            raise AssertionError(
+                f"{name}, case '{case}':\n  expected {_fmt(want)}\n  got      {_fmt(got)}\n"
+                f"Hint: {hint}"
+            )
+    # the K masses must sum to one, for any parameters
+    x = torch.arange(17)[:, None]
+    loc = torch.tensor([-3.0, 0.0, 8.4, 16.9, 30.0], dtype=torch.float64)
+    scale = torch.tensor([0.3, 2.0, 5.0, 0.01, 4.0], dtype=torch.float64)
+    case = "sum over the 17 levels for five (loc, scale) pairs"
+    got = _as_tensor(_call(fn, name, case, x, loc, scale, 17), name, case)
+    total = got.exp().sum(0)
+    if got.shape != (17, 5) or (total - 1.0).abs().max() > 1e-9:
+        raise AssertionError(
+            f"{name}, case '{case}': expected sums [1, 1, 1, 1, 1], got {_fmt(total)}. Hint: "
+            "with open outer bins the masses telescope to sigmoid(inf) - sigmoid(-inf) = 1."
+        )
+    print(f"check_discretized_logistic: all {len(_logistic_cases()) + 1} cases pass.")
+
+
+# --------------------------------------------------------------------------------------------
+# Exercise 2: bits per dimension of a model of data rescaled to [0, 1)
+# --------------------------------------------------------------------------------------------
+
+
+def _uniform_unit_density(y: Tensor) -> Tensor:
+    return torch.zeros(y.shape[:-1], dtype=y.dtype)
+
+
+def _gaussian_unit_density(mean: float, std: float) -> Callable[[Tensor], Tensor]:
+    def log_density(y: Tensor) -> Tensor:
+        z = (y - mean) / std
+        return (-0.5 * z**2 - math.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    return log_density
+
+
+def _gaussian_bound_bpd(x: Tensor, num_levels: int, mean: float, std: float) -> Tensor:
+    """Exact dequantization bound in bits/dim for N(mean, std^2) per dim on y = (x + u) / K.
+
+    With t = x - K mean and s = K std (integer units), E_u[(t + u)^2] = t^2 + t + 1/3.
+    """
+    t = x.to(torch.float64) - num_levels * mean
+    s = num_levels * std
+    e = -0.5 * (t**2 + t + 1.0 / 3.0) / s**2 - math.log(s) - 0.5 * math.log(2 * math.pi)
+    return -e.sum(-1) / (x.shape[-1] * math.log(2.0))
+
+
+def check_dequantized_bpd(fn: Callable[..., Tensor]) -> None:
+    """Check ``fn(log_density_unit, x_int, num_levels, num_samples, generator)``: the Monte Carlo
+    dequantization bound of a model of ``[0,1)``-scaled data, per example, in bits/dim."""
+    name = getattr(fn, "__name__", "your function")
+    g = torch.Generator().manual_seed(123)
+    x = torch.randint(0, 256, (5, 12), generator=g)
+
+    case = "uniform density on [0,1)^D, K=256"
+    got = _as_tensor(_call(fn, name, case, _uniform_unit_density, x, 256, 4, g), name, case)
+    want = torch.full((5,), 8.0, dtype=torch.float64)
+    if got.shape != want.shape or (got - want).abs().max() > 1e-9:
+        raise AssertionError(
+            f"{name}, case '{case}':\n  expected {_fmt(want)}\n  got      {_fmt(got)}\nHint: the "
+            "uniform density is 1 on [0,1)^D, so every image costs exactly log2(256) = 8 bits "
+            "per dimension once the change of variables back to integer units (-D log K nats) "
+            "is applied; the result has one entry per example."
+        )
+
+    mean, std = 0.45, 0.3
+    case = f"Gaussian N({mean}, {std}^2) per dim, K=256, 4000 samples"
+    got = _as_tensor(
+        _call(fn, name, case, _gaussian_unit_density(mean, std), x, 256, 4000, g), name, case
+    )
+    want = _gaussian_bound_bpd(x, 256, mean, std)
+    if got.shape != want.shape or (got - want).abs().max() > 2e-3:
+        raise AssertionError(
+            f"{name}, case '{case}':\n  expected {_fmt(want)}\n  got      {_fmt(got)}\nHint: "
+            "dequantize with y = (x + u) / K, average log p(y) over the samples, convert to "
+            "integer units with -D log K, and divide the negative result by D log 2."
+        )
+
+    x17 = torch.randint(0, 17, (3, 64), generator=g)
+    case = "Gaussian N(0.5, 0.25^2) per dim, K=17, D=64, 4000 samples"
+    got = _as_tensor(
+        _call(fn, name, case, _gaussian_unit_density(0.5, 0.25), x17, 17, 4000, g), name, case
+    )
+    want = _gaussian_bound_bpd(x17, 17, 0.5, 0.25)
+    if got.shape != want.shape or (got - want).abs().max() > 2e-3:
+        raise AssertionError(
+            f"{name}, case '{case}':\n  expected {_fmt(want)}\n  got      {_fmt(got)}\nHint: "
+            "use num_levels (here 17, not 256) in both the rescaling and the correction."
+        )
+    print("check_dequantized_bpd: all 3 cases pass.")

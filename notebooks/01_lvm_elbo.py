@@ -1,0 +1,963 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lecture 01 — Latent-variable models and the evidence lower bound
+#
+# A latent-variable model explains each observation $\mathbf x$ by an unobserved cause
+# $\mathbf z$: first draw $\mathbf z$ from a simple prior, then draw $\mathbf x$ given
+# $\mathbf z$. Every model in this course (VAEs, hierarchical VAEs, diffusion) has this shape.
+# The price of the construction is that the probability of the data, $p(\mathbf x)$, becomes an
+# integral over $\mathbf z$. This lecture is about that integral: why it is hard, why the obvious
+# Monte Carlo estimate of it fails, and which lower bound we optimise instead.
+#
+# We work throughout with **probabilistic PCA** {cite:p}`tipping1999probabilistic`, a linear
+# Gaussian latent-variable model in which *every* quantity (the evidence, the posterior, the
+# bound, the optimum) has a closed form. That makes it the ideal test bench: each identity we
+# derive is checked numerically against the exact answer.
+#
+# **What you will learn**
+#
+# - the vocabulary of latent-variable models: prior, likelihood, evidence, posterior, and how
+#   Bayes' rule ties them together;
+# - why estimating $p(\mathbf x)$ by sampling $\mathbf z$ from the prior collapses as the latent
+#   dimension grows, and why importance sampling with the exact posterior has zero variance;
+# - the **evidence lower bound** (ELBO), obtained once by Jensen's inequality and once as an exact
+#   decomposition $\log p(\mathbf x) = \mathrm{ELBO}(q) + \mathrm{KL}(q \,\|\, p(\mathbf z\mid\mathbf x))$;
+# - the **EM algorithm** as coordinate ascent on the ELBO, why it never decreases the likelihood,
+#   and how it converges to the closed-form maximum-likelihood solution of probabilistic PCA.
+#
+# **Prerequisites:** multivariate Gaussians (densities, marginals, conditioning), Bayes' rule,
+# expectations, eigendecompositions, and basic PyTorch.
+#
+# **Follows:** the lecture notes on latent-variable models, the ELBO and the EM algorithm (the
+# recap and EM part of lecture 5 of the *Deep Generative Models* slides), the hand-written note on
+# deep latent-variable models, and the introduction of the lecture on structured VAE learning.
+# The derivations and checks below are worked out independently.
+
+# %%
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from torch.distributions import MultivariateNormal, kl_divergence
+
+from dgmlib import checks, get_device, seed_everything
+from dgmlib.data import load_digits
+from dgmlib.distributions import log_mean_exp, sample_mvn
+from dgmlib.models import PPCA
+from dgmlib.plot import image_grid, use_style
+
+# Every tensor in this lecture is tiny, so one CPU thread is fastest (no threading overhead).
+seed_everything(0, threads=1)
+use_style()
+device = get_device()  # unused: the closed-form checks below run on the CPU
+torch.set_default_dtype(torch.float64)  # the checks compare closed forms to 1e-6 or better
+
+
+def fmt(v: float, digits: int = 4) -> str:
+    """A number rounded to ``digits`` decimals, printed without a spurious minus sign on zero."""
+    return f"{round(float(v), digits) + 0.0:.{digits}f}"
+
+
+# %% [markdown]
+# ## 1. Latent-variable models and Bayes' rule
+#
+# A latent-variable model specifies a joint density through two simple pieces,
+#
+# $$
+# p_\theta(\mathbf x, \mathbf z) = p(\mathbf z)\, p_\theta(\mathbf x \mid \mathbf z),
+# $$
+#
+# a **prior** $p(\mathbf z)$ over the latent variable and a **likelihood** (or decoder)
+# $p_\theta(\mathbf x\mid\mathbf z)$ with parameters $\theta$. The model's density of an
+# observation is the **evidence**, or marginal likelihood,
+#
+# $$
+# p_\theta(\mathbf x) = \int p_\theta(\mathbf x\mid\mathbf z)\, p(\mathbf z)\, d\mathbf z
+#   = \mathbb E_{p(\mathbf z)}\big[p_\theta(\mathbf x\mid\mathbf z)\big],
+# $$
+#
+# and what the model believes about the cause of a given $\mathbf x$ is the **posterior**, from
+# Bayes' rule:
+#
+# $$
+# p_\theta(\mathbf z\mid\mathbf x) = \frac{p_\theta(\mathbf x\mid\mathbf z)\,p(\mathbf z)}{p_\theta(\mathbf x)} .
+# $$
+#
+# Fitting the model by maximum likelihood means maximising $\sum_{n=1}^N \log p_\theta(\mathbf x_n)$
+# over $\theta$, so the evidence is needed for *every* data point. When the likelihood is a neural
+# network, the integral has no closed form, and neither has the posterior (its normaliser *is* the
+# evidence). The rest of the course is about living with this; first we meet a model where all of
+# it can be written down.
+#
+# ### Probabilistic PCA
+#
+# With observations $\mathbf x\in\mathbb R^d$ and latents $\mathbf z\in\mathbb R^k$, $k<d$,
+# probabilistic PCA (pPCA) is
+#
+# $$
+# \mathbf z \sim \mathcal N(\mathbf 0, I_k), \qquad
+# \mathbf x = W\mathbf z + \boldsymbol\mu + \boldsymbol\varepsilon, \quad
+# \boldsymbol\varepsilon \sim \mathcal N(\mathbf 0, \sigma^2 I_d),
+# $$
+#
+# with parameters $\theta = (W, \boldsymbol\mu, \sigma^2)$, $W\in\mathbb R^{d\times k}$. (We write
+# $k$ for the latent dimension because the letter $q$ will denote a distribution over
+# $\mathbf z$; in code, `PPCA.q` is this $k$.)
+#
+# **Evidence.** $\mathbf x$ is an affine function of the jointly Gaussian pair
+# $(\mathbf z, \boldsymbol\varepsilon)$, hence Gaussian. Its mean is $\boldsymbol\mu$ and, since
+# $\mathbf z$ and $\boldsymbol\varepsilon$ are independent, its covariance is
+# $W\,\mathrm{Cov}(\mathbf z)\,W^\top + \mathrm{Cov}(\boldsymbol\varepsilon)$:
+#
+# $$
+# p_\theta(\mathbf x) = \mathcal N(\mathbf x;\, \boldsymbol\mu,\, C), \qquad C = WW^\top + \sigma^2 I_d .
+# $$
+#
+# **Posterior.** As a function of $\mathbf z$, the log of the numerator of Bayes' rule is
+#
+# $$
+# -\tfrac{1}{2\sigma^2}\|\mathbf x-\boldsymbol\mu-W\mathbf z\|^2 - \tfrac12\|\mathbf z\|^2 + \text{const}
+# = -\tfrac{1}{2\sigma^2}\Big(\mathbf z^\top M\mathbf z - 2\,\mathbf z^\top W^\top(\mathbf x-\boldsymbol\mu)\Big) + \text{const},
+# \qquad M = W^\top W + \sigma^2 I_k .
+# $$
+#
+# A quadratic in $\mathbf z$ is a Gaussian log-density; completing the square reads off its
+# precision $M/\sigma^2$ and its mean:
+#
+# $$
+# p_\theta(\mathbf z\mid\mathbf x) = \mathcal N\big(\mathbf z;\; M^{-1}W^\top(\mathbf x-\boldsymbol\mu),\; \sigma^2 M^{-1}\big).
+# $$
+#
+# `dgmlib.models.PPCA` implements exactly these formulas: `prior` and `likelihood(z)` return
+# `torch.distributions` objects, `log_prob(x)` is the evidence, `posterior(x)` the posterior, and
+# `log_likelihood(x, z)` and `joint_log_prob(x, z)` are fast shortcuts for $\log p(\mathbf x\mid\mathbf z)$
+# and $\log p(\mathbf x, \mathbf z)$. We create a model with $d=10$, $k=3$ and draw a data set from
+# it.
+
+# %%
+gen = torch.Generator().manual_seed(1)
+d, k, n_data = 10, 3, 500
+directions = torch.randn(d, k, generator=gen)
+signal_std = torch.tensor([3.0, 2.0, 1.4])  # how strongly each latent coordinate shows in x
+W_true = directions / directions.norm(dim=0) * signal_std
+true_model = PPCA(W=W_true, mu=torch.randn(d, generator=gen), sigma2=1.0)
+X = true_model.sample(n_data, gen)
+x = X[:1]  # one observation, shape [1, d], used in the checks below
+print(true_model, f"| data set X: {tuple(X.shape)}")
+
+# %% [markdown]
+# **Check: Bayes' rule, pointwise.** Rearranged, Bayes' rule says that
+# $\log p(\mathbf x\mid\mathbf z) + \log p(\mathbf z) - \log p(\mathbf z\mid\mathbf x) = \log p(\mathbf x)$
+# for **every** $\mathbf z$, not just on average. The left side uses the likelihood, prior and
+# closed-form posterior; the right side uses the closed-form evidence. If either formula were
+# wrong, the left side would change with $\mathbf z$.
+
+# %%
+z_any = 3.0 * torch.randn(5, 1, k, generator=gen)  # five arbitrary latent values
+log_px = true_model.log_prob(x)  # [1]
+lhs = (
+    true_model.likelihood(z_any).log_prob(x)
+    + true_model.prior.log_prob(z_any)
+    - true_model.posterior(x).log_prob(z_any)
+)  # [5, 1]
+print("log p(x)                                    :", fmt(log_px.item()))
+print("log p(x|z) + log p(z) - log p(z|x) at 5 z's :", " ".join(fmt(v) for v in lhs.flatten()))
+assert torch.allclose(lhs, log_px.expand_as(lhs), rtol=0, atol=1e-10)
+print("agree to 1e-10 for every z")
+
+# %% [markdown]
+# To *see* Bayes' rule, take a model with a one-dimensional latent ($k=1$, $d=5$). For a fixed
+# $\mathbf x$ we evaluate the prior and the likelihood on a fine grid of $z$ values, multiply them
+# and normalise numerically; this brute-force posterior should lie on top of the closed form. The
+# normalising constant of the grid is a Riemann sum for $p(\mathbf x)$ itself.
+
+# %%
+toy = PPCA(W=torch.tensor([[1.5], [1.0], [-0.8], [0.5], [1.2]]), mu=torch.zeros(5), sigma2=0.8)
+x_toy = toy.sample(1, gen)  # [1, 5]
+z_grid = torch.linspace(-6.0, 6.0, 3001)[:, None]  # [G, 1]
+dz = (z_grid[1] - z_grid[0]).item()
+log_joint = toy.joint_log_prob(x_toy, z_grid)  # log p(x | z) + log p(z) on the grid, [G]
+posterior_grid = torch.softmax(log_joint, dim=0) / dz  # Bayes' rule, normalised numerically
+posterior_exact = toy.posterior(x_toy).log_prob(z_grid).exp()
+likelihood_grid = toy.likelihood(z_grid).log_prob(x_toy).exp()
+likelihood_grid = likelihood_grid / (likelihood_grid.sum() * dz)  # rescaled to unit area
+prior_grid = toy.prior.log_prob(z_grid).exp()
+log_px_grid = torch.logsumexp(log_joint, dim=0) + math.log(dz)
+
+fig, ax = plt.subplots(figsize=(7, 3.5))
+zg = z_grid[:, 0].numpy()
+ax.plot(zg, prior_grid.numpy(), label="prior $p(z)$")
+ax.plot(zg, likelihood_grid.numpy(), "--", label=r"likelihood $p(\mathbf{x}\mid z)$ (rescaled)")
+ax.plot(zg, posterior_exact.numpy(), lw=2.5, label=r"posterior $p(z\mid\mathbf{x})$, closed form")
+ax.plot(zg[::60], posterior_grid[::60].numpy(), "k.", label="posterior by brute-force Bayes")
+ax.set_xlim(-4, 4)
+ax.set_xlabel("latent $z$")
+ax.set_ylabel("density")
+ax.set_title("Bayes' rule on a one-dimensional latent")
+ax.legend(loc="upper left")
+plt.show()
+
+# %% [markdown]
+# The posterior is narrower than both the prior and the likelihood: it combines the two sources
+# of information, its precision being the sum of theirs.
+#
+# **Check: closed form against brute force.**
+
+# %%
+max_density_gap = (posterior_grid - posterior_exact).abs().max().item()
+print(
+    "log p(x): closed form", fmt(toy.log_prob(x_toy).item()), "| grid sum", fmt(log_px_grid.item())
+)
+assert max_density_gap < 1e-6, max_density_gap
+assert abs(log_px_grid.item() - toy.log_prob(x_toy).item()) < 1e-6
+print("posterior densities and evidence agree to 1e-6")
+
+# %% [markdown]
+# ## 2. Naive Monte Carlo estimation of the evidence
+#
+# The evidence is an expectation under the prior, so the first idea is to average the likelihood
+# over $K$ prior samples:
+#
+# $$
+# \hat p_K(\mathbf x) = \frac1K\sum_{j=1}^K p_\theta(\mathbf x\mid\mathbf z_j), \qquad \mathbf z_j \sim p(\mathbf z).
+# $$
+#
+# The estimator is unbiased, $\mathbb E[\hat p_K] = p(\mathbf x)$, and its variance is
+# $\mathrm{Var}_{p(\mathbf z)}[p(\mathbf x\mid\mathbf z)]/K$. What matters is the error *relative*
+# to the tiny number $p(\mathbf x)$:
+#
+# $$
+# \frac{\operatorname{sd}(\hat p_K)}{p(\mathbf x)} = \sqrt{\frac{\rho(\mathbf x)}{K}}, \qquad
+# \rho(\mathbf x) = \frac{\mathbb E_{p(\mathbf z)}\big[p(\mathbf x\mid\mathbf z)^2\big]}{p(\mathbf x)^2} - 1 .
+# $$
+#
+# For pPCA the second moment is another Gaussian integral. Squaring a Gaussian density halves its
+# variance and leaves a constant, $\mathcal N(\mathbf x; \mathbf a, \sigma^2 I)^2 =
+# (4\pi\sigma^2)^{-d/2}\,\mathcal N(\mathbf x; \mathbf a, \tfrac{\sigma^2}{2} I)$, and averaging over
+# $\mathbf a = W\mathbf z+\boldsymbol\mu$ with $\mathbf z\sim\mathcal N(\mathbf 0, I)$ is the same
+# marginalisation as before:
+#
+# $$
+# \mathbb E_{p(\mathbf z)}\big[p(\mathbf x\mid\mathbf z)^2\big]
+#   = (4\pi\sigma^2)^{-d/2}\;\mathcal N\big(\mathbf x;\,\boldsymbol\mu,\, WW^\top + \tfrac{\sigma^2}{2} I_d\big).
+# $$
+#
+# So $\rho(\mathbf x)$ is exact, and it is the evidence of a pPCA model with noise variance
+# $\sigma^2/2$. We work with logarithms throughout: densities of 10-dimensional points are already
+# around $e^{-20}$.
+
+
+# %%
+def naive_mc_log_evidence(
+    model: PPCA, x: torch.Tensor, K: int, gen: torch.Generator
+) -> torch.Tensor:
+    """log of (1/K) sum_j p(x | z_j), z_j ~ p(z), for each row of x [P, d]: shape [P]."""
+    z = torch.randn(K, x.shape[0], model.q, generator=gen)  # [K, P, k]
+    return log_mean_exp(model.log_likelihood(x, z), dim=0)  # = likelihood(z).log_prob(x)
+
+
+def relative_variance(model: PPCA, x: torch.Tensor) -> torch.Tensor:
+    """rho(x) = Var[p(x|z)] / p(x)^2 under the prior, exactly, for each row of x: shape [P]."""
+    half_noise = PPCA(W=model.W, mu=model.mu, sigma2=model.sigma2 / 2)
+    log_second_moment = -0.5 * model.d * torch.log(
+        4 * math.pi * model.sigma2
+    ) + half_noise.log_prob(x)
+    return torch.expm1(log_second_moment - 2 * model.log_prob(x))
+
+
+# %% [markdown]
+# **Check: the estimator and its variance formula.** On our $k=3$ model, with $K = 200\,000$
+# prior samples, the estimate should be within a few predicted standard deviations of the exact
+# evidence, and the empirical second moment of the likelihood should match the closed form.
+
+# %%
+K_check = 200_000
+estimate = naive_mc_log_evidence(true_model, x, K_check, gen)
+rho = relative_variance(true_model, x)
+predicted_rel_sd = (rho / K_check).sqrt().item()
+rel_error = torch.expm1(estimate - log_px).abs().item()
+print(f"log p(x): exact {fmt(log_px.item())} | naive MC, K = {K_check}: {fmt(estimate.item())}")
+print(f"relative error {rel_error:.2g}, predicted relative sd {predicted_rel_sd:.2g}")
+assert rel_error < 4 * predicted_rel_sd
+
+z_check = torch.randn(K_check, 1, k, generator=gen)
+log_lik_z = true_model.log_likelihood(x, z_check)  # [K, 1]
+rho_empirical = torch.expm1(log_mean_exp(2 * log_lik_z, dim=0) - 2 * log_px).item()
+print(f"rho(x): closed form {rho.item():.4g} | from samples {rho_empirical:.4g}")
+assert abs(rho_empirical / rho.item() - 1) < 0.05
+print("estimate within 4 predicted sd; second moment within 5 %")
+
+# %% [markdown]
+# ### The collapse with latent dimension
+#
+# Unbiasedness is little comfort when the variance is enormous. The likelihood
+# $p(\mathbf x\mid\mathbf z)$ is large only where the posterior lives, and the prior rarely samples
+# there: in each latent direction the posterior is narrower than the prior, and the *fraction* of
+# prior mass near the posterior is (roughly) a product of one such ratio per direction, so it
+# shrinks exponentially with $k$. Almost all samples then contribute nothing and
+# $\hat p_K(\mathbf x)$ is typically far *below* $p(\mathbf x)$; once in a very long while a lucky
+# sample makes up for it (that is how the average stays unbiased).
+#
+# We measure this on pPCA models with $d = 32$, noise $\sigma^2 = 1$ and $k$ orthogonal latent
+# directions of strength $2$ (each posterior coordinate has variance $1/5$), for
+# $k = 1, \dots, 24$. For 10 data points per model we repeat the $K = 1000$ estimate 10 times and
+# record the relative error $|\hat p_K/p - 1|$ and the log-error $\log\hat p_K - \log p$.
+
+# %%
+d_big, K, repeats, n_points = 32, 1000, 10, 10
+latent_dims = [1, 2, 3, 4, 6, 8, 12, 16, 24]
+experiments = []  # (model, points, exact log-evidence) per latent dimension, reused in section 3
+naive_rel_err, naive_log_err, exact_rel_sd = [], [], []
+for kk in latent_dims:
+    Q, _ = torch.linalg.qr(torch.randn(d_big, kk, generator=gen))  # orthonormal columns
+    model = PPCA(W=2.0 * Q, mu=torch.zeros(d_big), sigma2=1.0)
+    points = model.sample(n_points, gen)
+    log_p = model.log_prob(points)  # [P]
+    estimates = torch.stack([naive_mc_log_evidence(model, points, K, gen) for _ in range(repeats)])
+    experiments.append((model, points, log_p))
+    naive_rel_err.append(torch.expm1(estimates - log_p).abs().median().item())
+    naive_log_err.append(torch.quantile(estimates - log_p, torch.tensor([0.1, 0.5, 0.9])).numpy())
+    exact_rel_sd.append((relative_variance(model, points) / K).sqrt().median().item())
+naive_log_err = np.stack(naive_log_err)
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+ax1.semilogy(latent_dims, exact_rel_sd, "o-", label="predicted relative sd (exact)")
+ax1.semilogy(latent_dims, naive_rel_err, "s--", label=r"typical $|\hat p_K/p - 1|$ (median)")
+ax1.axhline(1.0, color="gray", ls=":", label="100 % error")
+ax1.set_xlabel("latent dimension $k$")
+ax1.set_ylabel("relative error")
+ax1.set_title(f"Naive Monte Carlo, K = {K} prior samples")
+ax1.legend()
+ax2.plot(latent_dims, naive_log_err[:, 1], "s-", label="median")
+ax2.fill_between(
+    latent_dims, naive_log_err[:, 0], naive_log_err[:, 2], alpha=0.3, label="10-90 % range"
+)
+ax2.axhline(0.0, color="gray", ls=":")
+ax2.set_xlabel("latent dimension $k$")
+ax2.set_ylabel(r"$\log \hat p_K(\mathbf{x}) - \log p(\mathbf{x})$  (nats)")
+ax2.set_title("The estimate falls far below the truth")
+ax2.legend(loc="lower left")
+plt.show()
+
+# %% [markdown]
+# The predicted relative standard deviation grows geometrically with $k$ (the left panel has a
+# log scale). Once it passes 1, the typical estimate is useless: its relative error saturates at
+# 100 %, because $\hat p_K$ is a vanishing fraction of $p(\mathbf x)$. On the log scale (right),
+# by $k = 24$ the typical estimate is more than a million times ($e^{14}$) too small. Where the
+# predicted sd is huge the *empirical* error cannot show it: the rare enormous terms that keep the
+# estimator unbiased never occur in a few repeats. A deep generative model has tens or hundreds of
+# latent dimensions, so sampling from the prior is hopeless.
+
+# %%
+assert naive_rel_err[0] < 0.1 and naive_rel_err[-1] > 0.9
+assert naive_log_err[-1, 1] < -14  # median log-error at the largest k
+assert exact_rel_sd[-1] > 1e3 * exact_rel_sd[0]
+print(
+    f"typical relative error: k = {latent_dims[0]}: {naive_rel_err[0]:.2g}, k = {latent_dims[-1]}: {naive_rel_err[-1]:.3g}"
+)
+
+# %% [markdown]
+# ## 3. Importance sampling
+#
+# Sampling where the likelihood is large requires a different sampling distribution. For any
+# density $r(\mathbf z)$ that is positive wherever $p(\mathbf x, \mathbf z)$ is,
+#
+# $$
+# p(\mathbf x) = \int r(\mathbf z)\,\frac{p(\mathbf x\mid\mathbf z)p(\mathbf z)}{r(\mathbf z)}\,d\mathbf z
+#   = \mathbb E_{r(\mathbf z)}\big[w(\mathbf z)\big], \qquad
+#   w(\mathbf z) = \frac{p(\mathbf x, \mathbf z)}{r(\mathbf z)},
+# $$
+#
+# so averaging the **importance weights** $w(\mathbf z_j)$, $\mathbf z_j \sim r$, is again unbiased.
+# Its variance depends on how well $r$ follows $p(\mathbf x, \mathbf z)$ as a function of
+# $\mathbf z$. The best choice is the posterior: by Bayes' rule,
+#
+# $$
+# r(\mathbf z) = p(\mathbf z\mid\mathbf x) \quad\Longrightarrow\quad
+# w(\mathbf z) = \frac{p(\mathbf x, \mathbf z)}{p(\mathbf z\mid\mathbf x)} = p(\mathbf x)
+# \quad\text{for every } \mathbf z,
+# $$
+#
+# a **zero-variance** estimator: a single sample gives the exact answer. Of course this is
+# circular, since writing down the posterior requires $p(\mathbf x)$. But it tells us what to aim
+# for: a tractable distribution *close to the posterior*. Finding one is the job of variational
+# inference (below) and of the encoder of a VAE (Lecture 02).
+#
+# **Check: every weight equals $p(\mathbf x)$.**
+
+# %%
+posterior = true_model.posterior(x)
+z_post = sample_mvn(posterior, 10, gen)  # [10, 1, k], drawn from p(z | x)
+log_w = true_model.joint_log_prob(x, z_post) - posterior.log_prob(z_post)  # [10, 1]
+print("log p(x)                     :", fmt(log_px.item()))
+print("log w(z) for 10 posterior z's:", " ".join(fmt(v) for v in log_w.flatten()))
+assert torch.allclose(log_w, log_px.expand_as(log_w), rtol=0, atol=1e-10)
+print("all 10 log-weights equal log p(x) to 1e-10: zero variance")
+
+# %% [markdown]
+# A proposal that is only *close* to the posterior keeps most of the benefit. Back on the models
+# of section 2, we sample from the posterior with its covariance inflated by $1.5$ (a wider
+# proposal, so the weights stay bounded) and compare with naive sampling at the same $K = 1000$.
+
+# %%
+is_rel_err = []
+for model, points, log_p in experiments:
+    post = model.posterior(points)  # batch [P]; all points share one posterior covariance
+    proposal = MultivariateNormal(post.loc, scale_tril=math.sqrt(1.5) * post.scale_tril[0])
+    estimates = []
+    for _ in range(repeats):
+        z = sample_mvn(proposal, K, gen)  # [K, P, k]
+        log_weights = model.joint_log_prob(points, z) - proposal.log_prob(z)
+        estimates.append(log_mean_exp(log_weights, dim=0))
+    is_rel_err.append(torch.expm1(torch.stack(estimates) - log_p).abs().median().item())
+
+fig, ax = plt.subplots(figsize=(6.5, 3.8))
+ax.semilogy(latent_dims, naive_rel_err, "s--", label="prior as proposal (naive)")
+ax.semilogy(latent_dims, is_rel_err, "o-", label="posterior, covariance x 1.5")
+ax.axhline(1.0, color="gray", ls=":", label="100 % error")
+ax.set_xlabel("latent dimension $k$")
+ax.set_ylabel(r"typical $|\hat p_K/p - 1|$")
+ax.set_title(f"Importance sampling, K = {K}")
+ax.legend()
+plt.show()
+
+for kk, e_naive, e_is in zip(latent_dims, naive_rel_err, is_rel_err, strict=True):
+    print(f"k = {kk:2d}: naive {e_naive:8.3g} | near-posterior proposal {e_is:8.3g}")
+assert max(is_rel_err) < 0.1
+
+# %% [markdown]
+# The near-posterior proposal also degrades with $k$ (the mismatch compounds over directions),
+# but slowly: its error stays at a few percent where the naive estimate is useless.
+#
+# ## 4. The evidence lower bound
+#
+# Take any distribution $q(\mathbf z)$ over the latent (we keep the letter $q$ for it from now
+# on) and use it as an importance-sampling proposal inside the logarithm. Because $\log$ is
+# concave, **Jensen's inequality** $\log\mathbb E[\cdot] \ge \mathbb E[\log\,\cdot]$ gives
+#
+# $$
+# \log p(\mathbf x) = \log \mathbb E_{q(\mathbf z)}\left[\frac{p(\mathbf x, \mathbf z)}{q(\mathbf z)}\right]
+#   \;\ge\; \mathbb E_{q(\mathbf z)}\left[\log\frac{p(\mathbf x, \mathbf z)}{q(\mathbf z)}\right]
+#   =: \mathcal L(q) ,
+# $$
+#
+# the **evidence lower bound** (ELBO). It trades the log of an expectation, which we could not
+# estimate well, for an expectation of a log, which a handful of samples from $q$ estimates
+# without bias.
+#
+# How loose is it? Replace $p(\mathbf x,\mathbf z)$ by $p(\mathbf z\mid\mathbf x)\,p(\mathbf x)$
+# inside the logarithm; $\log p(\mathbf x)$ does not depend on $\mathbf z$ and leaves the
+# expectation:
+#
+# $$
+# \mathcal L(q) = \log p(\mathbf x) + \mathbb E_{q}\left[\log\frac{p(\mathbf z\mid\mathbf x)}{q(\mathbf z)}\right]
+#   \quad\Longleftrightarrow\quad
+# \boxed{\;\log p(\mathbf x) = \mathcal L(q) + \mathrm{KL}\big(q(\mathbf z)\,\|\,p(\mathbf z\mid\mathbf x)\big).\;}
+# $$
+#
+# The gap is *exactly* the KL divergence from $q$ to the posterior. It is non-negative (which
+# re-proves the bound) and zero only for $q = p(\mathbf z\mid\mathbf x)$: maximising the ELBO over
+# $q$ is the same as moving $q$ towards the posterior. Writing instead
+# $p(\mathbf x,\mathbf z) = p(\mathbf x\mid\mathbf z)p(\mathbf z)$ gives the form used to compute it,
+#
+# $$
+# \mathcal L(q) = \mathbb E_{q}\big[\log p(\mathbf x\mid\mathbf z)\big] - \mathrm{KL}\big(q(\mathbf z)\,\|\,p(\mathbf z)\big),
+# $$
+#
+# a reconstruction term minus a KL to the prior.
+#
+# **Closed form for Gaussian $q$ in pPCA.** Let $q = \mathcal N(\mathbf m, S)$. Expanding the
+# square and using $\mathbb E_q[\mathbf z\mathbf z^\top] = S + \mathbf m\mathbf m^\top$,
+#
+# $$
+# \mathbb E_q\big[\log p(\mathbf x\mid\mathbf z)\big] = -\frac d2\log(2\pi\sigma^2)
+#   - \frac{\|\mathbf x-\boldsymbol\mu-W\mathbf m\|^2 + \operatorname{tr}(WSW^\top)}{2\sigma^2},
+# \qquad
+# \mathrm{KL}\big(q\,\|\,\mathcal N(\mathbf 0, I_k)\big) = \tfrac12\big(\operatorname{tr}S + \mathbf m^\top\mathbf m - k - \log\det S\big).
+# $$
+#
+# `PPCA.elbo(x, q)` implements these two lines. (Exercise 1 asks you to write them yourself.)
+#
+# **Check: $\log p(\mathbf x) = \mathcal L(q) + \mathrm{KL}(q\,\|\,p(\mathbf z\mid\mathbf x))$ for
+# several Gaussian $q$.** The KL to the posterior is computed independently, by
+# `torch.distributions.kl_divergence`.
+
+# %%
+post_single = MultivariateNormal(posterior.loc[0], posterior.covariance_matrix[0])
+A = torch.randn(k, k, generator=gen)
+candidates = {
+    "prior N(0, I)": MultivariateNormal(torch.zeros(k), torch.eye(k)),
+    "random mean, random full S": MultivariateNormal(
+        torch.randn(k, generator=gen), A @ A.T + 0.1 * torch.eye(k)
+    ),
+    "posterior with mean + 1": MultivariateNormal(
+        post_single.loc + 1.0, post_single.covariance_matrix
+    ),
+    "posterior with covariance x 3": MultivariateNormal(
+        post_single.loc, 3.0 * post_single.covariance_matrix
+    ),
+    "exact posterior": post_single,
+}
+print(f"{'q(z)':<30}{'ELBO':>10}{'KL(q||post)':>13}{'sum':>10}{'log p(x)':>10}")
+for name, q_z in candidates.items():
+    elbo = true_model.elbo(x, q_z).item()
+    kl = kl_divergence(q_z, post_single).item()
+    print(f"{name:<30}{fmt(elbo):>10}{fmt(kl):>13}{fmt(elbo + kl):>10}{fmt(log_px.item()):>10}")
+    assert abs(elbo + kl - log_px.item()) < 1e-6
+    assert elbo <= log_px.item() + 1e-12
+print("ELBO + KL = log p(x) to 1e-6 for every q; the bound is tight only at the posterior")
+
+# %% [markdown]
+# **Check: the ELBO is an expectation we can sample.** With samples from $q$ the average of the
+# log-weights $\log w = \log p(\mathbf x,\mathbf z) - \log q(\mathbf z)$ estimates the ELBO, while
+# the log of the average weight estimates $\log p(\mathbf x)$: the two sides of Jensen's inequality,
+# computed from the *same* samples.
+
+# %%
+q_wide = candidates["posterior with covariance x 3"]
+z_q = sample_mvn(q_wide, 100_000, gen)  # [K, k]
+log_w_q = true_model.joint_log_prob(x, z_q) - q_wide.log_prob(z_q)  # [K]
+elbo_mc, elbo_se = log_w_q.mean().item(), (log_w_q.std() / math.sqrt(len(log_w_q))).item()
+elbo_exact = true_model.elbo(x, q_wide).item()
+print(f"mean of log w   : {fmt(elbo_mc)} (s.e. {elbo_se:.1g}) | closed-form ELBO {fmt(elbo_exact)}")
+print(
+    f"log of mean of w: {fmt(log_mean_exp(log_w_q, dim=0).item())} | log p(x) {fmt(log_px.item())}"
+)
+assert abs(elbo_mc - elbo_exact) < 4 * elbo_se
+assert abs(log_mean_exp(log_w_q, dim=0).item() - log_px.item()) < 1e-2
+print("both Monte Carlo estimates agree with their closed forms")
+
+# %% [markdown]
+# The picture below shows the bound on the one-dimensional model of section 1, for
+# $q = \mathcal N(m, s^2)$. On the left $s$ is fixed at the posterior standard deviation and the
+# mean $m$ moves; on the right $m$ is fixed at the posterior mean and $s$ varies. The ELBO touches
+# $\log p(\mathbf x)$ exactly once, at the posterior; the shaded gap is the KL divergence.
+
+# %%
+toy_post = toy.posterior(x_toy)
+m_star, s_star = toy_post.loc[0, 0], toy_post.scale_tril[0, 0, 0]
+toy_log_px = toy.log_prob(x_toy).item()
+means = m_star + torch.linspace(-2.0, 2.0, 201)
+stds = s_star * torch.logspace(-1, 1, 201)
+elbo_vs_mean = toy.elbo(
+    x_toy, MultivariateNormal(means[:, None], scale_tril=s_star * torch.ones(201, 1, 1))
+)
+elbo_vs_std = toy.elbo(
+    x_toy, MultivariateNormal(m_star * torch.ones(201, 1), scale_tril=stds[:, None, None])
+)
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+for ax, grid, curve, label in [
+    (ax1, means, elbo_vs_mean, "mean $m$ of $q$"),
+    (ax2, stds, elbo_vs_std, "standard deviation $s$ of $q$"),
+]:
+    ax.plot(grid.numpy(), curve.numpy(), label=r"ELBO $\mathcal{L}(q)$")
+    ax.axhline(toy_log_px, color="k", ls="--", label=r"$\log p(\mathbf{x})$")
+    ax.fill_between(
+        grid.numpy(),
+        curve.numpy(),
+        toy_log_px,
+        alpha=0.2,
+        label=r"gap = KL$(q\,\|\,p(z\mid\mathbf{x}))$",
+    )
+    ax.set_xlabel(label)
+    ax.legend(loc="lower center")
+ax2.set_xscale("log")
+ax1.set_ylabel("nats")
+ax1.set_ylim(toy_log_px - 6, toy_log_px + 1)
+ax1.set_title("moving the mean of q")
+ax2.set_title("changing the width of q")
+plt.show()
+
+# %% [markdown]
+# ## 5. The EM algorithm
+#
+# Fitting the model means maximising $\sum_n \log p_\theta(\mathbf x_n)$. The decomposition of
+# section 4, written for the whole data set with one distribution $q_n$ per point, reads
+#
+# $$
+# \sum_n \log p_\theta(\mathbf x_n) = \underbrace{\sum_n \mathcal L(q_n, \theta)}_{\mathcal L(q, \theta)}
+#   + \sum_n \mathrm{KL}\big(q_n(\mathbf z)\,\|\,p_\theta(\mathbf z\mid\mathbf x_n)\big).
+# $$
+#
+# The **expectation-maximisation** (EM) algorithm {cite:p}`dempster1977maximum` maximises the
+# ELBO $\mathcal L(q,\theta)$ by coordinate ascent, alternating between its two arguments:
+#
+# - **E-step** (over $q$, with $\theta_t$ fixed): the left side does not depend on $q$, so raising
+#   $\mathcal L$ means lowering the KL terms, and they vanish for the exact posterior,
+#   $q_n = p_{\theta_t}(\mathbf z\mid\mathbf x_n)$. The bound becomes tight:
+#   $\mathcal L(q, \theta_t) = \log p_{\theta_t}(\mathbf X)$.
+# - **M-step** (over $\theta$, with $q$ fixed): maximise
+#   $\mathcal L(q,\theta) = \sum_n \mathbb E_{q_n}[\log p_\theta(\mathbf x_n, \mathbf z)] + \text{const}$,
+#   the expected complete-data log-likelihood.
+#
+# **EM never decreases the likelihood.** With $q$ from the E-step at $\theta_t$,
+#
+# $$
+# \log p_{\theta_{t+1}}(\mathbf X) \;\ge\; \mathcal L(q, \theta_{t+1}) \;\ge\; \mathcal L(q, \theta_t) \;=\; \log p_{\theta_t}(\mathbf X):
+# $$
+#
+# the first inequality is the ELBO bound at the new parameters, the second is the M-step, the
+# equality is the E-step.
+#
+# **EM for pPCA** {cite:p}`tipping1999probabilistic`. The E-step needs only the posterior
+# moments, from section 1:
+#
+# $$
+# \mathbb E[\mathbf z_n] = M^{-1}W^\top(\mathbf x_n - \boldsymbol\mu), \qquad
+# \mathbb E[\mathbf z_n\mathbf z_n^\top] = \sigma^2 M^{-1} + \mathbb E[\mathbf z_n]\,\mathbb E[\mathbf z_n]^\top .
+# $$
+#
+# In the M-step, $\boldsymbol\mu$ is the sample mean $\bar{\mathbf x}$ (it maximises the likelihood
+# whatever $W$ and $\sigma^2$ are). The expected complete-data log-likelihood is, up to constants,
+# $-\frac{Nd}{2}\log\sigma^2 - \frac{1}{2\sigma^2}\sum_n \mathbb E\|\mathbf x_n - \bar{\mathbf x} - W\mathbf z_n\|^2$,
+# a quadratic in $W$. Setting its gradient to zero and then solving for $\sigma^2$:
+#
+# $$
+# W_{\text{new}} = \Big[\sum_n (\mathbf x_n-\bar{\mathbf x})\,\mathbb E[\mathbf z_n]^\top\Big]
+#   \Big[\sum_n \mathbb E[\mathbf z_n\mathbf z_n^\top]\Big]^{-1},
+# \qquad
+# \sigma^2_{\text{new}} = \frac{1}{Nd}\sum_n \Big(\|\mathbf x_n-\bar{\mathbf x}\|^2
+#   - 2\,\mathbb E[\mathbf z_n]^\top W_{\text{new}}^\top(\mathbf x_n-\bar{\mathbf x})
+#   + \operatorname{tr}\big(\mathbb E[\mathbf z_n\mathbf z_n^\top]\,W_{\text{new}}^\top W_{\text{new}}\big)\Big).
+# $$
+#
+# This is `PPCA.em_step` (Exercise 3 asks you to write it). Below we run it from a random start
+# and record three numbers per step: the log-likelihood before the step, the ELBO
+# $\mathcal L(q, \theta_{t+1})$ of the E-step's $q$ at the new parameters, and the log-likelihood
+# after. All are averaged over the $N = 500$ points (nats per point).
+
+# %%
+n_steps = 100
+model = PPCA.init_random(X, k, gen)
+log_lik = [model.log_prob(X).mean().item()]
+elbo_after_m_step = []
+for _ in range(n_steps):
+    q_posterior = model.posterior(X)  # E-step: q_n = p(z | x_n) under the current parameters
+    model = model.em_step(X)  # M-step (em_step recomputes the same posterior moments)
+    elbo_after_m_step.append(model.elbo(X, q_posterior).mean().item())
+    log_lik.append(model.log_prob(X).mean().item())
+log_lik, elbo_after_m_step = np.array(log_lik), np.array(elbo_after_m_step)
+mle = PPCA.mle(X, k)  # the closed-form optimum, section 6
+mle_log_lik = mle.log_prob(X).mean().item()
+
+# %% [markdown]
+# **Check: monotonicity, the sandwich, and convergence to the maximum-likelihood solution.**
+
+# %%
+print(
+    f"mean log-likelihood: start {fmt(log_lik[0])}, after 10 steps {fmt(log_lik[10])}, "
+    f"after {n_steps} steps {fmt(log_lik[-1])}; closed-form MLE {fmt(mle_log_lik)}"
+)
+assert np.all(np.diff(log_lik) >= -1e-10), "EM decreased the likelihood"
+assert np.all(log_lik[:-1] <= elbo_after_m_step + 1e-10) and np.all(
+    elbo_after_m_step <= log_lik[1:] + 1e-10
+)
+assert abs(log_lik[-1] - mle_log_lik) < 1e-6
+# W is identifiable only up to a rotation of the latent space; W W^T is not
+assert torch.allclose(model.W @ model.W.T, mle.W @ mle.W.T, atol=1e-4)
+print(
+    "monotone; log p(old) <= ELBO(q, new) <= log p(new) at every step; "
+    "converged to the MLE (to 1e-6 nats, and W W^T to 1e-4)"
+)
+
+# %%
+steps = np.arange(len(log_lik))
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+ax1.plot(
+    steps[:31], log_lik[:31], "o-", ms=3, label="EM: $\\frac{1}{N}\\log p_{\\theta_t}(\\mathbf{X})$"
+)
+ax1.axhline(mle_log_lik, color="k", ls="--", label="closed-form MLE")
+ax1.set_xlabel("EM step $t$")
+ax1.set_ylabel("mean log-likelihood (nats)")
+ax1.set_title("EM climbs monotonically (first 30 steps)")
+ax1.legend(loc="lower right")
+ax2.semilogy(steps, np.maximum(mle_log_lik - log_lik, 1e-16), label="gap to the MLE")
+ax2.set_xlabel("EM step $t$")
+ax2.set_ylabel("nats (log scale)")
+ax2.set_title("and converges geometrically")
+ax2.legend()
+plt.show()
+
+# %% [markdown]
+# The gap shrinks by a constant factor per step (a straight line on the log scale) until it
+# reaches the floor of floating-point precision. The factor can be predicted. Freeze $\sigma^2$ and
+# let $W = w\,\mathbf u_1$ point along the top eigenvector of the sample covariance $\widehat C$ (section 6),
+# with variance $\lambda_1$ along it. Substituting the posterior moments into the M-step, every
+# sum over $n$ becomes a multiple of $\widehat C\mathbf u_1 = \lambda_1\mathbf u_1$ and the update of the
+# scalar $w$ is
+#
+# $$
+# w_{\text{new}} = g(w) = \frac{\lambda_1 w\,(w^2+\sigma^2)}{\sigma^2(w^2+\sigma^2) + \lambda_1 w^2},
+# \qquad \text{with fixed point } w_*^2 = \lambda_1 - \sigma^2 .
+# $$
+#
+# Near the fixed point the error is multiplied by $g'(w_*) = 1 - 2\rho(1-\rho)$ per step, where
+# $\rho = \sigma^2/\lambda_1$; the log-likelihood gap is quadratic in the error, so it shrinks by
+# $g'(w_*)^2$. EM is therefore slow when a retained direction's variance is either much larger
+# than the noise ($\rho \to 0$) or barely above it ($\rho \to 1$).
+#
+# **Check: the predicted rate.** Here the top direction is the slowest one; we compare the measured
+# per-step shrinking of the gap between steps 30 and 40 with $g'(w_*)^2$ at the maximum-likelihood
+# $\lambda_1$ and $\sigma^2$.
+
+# %%
+lambda_1 = torch.linalg.eigvalsh(torch.cov(X.T, correction=0))[-1].item()
+rho_1 = mle.sigma2.item() / lambda_1
+predicted_rate = (1 - 2 * rho_1 * (1 - rho_1)) ** 2
+gap = mle_log_lik - log_lik
+measured_rate = (gap[40] / gap[30]) ** (1 / 10)
+print(f"gap shrinks per step by: measured {measured_rate:.3f} | predicted {predicted_rate:.3f}")
+assert abs(measured_rate / predicted_rate - 1) < 0.02
+print("agree within 2 %")
+
+# %% [markdown]
+# ## 6. The closed-form maximum-likelihood solution
+#
+# For pPCA we do not need EM at all. Let $\widehat C = \frac1N\sum_n (\mathbf x_n-\bar{\mathbf x})
+# (\mathbf x_n-\bar{\mathbf x})^\top$ be the sample covariance with eigenvalues
+# $\lambda_1\ge\dots\ge\lambda_d$ and unit eigenvectors $\mathbf u_1,\dots,\mathbf u_d$. The
+# mean log-likelihood of a Gaussian with covariance $C$ is
+# $-\frac12\big(d\log 2\pi + \log\det C + \operatorname{tr}(C^{-1}\widehat C)\big)$, and
+# {cite:t}`tipping1999probabilistic` show that it is maximised, among covariances of the form
+# $C = WW^\top+\sigma^2 I$, by
+#
+# $$
+# \sigma^2_{\mathrm{ML}} = \frac{1}{d-k}\sum_{j=k+1}^d \lambda_j, \qquad
+# W_{\mathrm{ML}} = U_k\big(\Lambda_k - \sigma^2_{\mathrm{ML}} I_k\big)^{1/2} R,
+# $$
+#
+# with $U_k = [\mathbf u_1 \dots \mathbf u_k]$, $\Lambda_k = \mathrm{diag}(\lambda_1,\dots,\lambda_k)$
+# and any rotation $R$ (we take $R = I$). In words: the model reproduces the data's variance
+# exactly along the top $k$ principal directions, and explains the remaining $d-k$ directions by
+# isotropic noise at their *average* variance. The columns of $W_{\mathrm{ML}}$ span the PCA
+# subspace, which is how pPCA earns its name.
+#
+# This $C$ has eigenvalues $\lambda_1,\dots,\lambda_k$ and $\sigma^2_{\mathrm{ML}}$ ($d-k$ times)
+# in the eigenbasis of $\widehat C$, so $\operatorname{tr}(C^{-1}\widehat C) = k + \sum_{j>k}\lambda_j/\sigma^2_{\mathrm{ML}} = d$
+# and the maximum itself has a closed form:
+#
+# $$
+# \frac1N \log p_{\mathrm{ML}}(\mathbf X) = -\frac12\Big(d\log 2\pi + \sum_{j\le k}\log\lambda_j + (d-k)\log\sigma^2_{\mathrm{ML}} + d\Big).
+# $$
+#
+# **Check: the maximum from the eigenvalues alone.**
+
+# %%
+eigenvalues = torch.linalg.eigvalsh(torch.cov(X.T, correction=0)).flip(0)
+sigma2_ml = eigenvalues[k:].mean()
+formula = -0.5 * (
+    d * math.log(2 * math.pi) + eigenvalues[:k].log().sum() + (d - k) * sigma2_ml.log() + d
+)
+print(
+    f"sigma2: MLE {fmt(mle.sigma2)} (true {fmt(true_model.sigma2)}), from the eigenvalues {fmt(sigma2_ml)}"
+)
+print(
+    f"max mean log-likelihood: eigenvalue formula {fmt(formula)} | PPCA.mle(X).log_prob(X).mean() {fmt(mle_log_lik)}"
+)
+assert abs(formula.item() - mle_log_lik) < 1e-9
+print("agree to 1e-9")
+
+# %% [markdown]
+# **Check: an independent implementation.** scikit-learn's `PCA` implements the same model:
+# `PCA(n_components=k).fit(X).score(X)` is the mean pPCA log-likelihood of `X`. One detail
+# differs: scikit-learn estimates variances with $N-1$ in the denominator, so its covariance is
+# exactly $c\,C_{\mathrm{ML}}$ with $c = N/(N-1)$. Then `PPCA.mle(X, k, ddof=1)` should
+# reproduce its score, and our (true) maximum should exceed it by exactly
+# $\tfrac d2\,(\log c + 1/c - 1)$ (substitute $cC$ into the log-likelihood above).
+
+# %%
+sk_score = PCA(n_components=k).fit(X.numpy()).score(X.numpy())
+ours_ddof1 = PPCA.mle(X, k, ddof=1).log_prob(X).mean().item()
+c = n_data / (n_data - 1)
+predicted_excess = 0.5 * d * (math.log(c) + 1 / c - 1)
+print(f"scikit-learn PCA.score: {fmt(sk_score, 6)} | PPCA.mle(ddof=1): {fmt(ours_ddof1, 6)}")
+print(
+    f"MLE minus scikit-learn: {(mle_log_lik - sk_score) * 1e6:.4g}e-6 nats, predicted {predicted_excess * 1e6:.4g}e-6"
+)
+assert abs(ours_ddof1 - sk_score) < 1e-9
+assert abs((mle_log_lik - sk_score) - predicted_excess) < 1e-9
+print("both agree to 1e-9")
+
+# %% [markdown]
+# ### pPCA on real data
+#
+# The same closed form fits scikit-learn's $8\times8$ handwritten digits ($d = 64$, pixel values
+# scaled to $[0,1]$). We fit on 1500 images and evaluate on the remaining 297. Since a model with
+# $k$ latent dimensions contains the one with $k-1$ (set a column of $W$ to zero), the maximal
+# training log-likelihood can only grow with $k$; the held-out curve follows it closely, so with
+# 1500 images these models hardly overfit. Do not read too much into the size of the numbers:
+# they are *densities* of points in a unit cube, which can exceed 1, and part of the growth comes
+# from pixels that are almost always 0, whose tiny variance makes the density very peaked.
+# Lecture 03 explains why continuous densities on discrete pixel values need care.
+
+# %%
+images, _ = load_digits()
+digits = images.reshape(len(images), -1).double()  # [1797, 64], values in [0, 1]
+order = torch.randperm(len(digits), generator=gen)
+train, test = digits[order[:1500]], digits[order[1500:]]
+ks = [1, 2, 4, 8, 16, 32]
+fits = {kk: PPCA.mle(train, kk) for kk in ks}
+train_ll = [fits[kk].log_prob(train).mean().item() for kk in ks]
+test_ll = [fits[kk].log_prob(test).mean().item() for kk in ks]
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1.3, 1]})
+ax1.plot(ks, train_ll, "o-", label="training images")
+ax1.plot(ks, test_ll, "s--", label="held-out images")
+ax1.set_xlabel("latent dimension $k$")
+ax1.set_ylabel("mean log-likelihood (nats per image)")
+ax1.set_title("pPCA on 8x8 digits")
+ax1.legend()
+samples = fits[16].sample(24, gen).clamp(0, 1).reshape(-1, 8, 8)
+image_grid(samples, nrow=8, ax=ax2, title="samples from the k = 16 model")
+plt.show()
+
+for kk, a, b in zip(ks, train_ll, test_ll, strict=True):
+    print(f"k = {kk:2d}: train {a:8.2f} | held-out {b:8.2f} nats per image")
+assert np.all(np.diff(train_ll) > 0)
+
+# %% [markdown]
+# The samples are recognisable strokes but blurry and noisy: a linear-Gaussian decoder cannot
+# produce sharp digits. Replacing $W\mathbf z+\boldsymbol\mu$ by a neural network makes the decoder
+# expressive, but then neither the evidence, nor the posterior, nor the M-step has a closed form.
+# What survives is the ELBO, optimised by stochastic gradients with an *amortised* approximate
+# posterior: the variational autoencoder of Lecture 02 {cite:p}`kingma2014auto`.
+#
+# ## Exercises
+#
+# Each exercise is a function to complete between the `### BEGIN SOLUTION` and
+# `### END SOLUTION` lines. The last line of the cell runs a check from `dgmlib.checks` that
+# compares your function with a reference implementation on several cases and tells you which
+# case fails and why.
+#
+# **Exercise 1 — the ELBO of a Gaussian $q$ in closed form.** Write
+# `elbo_gaussian(model, x, m, S)` returning $\mathcal L(q)$ for $q = \mathcal N(\mathbf m, S)$, a
+# single point `x` of shape `[d]`, `m` of shape `[k]` and `S` of shape `[k, k]`, using the two
+# formulas of section 4 (use `model.W`, `model.mu`, `model.sigma2`). Do not call `model.elbo`.
+
+
+# %%
+def elbo_gaussian(model: PPCA, x: torch.Tensor, m: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """ELBO (nats) of q(z) = N(m, S) at one point x [d] under a pPCA model."""
+    ### BEGIN SOLUTION
+    W, mu, sigma2 = model.W, model.mu, model.sigma2
+    d, k = W.shape
+    residual = x - mu - W @ m
+    expected_log_lik = -0.5 * d * torch.log(2 * math.pi * sigma2) - (
+        residual @ residual + torch.trace(W @ S @ W.T)
+    ) / (2 * sigma2)
+    kl_to_prior = 0.5 * (torch.trace(S) + m @ m - k - torch.logdet(S))
+    return expected_log_lik - kl_to_prior
+    ### END SOLUTION
+
+
+checks.check_elbo_gaussian(elbo_gaussian)
+
+# %% [markdown]
+# **Exercise 2 — a numerically stable importance-sampling estimate.** Given, for $K$ samples
+# $\mathbf z_j\sim q$, the values $\log p(\mathbf x\mid\mathbf z_j)$, $\log p(\mathbf z_j)$ and
+# $\log q(\mathbf z_j)$ (tensors of shape `[K, ...]`), return
+# $\log\frac1K\sum_j p(\mathbf x\mid\mathbf z_j)p(\mathbf z_j)/q(\mathbf z_j)$, reducing the first
+# dimension. Log-weights of real models are often around $-1000$: exponentiate carelessly and you
+# get $\log 0$. (Hint: $\log\sum_j e^{a_j} = a^* + \log\sum_j e^{a_j - a^*}$ with $a^* = \max_j a_j$.)
+
+
+# %%
+def log_importance_estimate(
+    log_px_given_z: torch.Tensor, log_pz: torch.Tensor, log_qz: torch.Tensor
+) -> torch.Tensor:
+    """log of the mean importance weight over dim 0: [K, ...] -> [...], in nats."""
+    ### BEGIN SOLUTION
+    log_w = log_px_given_z + log_pz - log_qz
+    log_w_max = log_w.max(dim=0).values
+    return log_w_max + torch.log(torch.exp(log_w - log_w_max).mean(dim=0))
+    ### END SOLUTION
+
+
+checks.check_log_importance_estimate(log_importance_estimate)
+
+# %% [markdown]
+# **Exercise 3 — one EM step for pPCA.** Write `em_step(X, W, mu, sigma2)` returning the pair
+# `(W_new, sigma2_new)` of section 5, for data `X` of shape `[N, d]`, `W` of shape `[d, k]` and
+# `mu` equal to the sample mean of `X`. Compute the posterior moments first, then the M-step.
+# Do not call `PPCA.em_step`.
+
+
+# %%
+def em_step(
+    X: torch.Tensor, W: torch.Tensor, mu: torch.Tensor, sigma2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One EM step for pPCA: (W_new [d, k], sigma2_new) from data X [N, d]."""
+    ### BEGIN SOLUTION
+    N, d = X.shape
+    k = W.shape[1]
+    Xc = X - mu
+    M_inv = torch.linalg.inv(W.T @ W + sigma2 * torch.eye(k, dtype=X.dtype))
+    Ez = Xc @ W @ M_inv  # rows: E[z_n]
+    sum_Ezz = N * sigma2 * M_inv + Ez.T @ Ez  # sum_n E[z_n z_n^T]
+    W_new = Xc.T @ Ez @ torch.linalg.inv(sum_Ezz)
+    sigma2_new = (
+        (Xc**2).sum() - 2 * ((Ez @ W_new.T) * Xc).sum() + torch.trace(sum_Ezz @ W_new.T @ W_new)
+    ) / (N * d)
+    return W_new, sigma2_new
+    ### END SOLUTION
+
+
+checks.check_em_step(em_step)
+
+# %% [markdown]
+# **Exercise 4 (no code to hand in).** (a) Using the closed-form ELBO, show that for pPCA the
+# optimal Gaussian $q$ has covariance $S = \sigma^2 M^{-1}$ whatever $\mathbf x$ is: only the mean
+# of the posterior depends on the data. What does that suggest about an encoder network that
+# outputs a mean and a covariance? (b) Run the EM loop of section 5 on data with
+# `signal_std = torch.tensor([30.0, 2.0, 1.4])` and compare the number of steps needed to reach a
+# gap of $10^{-6}$ with the rate $g'(w_*)^2$ derived there.
+#
+# ## Summary
+#
+# - A latent-variable model defines $p(\mathbf x) = \int p(\mathbf x\mid\mathbf z)p(\mathbf z)\,d\mathbf z$;
+#   the posterior $p(\mathbf z\mid\mathbf x)$ needs that same integral as its normaliser. In pPCA
+#   both are Gaussian and exact, which made every check in this lecture possible.
+# - Averaging the likelihood over prior samples is unbiased but useless in high dimension: its
+#   relative variance grows exponentially with the latent dimension, and typical estimates are
+#   orders of magnitude too small.
+# - Importance sampling with proposal $r$ is also unbiased; with the exact posterior as proposal
+#   every weight equals $p(\mathbf x)$ (zero variance), and a proposal near the posterior keeps
+#   the error small.
+# - The ELBO $\mathcal L(q) = \mathbb E_q[\log p(\mathbf x,\mathbf z) - \log q(\mathbf z)]$ is a
+#   lower bound by Jensen's inequality, and exactly
+#   $\log p(\mathbf x) = \mathcal L(q) + \mathrm{KL}(q\,\|\,p(\mathbf z\mid\mathbf x))$: raising the
+#   bound over $q$ pulls $q$ towards the posterior.
+# - EM is coordinate ascent on the ELBO: the E-step sets $q$ to the posterior (tight bound), the
+#   M-step raises the bound in $\theta$; the likelihood never decreases. For pPCA it converges to
+#   the Tipping–Bishop closed form, the PCA subspace with noise equal to the average discarded
+#   variance, which also matches scikit-learn's independent implementation.
+# - Next: when the decoder is a neural network, the E-step is no longer available in closed form.
+#   Lecture 02 replaces it by a learned, amortised $q_\phi(\mathbf z\mid\mathbf x)$ and gradient
+#   ascent on the ELBO.
+#
+# ## References
+#
+# - Probabilistic PCA, its closed-form maximum-likelihood solution and its EM algorithm:
+#   {cite:p}`tipping1999probabilistic`.
+# - The EM algorithm: {cite:p}`dempster1977maximum`.
+# - Latent-variable models, EM and variational inference in textbook form (chapters 9, 10 and 12):
+#   {cite:p}`bishop2006pattern`.
+# - Variational autoencoders, the next lecture's subject: {cite:p}`kingma2014auto`,
+#   {cite:p}`rezende2014stochastic`, and the tutorial {cite:p}`kingma2019introduction`.
+# - Importance sampling inside the bound, for Lecture 05: {cite:p}`burda2016importance`.
