@@ -6,6 +6,7 @@
 #   make sync    pair every notebooks/*.py with its .ipynb (Jupytext)
 #   make execute re-run notebooks and store their outputs (NB=notebooks/01_lvm_elbo.py for one)
 #   make student write the student edition (solutions replaced by stubs) to student/
+#   make checkpoints  re-train the small models that lectures load from data/checkpoints/ (slow)
 #   make clean   remove build outputs (not the environment: make distclean)
 
 PYTHON ?= python3
@@ -17,7 +18,7 @@ APT_PACKAGES := dataset-fashion-mnist chromium
 export DGMLIB_THREADS ?= 2
 export PYTHONHASHSEED := 0
 
-.PHONY: setup system-packages data mathjax lab book test lint sync execute student lock clean distclean
+.PHONY: setup system-packages data mathjax lab book test lint sync execute student checkpoints lock clean distclean
 
 setup: $(STAMP) system-packages data mathjax
 
@@ -76,6 +77,12 @@ execute: $(STAMP)
 
 student: $(STAMP)
 	$(PY) tools/make_student.py --out student
+
+# Deterministic (seeded, fixed threads, fixed data order) training scripts, one per lecture that
+# needs one; each writes NAME.safetensors + NAME.safetensors.sha256 (+ a JSON of results).
+checkpoints: $(STAMP) data
+	@for script in tools/train_lecture*.py; do \
+	  echo "== $$script"; $(PY) $$script || exit 1; done
 
 lock: $(STAMP)
 	$(PY) tools/lock.py
