@@ -340,6 +340,47 @@ def toy_2d(
     return x.to(torch.float32), labels.to(torch.int64)
 
 
+def bars_and_stripes(
+    n: int, size: int = 8, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``n`` binary "bars and stripes" images, float32 ``[n, 1, size, size]`` in {0, 1}.
+
+    Each image picks an orientation with probability 1/2 (horizontal: every row is constant;
+    vertical: every column is constant) and switches each of its ``size`` lines on independently
+    with probability 1/2. Its exact log-probability is :func:`bars_and_stripes_log_prob`.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"bars_and_stripes: n must be a positive int, got {n!r}")
+    if not isinstance(size, int) or size < 2:
+        raise ValueError(f"bars_and_stripes: size must be an int >= 2, got {size!r}")
+    horizontal = torch.rand(n, generator=generator) < 0.5
+    lines = (torch.rand(n, size, generator=generator) < 0.5).float()
+    rows = lines[:, :, None].expand(n, size, size)  # line i fills row i
+    cols = lines[:, None, :].expand(n, size, size)  # line i fills column i
+    return torch.where(horizontal[:, None, None], rows, cols).unsqueeze(1).contiguous()
+
+
+def bars_and_stripes_log_prob(x: torch.Tensor) -> torch.Tensor:
+    """Exact ``log p(x)`` under :func:`bars_and_stripes`, nats, float64 ``[n]``.
+
+    ``x``: binary ``[n, 1, S, S]`` or ``[n, S, S]``. A pattern that is horizontal only or
+    vertical only has probability ``2^-(S+1)``; the all-off and all-on images are both, with
+    probability ``2^-S``; anything else has probability 0 (``-inf``).
+    """
+    if x.dim() == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.dim() != 3 or x.shape[1] != x.shape[2]:
+        raise ValueError(
+            f"bars_and_stripes_log_prob: x must have shape [n, 1, S, S] or [n, S, S], "
+            f"got {tuple(x.shape)}"
+        )
+    size = x.shape[-1]
+    horizontal = (x == x[:, :, :1]).flatten(1).all(1)
+    vertical = (x == x[:, :1, :]).flatten(1).all(1)
+    p = (horizontal.double() + vertical.double()) * 2.0 ** -(size + 1)
+    return p.log()
+
+
 # --------------------------------------------------------------------------------------------
 # Batching
 # --------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from scipy.stats import norm
 from torch.func import grad, vmap
 
-from dgmlib.checks_vae import check_kl_standard_normal, check_reparam_sample
+from dgmlib.checks import check_kl_standard_normal, check_reparam_sample
 from dgmlib.data import (
     FASHION_MNIST_CLASSES,
     REPO_DATA_DIR,
@@ -985,7 +985,7 @@ plt.show()
 # ## Exercises
 #
 # Each exercise has a solution between `### BEGIN SOLUTION` and `### END SOLUTION`; the last line of
-# the cell runs a check from `dgmlib.checks_vae` that tells you whether your function is right.
+# the cell runs a check from `dgmlib.checks` that tells you whether your function is right.
 #
 # **Exercise 1 — the reparametrized sample.** Implement `reparam_sample(mu, logvar)`, returning one
 # sample of $\mathcal N(\boldsymbol\mu, \operatorname{diag} e^{\text{logvar}})$ per row that is a

@@ -47,7 +47,7 @@ import torch
 from scipy import integrate, stats
 from scipy.special import logsumexp
 
-from dgmlib.checks_dequant import check_dequantized_bpd, check_discretized_logistic
+from dgmlib.checks import check_dequantized_bpd, check_discretized_logistic
 from dgmlib.data import load_digits, load_fashion_mnist
 from dgmlib.dequantization import (
     dequantization_bound,

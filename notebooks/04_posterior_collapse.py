@@ -21,8 +21,9 @@
 # without looking at $\mathbf z$, and the ELBO then rewards it for doing exactly that. In the
 # extreme the encoder's output collapses onto the prior, the KL term falls to zero, and the
 # "latent-variable model" is an ordinary autoregressive model with an unused input. This lecture
-# explains why, measures how far a small PixelCNN decoder goes in that direction on
-# Fashion-MNIST, and tries the two standard remedies.
+# explains why, shows the complete collapse on a data set whose likelihood is known exactly,
+# measures how far a small PixelCNN decoder goes in that direction on Fashion-MNIST, and tries
+# the two standard remedies on both.
 #
 # **What you will learn**
 #
@@ -34,8 +35,10 @@
 #   number of **active units**, and an inequality that links them (checked on constructed data);
 # - **KL annealing** and **free bits**: their objectives, and the gradient property that makes
 #   free bits work (checked with autograd);
-# - one table comparing four trained models on the test set: an MLP-decoder VAE, a PixelCNN-decoder
-#   VAE, and the latter with annealing and with free bits.
+# - two tables of four trained models each (an MLP-decoder VAE, a PixelCNN-decoder VAE, and the
+#   latter with annealing and with free bits): on *bars and stripes*, where $\log p(\mathbf x)$
+#   is known and the PixelCNN model collapses completely (KL $\approx 0$, no active units, an
+#   ELBO equal to $\log p(\mathbf x)$), and on Fashion-MNIST, where the collapse is partial.
 #
 # **Prerequisites:** Lecture 01 (the ELBO and its decomposition) and Lecture 02 (the VAE, the
 # reparametrization trick, the Gaussian KL).
@@ -53,8 +56,14 @@ import numpy as np
 import torch
 
 from dgmlib.bounds import iwae_bound
-from dgmlib.checks_vae import check_active_units, check_free_bits
-from dgmlib.data import REPO_DATA_DIR, binarize_threshold, load_fashion_mnist
+from dgmlib.checks import check_active_units, check_free_bits
+from dgmlib.data import (
+    REPO_DATA_DIR,
+    bars_and_stripes,
+    bars_and_stripes_log_prob,
+    binarize_threshold,
+    load_fashion_mnist,
+)
 from dgmlib.diagnostics import active_units, kl_per_dimension
 from dgmlib.distributions import kl_normal_std_normal
 from dgmlib.kl_control import free_bits_kl, linear_warmup
@@ -377,34 +386,110 @@ print(
 assert fb >= plain and abs(free_bits_kl(kl_bz, 0.0).item() - plain.item()) < 1e-12
 
 # %% [markdown]
-# ## 5. Four trained models
+# ## 5. A data set with a known answer: total collapse
 #
-# All four VAEs share the encoder (an MLP, 784–200–200–(16+16), tanh) and a 16-dimensional
-# latent code, and were trained for 6 epochs on the same data (the first 20 000 training images,
-# binarized by thresholding at half intensity) in the same order, with Adam:
+# §2.1 predicts collapse whenever the decoder can model the data *on its own*. To see the
+# prediction in its pure form we need data whose likelihood we know exactly, and a decoder that
+# can provably represent it. **Bars and stripes** {cite}`mackay2003information` is such a set:
+# an $S \times S$ binary image ($S = 8$) picks an orientation with probability $\tfrac12$ —
+# horizontal (every row constant) or vertical (every column constant) — and switches each of its
+# $S$ lines on with probability $\tfrac12$ (`dgmlib.data.bars_and_stripes`).
 #
-# | variant | decoder | objective |
-# |---|---|---|
-# | MLP decoder | factorized Bernoulli, MLP 16–200–200–784 | ELBO |
-# | PixelCNN | PixelCNN (settings printed above) | ELBO |
-# | PixelCNN + KL annealing | same | $\mathcal L_\beta$, $\beta$ rising linearly from 0 to 1 over the first half of training, then the ELBO |
-# | PixelCNN + free bits | same | $\mathcal L_\lambda$, one group per latent dimension |
+# **Its exact likelihood.** A pattern that is horizontal but not vertical arises only through
+# one orientation and one choice of the $S$ lines: $p(\mathbf x) = \tfrac12 \cdot 2^{-S}$. The
+# all-off and all-on images are both horizontal and vertical, $p(\mathbf x) = 2 \cdot \tfrac12
+# \cdot 2^{-S} = 2^{-S}$. There are $2 \cdot 2^S - 2$ distinct patterns, and the masses add up
+# to $(2^{S+1} - 4)\, 2^{-(S+1)} + 2 \cdot 2^{-S} = 1$. Almost every image has
+# $\log p(\mathbf x) = -(S+1)\log 2 = -6.238$ nats (`dgmlib.data.bars_and_stripes_log_prob`).
 #
-# We evaluate each model on the first test images, binarized like the training images: the KL term,
-# the active units, and the ELBO estimated with one reparametrized sample per image (a fixed
-# random generator, so the numbers are reproducible). The last column asks directly whether the
-# decoder *uses* the code: how many nats of $\mathbb E_q \log p_\theta(\mathbf x\mid\mathbf z)$ are
-# lost when each image is decoded with the latent sample of *another* image.
+# **Why a PixelCNN can model it exactly.** By the chain rule
+# $p(\mathbf x) = \prod_i p(x_i \mid \mathbf x_{<i})$ *exactly*, so a decoder that ignores
+# $\mathbf z$ but computes each conditional $p(x_i\mid\mathbf x_{<i})$ correctly has
+# $p_\theta(\mathbf x) = p(\mathbf x)$. The conditionals here are simple functions of the
+# earlier pixels (the first row is free; after it, every pixel either copies its left neighbour
+# or the pixel above, depending on which orientation the earlier pixels reveal), and a PixelCNN
+# whose first $15 \times 15$ masked kernel covers *every* earlier pixel of an $8 \times 8$ image
+# can compute them. By §2.1 the collapsed model then reaches $\mathrm{ELBO} = \log p(\mathbf x)$,
+# the largest value any model can have on average, so **collapse is the optimum**. A factorized
+# MLP decoder, in contrast, cannot express the dependence between pixels without $\mathbf z$:
+# it must put the orientation and the lines (about $(S+1)\log 2 = 6.2$ nats) into the code.
+#
+# The same training command trained four small VAEs on fresh samples at every step (an 8-dimensional
+# code, an MLP encoder, 3000 steps; settings printed below), the same four kinds as in §6.
+#
+# **Check.** The stated probabilities sum to one over all $2^{S+1} - 2$ patterns, and the formula
+# agrees with the frequencies of 200 000 samples of a $3 \times 3$ version (where all $2^9$ binary
+# images can be enumerated).
+
+# %%
+S = 8
+n_patterns = 2 ** (S + 1) - 2
+total = (n_patterns - 2) * 2.0 ** -(S + 1) + 2 * 2.0**-S
+print(f"{n_patterns} patterns of {S}x{S}; total probability {total}")
+assert total == 1.0
+s3 = 3
+codes = torch.arange(2 ** (s3 * s3))
+every = ((codes[:, None] >> torch.arange(s3 * s3)) & 1).float().view(-1, 1, s3, s3)
+p_exact = bars_and_stripes_log_prob(every).exp()
+x3 = bars_and_stripes(200_000, s3, torch.Generator().manual_seed(5))
+index = (x3.view(-1, s3 * s3).long() << torch.arange(s3 * s3)).sum(1)
+freq = torch.bincount(index, minlength=len(codes)).double() / len(x3)
+print(
+    f"3x3: {int((p_exact > 0).sum())} patterns, sum of p = {p_exact.sum().item():.6f}, "
+    f"max |frequency - p| = {(freq - p_exact).abs().max().item():.4f}"
+)
+assert abs(p_exact.sum().item() - 1) < 1e-12 and (freq - p_exact).abs().max() < 0.005
+
+# %%
+bas = json.loads((CKPT / "l04_bas_results.json").read_text())
+bcfg = bas["config"]
+BAS_VARIANTS = {f"bas_{v}": name for v, name in VARIANTS.items()}
+
+
+def build_bas(variant: str) -> VAE:
+    """A bars-and-stripes model, as in tools/train_lecture04.py."""
+    size, z_dim, hidden = bcfg["size"], bcfg["z_dim"], bcfg["hidden"]
+    encoder = MLPGaussianEncoder(size * size, hidden, z_dim)
+    if variant == "bas_mlp":
+        decoder = BernoulliDecoder(z_dim, hidden, x_shape=(1, size, size))
+    else:
+        decoder = PixelCNNDecoder(z_dim, **bcfg["pixelcnn"], x_shape=(1, size, size))
+    return VAE(encoder, decoder)
+
+
+bas_models = {}
+for v in BAS_VARIANTS:
+    bas_models[v] = build_bas(v)
+    load_model(bas_models[v], CKPT / f"l04_{v}.safetensors")
+    bas_models[v].eval()
+print(
+    f"latent dimension {bcfg['z_dim']}; {bcfg['epochs'] * bcfg['steps_per_epoch']} steps of "
+    f"{bcfg['batch']} fresh images, Adam lr {bcfg['lr']}; annealing over the first "
+    f"{bcfg['warmup_steps']} steps; free bits {bcfg['free_bits']} nats per dimension"
+)
+print(f"PixelCNN decoder: {bcfg['pixelcnn']}")
+x_bas = bars_and_stripes(
+    bcfg["n_eval"], S, torch.Generator().manual_seed(bcfg["eval_data_seed"])
+)  # the evaluation images of the training command
+log_px_bas = bars_and_stripes_log_prob(x_bas)
+print(f"{len(x_bas)} evaluation images, exact mean log p(x) = {log_px_bas.mean().item():.4f} nats")
+
+# %% [markdown]
+# Each model is evaluated with the function `evaluate` of §6 (KL, active units, the ELBO with one
+# latent sample per image, and the *swap loss*: how many nats of $\mathbb E_q \log
+# p_\theta(\mathbf x\mid\mathbf z)$ are lost when every image is decoded with another image's
+# code). Since $\log p(\mathbf x)$ is known, the last column is the exact looseness of each
+# model's bound *as a model of the data*, $\log p(\mathbf x) - \mathrm{ELBO} \ge 0$ on average.
 
 
 # %%
 @torch.no_grad()
-def evaluate(model: VAE, x: torch.Tensor) -> dict:
+def evaluate(model: VAE, x: torch.Tensor, seed: int = 0) -> dict:
     """KL, active units, single-sample ELBO and the swap test on x, in nats per image."""
     mu, logvar = model.encode(x)
     kl_dims = kl_per_dimension(mu, logvar)
     au = active_units(mu, cfg["au_threshold"])
-    g = torch.Generator().manual_seed(cfg["eval_seed"])
+    g = torch.Generator().manual_seed(seed)
     z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=g)  # z ~ q(z|x)
     log_px_z = model.decoder.log_prob(x, z)
     elbo = log_px_z - kl_normal_std_normal(mu, logvar)
@@ -419,13 +504,111 @@ def evaluate(model: VAE, x: torch.Tensor) -> dict:
     }
 
 
-ev = {v: evaluate(models[v], x_eval) for v in VARIANTS}
+ev_bas = {v: evaluate(bas_models[v], x_bas, bcfg["eval_seed"]) for v in BAS_VARIANTS}
+for v in BAS_VARIANTS:  # the figures recorded by the training command
+    ref = bas["variants"][v]
+    assert ev_bas[v]["active_units"] == ref["active_units"], v
+    assert abs(ev_bas[v]["kl"] - ref["kl"]) < 1e-3 * max(1.0, ref["kl"]), v
+    assert abs(ev_bas[v]["elbo"] - ref["elbo"]) < 1e-3 * abs(ref["elbo"]), v
+log_px_mean = log_px_bas.mean().item()
+print(
+    f"Bars and stripes, {len(x_bas)} images; nats per image; exact log p(x) = {log_px_mean:.3f}\n"
+)
+header = (
+    f"{'model':<26}{'KL':>8}{'active units':>14}{'ELBO':>9}{'log p - ELBO':>14}{'swap loss':>11}"
+)
+print(header)
+print("-" * len(header))
+for v, name in BAS_VARIANTS.items():
+    e = ev_bas[v]
+    print(
+        f"{name:<26}{e['kl']:>8.3f}{e['active_units']:>10d}/{bcfg['z_dim']:<3}"
+        f"{e['elbo']:>9.3f}{log_px_mean - e['elbo']:>14.3f}{e['swap_loss']:>11.3f}"
+    )
 
 # %% [markdown]
+# **Check.** The plain PixelCNN model has collapsed — a KL below 0.05 nats and no active unit —
+# and its ELBO is within 0.1 nats of the exact $\log p(\mathbf x)$, as §2.1 predicts for the
+# optimum. The MLP decoder cannot collapse: it needs at least the $\approx 6$ nats of
+# orientation and lines in its code. Both remedies bring the code back into use (active units,
+# a KL well above the collapsed model's) and pay for it with a lower ELBO.
+
+# %%
+col = ev_bas["bas_pixelcnn"]
+print(
+    f"collapsed PixelCNN: KL = {col['kl']:.3f} nats, active units = {col['active_units']}, "
+    f"log p(x) - ELBO = {log_px_mean - col['elbo']:.3f} nats"
+)
+assert col["kl"] < 0.05 and col["active_units"] == 0 and abs(log_px_mean - col["elbo"]) < 0.1
+assert ev_bas["bas_mlp"]["kl"] > 6.0
+for v in ("bas_pixelcnn_anneal", "bas_pixelcnn_freebits"):
+    assert ev_bas[v]["active_units"] > 0 and ev_bas[v]["kl"] > 10 * col["kl"], v
+    assert ev_bas[v]["elbo"] < col["elbo"], v
+
+# %% [markdown]
+# **Reading the table.**
+#
+# - **The prediction of §2.1, exactly.** The plain PixelCNN model uses no unit (KL 0.001 nats),
+#   decoding with another image's code changes nothing (swap loss 0.00), and its ELBO is
+#   0.02 nats from the exact $\log p(\mathbf x)$: it is an autoregressive model of the data with
+#   an unused input, and it is the best of the four by the ELBO. Nothing went wrong in training —
+#   the ELBO *asked* for this.
+# - **The factorized decoder depends on its code**: 10.2 nats in all 8 units, a swap loss of
+#   222 nats, and an ELBO 5.1 nats below $\log p(\mathbf x)$ — the price of a diagonal Gaussian
+#   code for a discrete choice (orientation and lines are 9 bits, which a continuous $\mathbf z$
+#   can only approximate).
+# - **Annealing delays the collapse.** During the warm-up the code carries up to 16 nats;
+#   once $\beta = 1$ the KL decays (the curve below) and ends at 0.48 nats, still falling, with
+#   a swap loss under 1 nat.
+# - **Free bits keeps the code in use.** Every unit holds about $\lambda = 0.25$ nats (total
+#   2.33), and the decoder now relies on it (swap loss 5.7 nats). The ELBO is 0.3 nats lower than
+#   the collapsed model's: where collapse is the optimum, a used code is paid for in ELBO.
+#
+# So the remedies "restore" the latent code, but they do it by changing the objective, not by
+# finding a better ELBO. They are worth it when the code is *wanted* for its own sake (a
+# representation, control over samples, a compressed description), which the ELBO alone does not
+# value.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1.4]})
+image_grid(x_bas[:32], nrow=8, ax=axes[0], title="bars and stripes: 32 evaluation images")
+bas_colors = dict(zip(BAS_VARIANTS, ["tab:gray", "tab:red", "tab:blue", "tab:green"], strict=True))
+for v, name in BAS_VARIANTS.items():
+    h = bas["variants"][v]["history"]
+    axes[1].plot(h["step"], np.maximum(h["kl"], 1e-3), color=bas_colors[v], label=name)
+axes[1].axvline(bcfg["warmup_steps"], ls="--", color="tab:blue", lw=1)
+axes[1].axhline(bcfg["z_dim"] * bcfg["free_bits"], ls=":", color="tab:green", lw=1)
+axes[1].set_yscale("log")
+axes[1].set_xlabel("training step")
+axes[1].set_ylabel("KL term (nats, log scale)")
+axes[1].set_title("KL during training (dashed: end of the warm-up; dotted: 8 x lambda)")
+axes[1].legend(fontsize=9, loc="lower left")
+plt.show()
+
+# %% [markdown]
+# ## 6. Fashion-MNIST: four trained models
+#
+# All four VAEs share the encoder (an MLP, 784–200–200–(16+16), tanh) and a 16-dimensional
+# latent code, and were trained for 6 epochs on the same data (the first 20 000 training images,
+# binarized by thresholding at half intensity) in the same order, with Adam:
+#
+# | variant | decoder | objective |
+# |---|---|---|
+# | MLP decoder | factorized Bernoulli, MLP 16–200–200–784 | ELBO |
+# | PixelCNN | PixelCNN (settings printed above) | ELBO |
+# | PixelCNN + KL annealing | same | $\mathcal L_\beta$, $\beta$ rising linearly from 0 to 1 over the first half of training, then the ELBO |
+# | PixelCNN + free bits | same | $\mathcal L_\lambda$, one group per latent dimension |
+#
+# We evaluate each model with `evaluate` of §5 on the first test images, binarized like the
+# training images: the KL term, the active units, the ELBO estimated with one reparametrized
+# sample per image (a fixed random generator, so the numbers are reproducible), and the swap
+# loss. Here $\log p(\mathbf x)$ is unknown.
+#
 # **Check.** The figures recomputed here agree with those the training command recorded (it ran
 # with one thread, this notebook with two, so the last digits of a float may differ).
 
 # %%
+ev = {v: evaluate(models[v], x_eval, cfg["eval_seed"]) for v in VARIANTS}
 for v in VARIANTS:
     ref = results["variants"][v]
     assert ev[v]["active_units"] == ref["active_units"], v
@@ -457,9 +640,10 @@ for v, name in VARIANTS.items():
 #   pixels above, not from $\mathbf z$. The collapse is **partial**. The code keeps what this
 #   decoder cannot get from the pixels above: above all, what the image looks like before any of
 #   it has been generated (which garment, how wide, where it starts) — the division of labour
-#   that §2.2 predicts. With a decoder that sees the whole image and has far more capacity than
-#   this CPU-sized one (31 825 parameters), the code can end up ignored altogether
-#   {cite}`chen2017variational`; Exercise 3 goes the other way and weakens the decoder.
+#   that §2.2 predicts. §5 showed the end point when the decoder can model the data exactly; a
+#   decoder that sees the whole image and has far more capacity than this CPU-sized one
+#   (31 825 parameters) moves towards it {cite}`chen2017variational`. Exercise 3 goes the other
+#   way and weakens the decoder.
 # - **All 16 units count as active** in the PixelCNN models, although each carries only a few
 #   tenths of a nat (the bar charts below): the variance threshold 0.01 corresponds to
 #   $\ge 0.005$ nats (§3). The active-unit count tells whether a dimension varies with the
@@ -683,6 +867,9 @@ check_active_units(my_active_units)
 #   ($\operatorname{Var}_x \mu_j > 0.01$); $\overline{\mathrm{KL}}_j \ge \tfrac12\operatorname{Var}(\mu_j)$,
 #   so active units cost something, but a unit can cost KL without being active. Decoding with
 #   another image's code measures directly how much the decoder relies on $\mathbf z$.
+# - On bars and stripes, where a PixelCNN can represent $p(\mathbf x)$ exactly, the plain
+#   ELBO drives the model to total collapse (KL $\approx 0$, no active units) with an ELBO equal
+#   to the exact $\log p(\mathbf x)$: collapse is the optimum, not a training accident.
 # - On binarized Fashion-MNIST, a small PixelCNN decoder improves the ELBO by 43 nats over an MLP
 #   decoder while putting less than half as much information into $\mathbf z$ and depending on
 #   it far less: a partial collapse.

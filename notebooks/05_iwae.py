@@ -59,7 +59,7 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from dgmlib.bounds import estimate_nll, iwae_bound
-from dgmlib.checks_vae import check_active_units, check_iwae_bound
+from dgmlib.checks import check_active_units, check_iwae_bound
 from dgmlib.data import REPO_DATA_DIR, binarize_fixed, load_fashion_mnist
 from dgmlib.diagnostics import active_units, gradient_snr, loglog_slope, mean_snr
 from dgmlib.models import IWAE, PPCA, VAE

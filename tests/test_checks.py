@@ -1,4 +1,5 @@
-"""dgmlib.checks: each check passes a correct solution and rejects typical mistakes clearly."""
+"""dgmlib.checks: every check passes a correct solution with one line, reports a stub as "not
+implemented yet", and names the failing case (expected vs got, hint) for typical mistakes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,16 @@ import pytest
 import torch
 
 from dgmlib import checks
+from dgmlib.bounds import iwae_bound
+from dgmlib.checks.lvm import _em_without_posterior_cov
+from dgmlib.dequantization import (
+    discretized_logistic_log_prob,
+    log_density_to_integer_units,
+    nats_to_bits_per_dim,
+)
+from dgmlib.diagnostics import active_units
+from dgmlib.distributions import kl_normal_std_normal
+from dgmlib.kl_control import free_bits_kl
 
 # ---------------------------------------------------------------------------------------------
 # student-style solutions, right and wrong
@@ -38,7 +49,7 @@ def elbo_no_trace(model, x, m, S):
     return elbo_right(model, x, m, S) + torch.trace(model.W @ S @ model.W.T) / (2 * s2)
 
 
-def stub(*args):
+def stub(*args, **kwargs):
     raise NotImplementedError("Exercise: replace this line with your solution.")
 
 
@@ -69,15 +80,87 @@ def em_right(X, W, mu, sigma2):
 
 
 def em_no_posterior_cov(X, W, mu, sigma2):
-    return checks._em_without_posterior_cov(X, W, mu, sigma2)
+    return _em_without_posterior_cov(X, W, mu, sigma2)
+
+
+def reparam(mu, logvar):
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+def dequantized_bpd(log_density_unit, x_int, num_levels, num_samples, generator):
+    n, d = x_int.shape
+    u = torch.rand((num_samples, n, d), generator=generator, dtype=torch.float64)
+    lp = log_density_unit((x_int.double() + u) / num_levels).mean(0)
+    return nats_to_bits_per_dim(-log_density_to_integer_units(lp, d, num_levels), d)
+
+
+# check name -> (a correct solution, the number of cases it must report)
+REFERENCES = {
+    "check_elbo_gaussian": (elbo_right, 4),
+    "check_log_importance_estimate": (is_right, 5),
+    "check_em_step": (em_right, 3),
+    "check_reparam_sample": (reparam, 5),
+    "check_kl_standard_normal": (kl_normal_std_normal, 4),
+    "check_discretized_logistic": (discretized_logistic_log_prob, 7),
+    "check_dequantized_bpd": (dequantized_bpd, 3),
+    "check_free_bits": (free_bits_kl, 6),
+    "check_active_units": (active_units, 5),
+    "check_iwae_bound": (iwae_bound, 5),
+}
+
+
+def fails(check, fn, *fragments):
+    """Run ``check(fn)``, expect an AssertionError containing every fragment; return its text."""
+    with pytest.raises(AssertionError) as info:
+        check(fn)
+    msg = str(info.value)
+    for f in fragments:
+        assert f in msg, msg
+    return msg
 
 
 # ---------------------------------------------------------------------------------------------
+# every check: one success line, stubs and non-functions reported uniformly
 
 
-def test_elbo_check_passes_a_correct_solution(capsys):
-    checks.check_elbo_gaussian(elbo_right)
-    assert "check_elbo_gaussian: all 4 cases agree" in capsys.readouterr().out
+def test_every_check_is_listed_and_importable():
+    assert sorted(REFERENCES) == sorted(checks.__all__)
+    from dgmlib.checks import check_dequantized_bpd, check_em_step, check_iwae_bound
+
+    assert check_em_step is checks.check_em_step
+    assert check_iwae_bound is checks.check_iwae_bound
+    assert check_dequantized_bpd is checks.check_dequantized_bpd
+
+
+@pytest.mark.parametrize("name", checks.__all__)
+def test_reference_passes_with_one_line_and_stub_is_not_implemented(name, capsys):
+    check = getattr(checks, name)
+    solution, n_cases = REFERENCES[name]
+    check(solution)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.endswith("cases pass.\n"), out
+    assert out == f"{name}: all {n_cases} cases pass.\n"
+    with pytest.raises(AssertionError, match="not implemented") as info:
+        check(stub)
+    assert str(info.value).startswith(f"{name}: `stub` is not implemented yet")
+
+
+@pytest.mark.parametrize("name", checks.__all__)
+def test_a_non_function_is_rejected(name):
+    with pytest.raises(AssertionError, match=f"{name}: expected a function, got int"):
+        getattr(checks, name)(3)
+
+
+def test_check_does_not_change_the_global_random_state():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    checks.check_reparam_sample(reparam)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# lecture 01
 
 
 @pytest.mark.parametrize(
@@ -89,24 +172,16 @@ def test_elbo_check_passes_a_correct_solution(capsys):
     ],
 )
 def test_elbo_check_rejects_typical_mistakes(wrong, case, hint):
-    with pytest.raises(AssertionError) as info:
-        checks.check_elbo_gaussian(wrong)
-    msg = str(info.value)
-    assert f"case '{case}" in msg and "expected:" in msg and "got:" in msg
+    msg = fails(checks.check_elbo_gaussian, wrong, "expected:", "got:")
+    assert msg.startswith(f"check_elbo_gaussian, case '{case}")
     assert hint in msg.split("Hint:")[1]
 
 
-@pytest.mark.parametrize(
-    "check",
-    [checks.check_elbo_gaussian, checks.check_log_importance_estimate, checks.check_em_step],
-)
-def test_stub_is_reported_as_not_implemented(check):
-    with pytest.raises(AssertionError, match="`stub` is not implemented yet"):
-        check(stub)
-
-
 def test_crash_and_bad_return_are_reported():
-    with pytest.raises(AssertionError, match="case 'q = prior N\\(0, I\\)': your function raised"):
+    with pytest.raises(
+        AssertionError,
+        match="check_elbo_gaussian, case 'q = prior N\\(0, I\\)': your function raised",
+    ):
         checks.check_elbo_gaussian(lambda model, x, m, S: m @ torch.zeros(3))
     with pytest.raises(AssertionError, match="should be a tensor or a number, got str"):
         checks.check_elbo_gaussian(lambda *a: "oops")
@@ -114,13 +189,6 @@ def test_crash_and_bad_return_are_reported():
         checks.check_elbo_gaussian(lambda *a: torch.zeros(2))
     with pytest.raises(AssertionError, match="contains NaN"):
         checks.check_elbo_gaussian(lambda *a: torch.tensor(float("nan")))
-    with pytest.raises(AssertionError, match="expected a function"):
-        checks.check_em_step(3)
-
-
-def test_importance_check_passes_a_correct_solution(capsys):
-    checks.check_log_importance_estimate(is_right)
-    assert "all 5 cases agree" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -136,15 +204,96 @@ def test_importance_check_rejects_typical_mistakes(wrong, match):
         checks.check_log_importance_estimate(wrong)
 
 
-def test_em_check_passes_a_correct_solution(capsys):
-    checks.check_em_step(em_right)
-    assert "check_em_step: all 3 cases agree" in capsys.readouterr().out
-
-
 def test_em_check_rejects_missing_posterior_covariance_and_bad_returns():
     with pytest.raises(AssertionError, match="(?s)W_new.*posterior covariance term is missing"):
         checks.check_em_step(em_no_posterior_cov)
     with pytest.raises(AssertionError, match="return a pair"):
         checks.check_em_step(lambda X, W, mu, s2: W)
-    with pytest.raises(AssertionError, match="failed for sigma2_new"):
+    with pytest.raises(AssertionError, match="sigma2_new does not match the reference"):
         checks.check_em_step(lambda X, W, mu, s2: (em_right(X, W, mu, s2)[0], s2))
+
+
+# ---------------------------------------------------------------------------------------------
+# lectures 02, 04, 05
+
+
+def test_wrong_reparametrizations_are_caught():
+    fails(
+        checks.check_reparam_sample,
+        lambda mu, logvar: mu + torch.exp(logvar) * torch.randn_like(mu),
+        "check_reparam_sample, case 'sample std over 20000 draws'",
+        "expected:",
+        "got:",
+        "Hint: sigma = exp(logvar / 2)",
+    )
+    fails(
+        checks.check_reparam_sample,
+        lambda mu, logvar: torch.normal(mu.detach(), torch.exp(0.5 * logvar.detach())),
+        "case 'gradients'",
+    )
+    fails(checks.check_reparam_sample, lambda mu, logvar: mu[:, :1], "case 'shape'")
+    fails(
+        checks.check_reparam_sample,
+        lambda mu, logvar: mu + torch.exp(0.5 * logvar.detach()) * torch.randn_like(mu),
+        "no gradient reaches logvar",
+    )
+
+
+def test_wrong_kl_is_caught():
+    fails(
+        checks.check_kl_standard_normal,
+        lambda mu, logvar: 0.5 * (logvar.exp() + mu**2 - logvar).sum(-1),  # forgot the -1
+        "case 'q equals the prior (KL = 0)'",
+        "expected: [0, 0]\n  got:      [1.5, 1.5]",
+    )
+    fails(
+        checks.check_kl_standard_normal,
+        lambda mu, logvar: 0.5 * (logvar.exp() + mu**2 - 1 - logvar).sum(),  # summed the batch
+        "the KL has shape (), expected (2,)",
+    )
+
+
+def test_wrong_free_bits_are_caught():
+    def per_example_clamp(kl, lam):
+        return torch.clamp(kl, min=lam).mean(0).sum()
+
+    fails(checks.check_free_bits, per_example_clamp, "clamp the batch mean, not each example")
+
+    def python_max(kl, lam):
+        return torch.tensor(sum(max(lam, v) for v in kl.mean(0).tolist()))
+
+    fails(checks.check_free_bits, python_max, "case 'gradient", "torch.clamp")
+
+
+def test_wrong_active_units_are_caught():
+    fails(
+        checks.check_active_units,
+        lambda mu, thr: int((mu.abs().mean(0) > thr).sum()),  # magnitude, not variance
+        "case 'constant dimensions are inactive'",
+        "the number of active units does not match",
+        "expected: 2\n  got:      5",
+    )
+
+
+def test_wrong_iwae_bounds_are_caught():
+    fails(
+        checks.check_iwae_bound,
+        lambda log_w: log_w.mean(0),  # the ELBO, not the IWAE bound
+        "two weights 1 and 3 give log 2",
+    )
+    fails(
+        checks.check_iwae_bound,
+        lambda log_w: log_w.exp().mean(0).log(),  # unstable
+        "very negative log-weights (-1000) do not underflow",
+        "got:      -inf",
+    )
+    fails(
+        checks.check_iwae_bound,
+        lambda log_w: log_w.exp().mean(1).log(),  # wrong dimension
+        "case 'K = 1 gives the single log-weight",
+    )
+
+
+def test_a_crash_in_student_code_names_the_case():
+    msg = fails(checks.check_iwae_bound, lambda log_w: log_w.foo(), "raised AttributeError")
+    assert msg.startswith("check_iwae_bound, case 'K = 1")

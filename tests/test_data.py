@@ -196,3 +196,34 @@ def test_batches():
     assert sorted(shuffled.tolist()) == list(range(10)) and shuffled.tolist() != list(range(10))
     with pytest.raises(ValueError, match="first dimension"):
         list(data.batches(x, torch.arange(3), batch_size=2))
+
+
+# --- bars and stripes ----------------------------------------------------------------------------
+
+
+def test_bars_and_stripes_log_prob_is_normalised_and_matches_sampling():
+    from dgmlib.data import bars_and_stripes, bars_and_stripes_log_prob
+
+    size = 3
+    codes = torch.arange(2 ** (size * size))
+    every = ((codes[:, None] >> torch.arange(size * size)) & 1).float().view(-1, 1, size, size)
+    p = bars_and_stripes_log_prob(every).exp()
+    assert abs(p.sum().item() - 1.0) < 1e-12  # a distribution over all 512 binary images
+    assert int((p > 0).sum()) == 2 ** (size + 1) - 2  # the all-off/all-on patterns are shared
+    x = bars_and_stripes(40_000, size, torch.Generator().manual_seed(0))
+    assert x.shape == (40_000, 1, size, size) and x.dtype == torch.float32
+    assert torch.isfinite(bars_and_stripes_log_prob(x)).all()  # every sample is a valid pattern
+    index = (x.view(-1, size * size).long() << torch.arange(size * size)).sum(1)
+    freq = torch.bincount(index, minlength=len(codes)).double() / len(x)
+    assert (freq - p).abs().max() < 0.01  # empirical frequencies match the exact probabilities
+
+
+def test_bars_and_stripes_rejects_bad_arguments():
+    from dgmlib.data import bars_and_stripes, bars_and_stripes_log_prob
+
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        bars_and_stripes(0)
+    with pytest.raises(ValueError, match="size must be an int >= 2"):
+        bars_and_stripes(5, size=1)
+    with pytest.raises(ValueError, match=r"x must have shape \[n, 1, S, S\]"):
+        bars_and_stripes_log_prob(torch.zeros(2, 3, 4))

@@ -1,11 +1,5 @@
-"""Exercise checks for lectures 02-05 (VAE, bits per dimension, posterior collapse, IWAE).
-
-Each ``check_*`` function runs a student's implementation against a reference on cases with
-known answers. On success it prints one line; otherwise it raises an ``AssertionError`` that
-names the failing case, shows the expected and the obtained values, and gives a hint. A function
-that still raises ``NotImplementedError`` (the student edition's stub) gets a clear "not
-implemented yet" message. Checks are deterministic (fixed seeds) and run in well under a second.
-"""
+"""Checks of lectures 02 (reparametrization, Gaussian KL), 04 (free bits, active units) and 05
+(the importance-weighted bound)."""
 
 from __future__ import annotations
 
@@ -16,74 +10,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dgmlib.checks._common import call_student, compare, fail, passed
+
 __all__ = [
     "check_active_units",
-    "check_bits_per_dim",
     "check_free_bits",
     "check_iwae_bound",
     "check_kl_standard_normal",
     "check_reparam_sample",
 ]
 
-
-def _call(check: str, case: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call the student's ``fn``; turn a stub or a crash into an AssertionError naming the case."""
-    try:
-        return fn(*args, **kwargs)
-    except NotImplementedError:
-        raise AssertionError(
-            f"{check}: your function is not implemented yet (it raised NotImplementedError). "
-            "Replace the `raise NotImplementedError` line with your code and run the cell again."
-        ) from None
-    except Exception as e:  # noqa: BLE001 - report any crash of student code as a failed case
-        raise AssertionError(f"{check}: case '{case}' raised {type(e).__name__}: {e}") from e
-
-
-def _fmt(v: Any) -> str:
-    """A short printable form of a number or a tensor."""
-    if isinstance(v, Tensor):
-        if v.numel() == 1:
-            return f"{v.item():.6g}"
-        flat = v.detach().flatten()[:8].tolist()
-        more = ", ..." if v.numel() > 8 else ""
-        return f"[{', '.join(f'{x:.6g}' for x in flat)}{more}]"
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return repr(v)
-
-
-def _expect_close(
-    check: str,
-    case: str,
-    got: Any,
-    expected: Tensor | float,
-    hint: str,
-    atol: float = 1e-5,
-    rtol: float = 1e-5,
-) -> None:
-    """Raise an AssertionError (case, expected, got, hint) unless ``got`` matches ``expected``."""
-    exp = torch.as_tensor(expected, dtype=torch.float64)
-    try:
-        g = torch.as_tensor(got.detach() if isinstance(got, Tensor) else got, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError):
-        raise AssertionError(
-            f"{check}: case '{case}': expected a number or tensor, got {type(got).__name__}. "
-            f"Hint: {hint}"
-        ) from None
-    if g.shape != exp.shape:
-        raise AssertionError(
-            f"{check}: case '{case}': expected shape {tuple(exp.shape)}, got {tuple(g.shape)}. "
-            f"Hint: {hint}"
-        )
-    if not torch.allclose(g, exp, atol=atol, rtol=rtol, equal_nan=False):
-        raise AssertionError(
-            f"{check}: case '{case}': expected {_fmt(exp)}, got {_fmt(g)}. Hint: {hint}"
-        )
-
-
-def _passed(check: str, n_cases: int) -> None:
-    """Print the one success line of a check."""
-    print(f"{check}: all {n_cases} cases pass.")
+RTOL = 1e-5
+ATOL = 1e-5
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,84 +35,97 @@ def check_reparam_sample(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     Cases: the shape; the sample mean and standard deviation over many draws; gradients reaching
     ``mu`` and ``logvar`` with ``dz/dmu = 1`` and ``dz/dlogvar = (z - mu) / 2``.
     """
-    name = "check_reparam_sample"
+    check = "check_reparam_sample"
     with torch.random.fork_rng():  # seed the check without changing the caller's random state
         torch.manual_seed(0)
-        _check_reparam_cases(name, fn)
-    _passed(name, 5)
+        _check_reparam_cases(check, fn)
+    passed(check, 5)
 
 
-def _check_reparam_cases(name: str, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+def _check_reparam_cases(check: str, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """The cases of :func:`check_reparam_sample`."""
     mu = torch.tensor([[0.0, 2.0, -1.0]])
     logvar = torch.tensor([[0.0, math.log(0.25), math.log(4.0)]])
 
-    z = _call(name, "shape", fn, mu, logvar)
+    z = call_student(check, "shape", fn, mu, logvar)
     if not isinstance(z, Tensor) or z.shape != mu.shape:
-        raise AssertionError(
-            f"{name}: case 'shape': expected a tensor of shape {tuple(mu.shape)}, got "
-            f"{tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__}. Hint: z has the "
-            "shape of mu: one sample per example and latent dimension."
+        got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+        fail(
+            check,
+            "shape",
+            f"expected a tensor of shape {tuple(mu.shape)}, got {got}.",
+            "z has the shape of mu: one sample per example and latent dimension.",
         )
 
     n = 20000
     big_mu, big_logvar = mu.expand(n, 3).contiguous(), logvar.expand(n, 3).contiguous()
-    zs = _call(name, "moments", fn, big_mu, big_logvar).detach()
-    _expect_close(
-        name,
+    zs = call_student(check, "moments", fn, big_mu, big_logvar).detach()
+    compare(
+        check,
         "sample mean over 20000 draws",
         zs.mean(0),
         mu[0],
-        atol=0.05,
-        rtol=0.0,
+        what="the sample mean",
         hint="z = mu + sigma * eps with eps ~ N(0, I); the mean of z is mu.",
+        rtol=0.0,
+        atol=0.05,
     )
-    _expect_close(
-        name,
+    compare(
+        check,
         "sample std over 20000 draws",
         zs.std(0),
         torch.exp(0.5 * logvar[0]),
-        atol=0.05,
-        rtol=0.0,
+        what="the sample std",
         hint="sigma = exp(logvar / 2), not exp(logvar) and not logvar itself.",
+        rtol=0.0,
+        atol=0.05,
     )
 
     m = mu.clone().requires_grad_(True)
     lv = logvar.clone().requires_grad_(True)
-    z = _call(name, "gradients", fn, m, lv)
+    z = call_student(check, "gradients", fn, m, lv)
     if not isinstance(z, Tensor) or not z.requires_grad:
-        raise AssertionError(
-            f"{name}: case 'gradients': z does not depend differentiably on mu and logvar. "
-            "Hint: draw eps separately (torch.randn_like) and compute z from mu and logvar with "
-            "torch operations; do not sample z directly (e.g. torch.normal) or detach it."
+        fail(
+            check,
+            "gradients",
+            "z does not depend differentiably on mu and logvar.",
+            "draw eps separately (torch.randn_like) and compute z from mu and logvar with "
+            "torch operations; do not sample z directly (e.g. torch.normal) or detach it.",
         )
     g_mu, g_lv = torch.autograd.grad(z.sum(), (m, lv), allow_unused=True)
     if g_mu is None or g_lv is None:
-        raise AssertionError(
-            f"{name}: case 'gradients': no gradient reaches "
-            f"{'mu' if g_mu is None else 'logvar'}. Hint: z must be computed from both."
+        fail(
+            check,
+            "gradients",
+            f"no gradient reaches {'mu' if g_mu is None else 'logvar'}.",
+            "z must be computed from both.",
         )
-    _expect_close(
-        name,
+    compare(
+        check,
         "dz/dmu",
         g_mu,
         torch.ones_like(mu),
+        what="the gradient",
         hint="z = mu + sigma * eps has dz/dmu = 1.",
+        rtol=RTOL,
+        atol=ATOL,
     )
-    _expect_close(
-        name,
+    compare(
+        check,
         "dz/dlogvar",
         g_lv,
         0.5 * (z.detach() - mu),
-        atol=1e-5,
+        what="the gradient",
         hint="with sigma = exp(logvar / 2), dz/dlogvar = sigma * eps / 2 = (z - mu) / 2.",
+        rtol=RTOL,
+        atol=ATOL,
     )
 
 
 def check_kl_standard_normal(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(mu, logvar) -> [B]``: ``KL(N(mu, diag exp(logvar)) || N(0, I))`` summed over the
     latent dimension, per example, in nats."""
-    name = "check_kl_standard_normal"
+    check = "check_kl_standard_normal"
     g = torch.Generator().manual_seed(1)
     mu_r, lv_r = (
         torch.randn(4, 5, generator=g, dtype=torch.float64),
@@ -195,51 +146,18 @@ def check_kl_standard_normal(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
             torch.distributions.Normal(mu, torch.exp(0.5 * logvar)),
             torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu)),
         ).sum(-1)
-        got = _call(name, case, fn, mu, logvar)
-        _expect_close(
-            name,
+        compare(
+            check,
             case,
-            got,
+            call_student(check, case, fn, mu, logvar),
             expected,
+            what="the KL",
             hint="KL = 0.5 * sum_j (exp(logvar_j) + mu_j^2 - 1 - logvar_j), summed over the "
             "last dimension only (one value per example).",
+            rtol=RTOL,
+            atol=ATOL,
         )
-    _passed(name, len(cases))
-
-
-# --------------------------------------------------------------------------------------------
-# Lecture 03: bits per dimension
-# --------------------------------------------------------------------------------------------
-
-
-def check_bits_per_dim(fn: Callable[[Tensor, int], Tensor]) -> None:
-    """Check ``fn(nll_nats, num_dims) -> bits per dimension``: ``nll / (num_dims * log 2)``."""
-    name = "check_bits_per_dim"
-    cases = [
-        ("D * log 2 nats is 1 bit per dim", torch.tensor([784 * math.log(2.0)]), 784, [1.0]),
-        (
-            "a uniform model over 256 levels (8 bits per dim)",
-            torch.tensor([3 * 256 * math.log(256.0)]),
-            768,
-            [8.0],
-        ),
-        (
-            "a batch of NLLs",
-            torch.tensor([100.0, 200.0]),
-            100,
-            [100 / (100 * math.log(2)), 200 / (100 * math.log(2))],
-        ),
-    ]
-    for case, nll, d, expected in cases:
-        got = _call(name, case, fn, nll, d)
-        _expect_close(
-            name,
-            case,
-            got,
-            torch.tensor(expected, dtype=torch.float64),
-            hint="divide the NLL in nats by the number of dimensions and by log(2) (nats per bit).",
-        )
-    _passed(name, len(cases))
+    passed(check, len(cases))
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,7 +168,7 @@ def check_bits_per_dim(fn: Callable[[Tensor, int], Tensor]) -> None:
 def check_free_bits(fn: Callable[[Tensor, float], Tensor]) -> None:
     """Check ``fn(kl_per_dim [B, Z], free_bits) -> scalar``: ``sum_j max(lambda, mean_b KL_bj)``,
     with the clamp applied to the batch-averaged KL of each dimension."""
-    name = "check_free_bits"
+    check = "check_free_bits"
     hint = (
         "average the KL over the batch first (dim 0), then clamp each dimension at free_bits "
         "(torch.clamp(..., min=free_bits)), then sum over dimensions."
@@ -264,32 +182,40 @@ def check_free_bits(fn: Callable[[Tensor, float], Tensor]) -> None:
         ("free_bits = 0 gives the mean KL", torch.tensor([[0.2, 0.3], [0.4, 0.1]]), 0.0, 0.5),
     ]
     for case, kl, lam, expected in cases:
-        got = _call(name, case, fn, kl, lam)
-        _expect_close(name, case, got, expected, hint=hint)
+        got = call_student(check, case, fn, kl, lam)
+        compare(
+            check, case, got, expected, what="the free-bits KL", hint=hint, rtol=RTOL, atol=ATOL
+        )
 
+    case = "gradient: zero below the threshold, 1/B above"
     kl = torch.tensor([[0.1, 2.0], [0.3, 4.0]], requires_grad=True)
-    out = _call(name, "gradient", fn, kl, 0.5)
+    out = call_student(check, case, fn, kl, 0.5)
     if not isinstance(out, Tensor) or not out.requires_grad:
-        raise AssertionError(
-            f"{name}: case 'gradient': the result does not depend differentiably on kl_per_dim. "
-            "Hint: use torch operations (torch.clamp), not Python max() or .item()."
+        fail(
+            check,
+            case,
+            "the result does not depend differentiably on kl_per_dim.",
+            "use torch operations (torch.clamp), not Python max() or .item().",
         )
     (grad,) = torch.autograd.grad(out, kl)
-    _expect_close(
-        name,
-        "gradient: zero below the threshold, 1/B above",
+    compare(
+        check,
+        case,
         grad,
         torch.tensor([[0.0, 0.5], [0.0, 0.5]]),
+        what="the gradient",
         hint="dimensions whose batch-mean KL is below free_bits must get no gradient.",
+        rtol=RTOL,
+        atol=ATOL,
     )
-    _passed(name, len(cases) + 1)
+    passed(check, len(cases) + 1)
 
 
 def check_active_units(fn: Callable[..., Any]) -> None:
     """Check ``fn(mu [N, Z], threshold) -> count`` (an int, or a tuple whose first item is the
     count): the number of dimensions whose posterior mean has variance over the data above
     ``threshold``."""
-    name = "check_active_units"
+    check = "check_active_units"
     g = torch.Generator().manual_seed(2)
     n = 1000
     base = torch.randn(n, 4, generator=g)
@@ -311,17 +237,19 @@ def check_active_units(fn: Callable[..., Any]) -> None:
         ("a higher threshold", torch.stack([0.5 * base[:, 0], 2.0 * base[:, 1]], 1), 1.0, 1),
     ]
     for case, mu, thr, expected in cases:
-        got = _call(name, case, fn, mu, thr)
-        count = got[0] if isinstance(got, tuple) else got
-        if isinstance(count, Tensor):
-            count = count.item()
-        if count != expected:
-            raise AssertionError(
-                f"{name}: case '{case}': expected {expected} active units, got {count!r}. Hint: "
-                "compute the variance of each column of mu over the data (dim 0) and count the "
-                "columns above the threshold; the posterior variance exp(logvar) is not used."
-            )
-    _passed(name, len(cases))
+        got = call_student(check, case, fn, mu, thr)
+        compare(
+            check,
+            case,
+            got[0] if isinstance(got, tuple) else got,
+            expected,
+            what="the number of active units",
+            hint="compute the variance of each column of mu over the data (dim 0) and count the "
+            "columns above the threshold; the posterior variance exp(logvar) is not used.",
+            rtol=0.0,
+            atol=0.0,
+        )
+    passed(check, len(cases))
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +259,7 @@ def check_active_units(fn: Callable[..., Any]) -> None:
 
 def check_iwae_bound(fn: Callable[[Tensor], Tensor]) -> None:
     """Check ``fn(log_w [K, B]) -> [B]``: ``log (1/K) sum_k exp(log_w_k)``, computed stably."""
-    name = "check_iwae_bound"
+    check = "check_iwae_bound"
     g = torch.Generator().manual_seed(3)
     rand = torch.randn(7, 3, generator=g, dtype=torch.float64) * 3.0
     cases = [
@@ -354,13 +282,15 @@ def check_iwae_bound(fn: Callable[[Tensor], Tensor]) -> None:
         ),
     ]
     for case, log_w, expected in cases:
-        got = _call(name, case, fn, log_w)
-        _expect_close(
-            name,
+        compare(
+            check,
             case,
-            got,
+            call_student(check, case, fn, log_w),
             expected,
+            what="the bound",
             hint="average the weights over dim 0 (the K samples) in log space: "
             "torch.logsumexp(log_w, dim=0) - log(K); exp() of -1000 underflows to 0.",
+            rtol=RTOL,
+            atol=ATOL,
         )
-    _passed(name, len(cases))
+    passed(check, len(cases))

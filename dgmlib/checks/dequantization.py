@@ -1,10 +1,5 @@
-"""Homework checks for Lecture 03 (discrete data and dequantization).
-
-Each ``check_*`` function takes the student's implementation, runs it on cases whose answer is
-known, prints one line on success and otherwise raises ``AssertionError`` naming the failing
-case, the expected and the obtained values, and a hint. A function that still raises
-``NotImplementedError`` (the student edition's stub) gets a clear "not implemented yet" message.
-"""
+"""Checks of lecture 03 (discrete data and dequantization): the discretized logistic
+likelihood and the dequantization bound in bits per dimension."""
 
 from __future__ import annotations
 
@@ -13,38 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from dgmlib.checks._common import as_float64, call_student, compare, fail, passed
 from dgmlib.dequantization import discretized_logistic_log_prob
 
-Tensor = torch.Tensor
-
-
-def _call(fn: Callable[..., Any], name: str, case: str, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except NotImplementedError:
-        raise AssertionError(
-            f"{name} is not implemented yet: replace the `raise NotImplementedError` line with "
-            "your solution, then run this cell again."
-        ) from None
-    except AssertionError:
-        raise
-    except Exception as err:  # report the case that made the student's code fail
-        raise AssertionError(f"{name} raised {type(err).__name__} on case '{case}': {err}") from err
-
-
-def _as_tensor(value: Any, name: str, case: str) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise AssertionError(
-            f"{name}, case '{case}': expected a torch.Tensor, got {type(value).__name__}"
-        )
-    return value.detach().to(torch.float64)
-
-
-def _fmt(t: Tensor) -> str:
-    flat = t.flatten()
-    vals = ", ".join(f"{v:.6g}" for v in flat[:6].tolist())
-    return f"[{vals}{', ...' if flat.numel() > 6 else ''}] (shape {tuple(t.shape)})"
+__all__ = ["check_dequantized_bpd", "check_discretized_logistic"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,6 +22,7 @@ def _fmt(t: Tensor) -> str:
 
 
 def _logistic_cases() -> list[tuple[str, dict[str, Any], str]]:
+    """The (name, keyword arguments, hint) cases of :func:`check_discretized_logistic`."""
     k = torch.arange(17)
     f64 = torch.float64
     return [
@@ -125,36 +95,46 @@ def _logistic_cases() -> list[tuple[str, dict[str, Any], str]]:
 
 def check_discretized_logistic(fn: Callable[..., Tensor], atol: float = 1e-6) -> None:
     """Check ``fn(x_int, loc, scale, num_levels)``: log-masses of a discretized logistic."""
-    name = getattr(fn, "__name__", "your function")
-    for case, kwargs, hint in _logistic_cases():
-        got = _as_tensor(_call(fn, name, case, **kwargs), name, case)
-        want = discretized_logistic_log_prob(**kwargs)
-        if got.shape != want.shape:
-            raise AssertionError(
-                f"{name}, case '{case}': expected shape {tuple(want.shape)}, got "
-                f"{tuple(got.shape)}. Hint: {hint}"
-            )
-        finite = torch.isfinite(want)
-        bad = torch.isnan(got) | (torch.isfinite(got) != finite)
-        bad |= finite & ((got - want).abs() > atol * (1.0 + want.abs()))
-        if bad.any():
-            raise AssertionError(
-                f"{name}, case '{case}':\n  expected {_fmt(want)}\n  got      {_fmt(got)}\n"
-                f"Hint: {hint}"
-            )
+    check = "check_discretized_logistic"
+    cases = _logistic_cases()
+    for case, kwargs, hint in cases:
+        compare(
+            check,
+            case,
+            call_student(check, case, fn, **kwargs),
+            discretized_logistic_log_prob(**kwargs),
+            what="the log-mass tensor",
+            hint=hint,
+            rtol=atol,
+            atol=atol,
+        )
     # the K masses must sum to one, for any parameters
     x = torch.arange(17)[:, None]
     loc = torch.tensor([-3.0, 0.0, 8.4, 16.9, 30.0], dtype=torch.float64)
     scale = torch.tensor([0.3, 2.0, 5.0, 0.01, 4.0], dtype=torch.float64)
     case = "sum over the 17 levels for five (loc, scale) pairs"
-    got = _as_tensor(_call(fn, name, case, x, loc, scale, 17), name, case)
-    total = got.exp().sum(0)
-    if got.shape != (17, 5) or (total - 1.0).abs().max() > 1e-9:
-        raise AssertionError(
-            f"{name}, case '{case}': expected sums [1, 1, 1, 1, 1], got {_fmt(total)}. Hint: "
-            "with open outer bins the masses telescope to sigmoid(inf) - sigmoid(-inf) = 1."
+    hint = "with open outer bins the masses telescope to sigmoid(inf) - sigmoid(-inf) = 1."
+    got = as_float64(
+        check, case, call_student(check, case, fn, x, loc, scale, 17), "the log-mass tensor"
+    )
+    if got.shape != (17, 5):
+        fail(
+            check,
+            case,
+            f"the log-mass tensor has shape {tuple(got.shape)}, expected (17, 5).",
+            hint,
         )
-    print(f"check_discretized_logistic: all {len(_logistic_cases()) + 1} cases pass.")
+    compare(
+        check,
+        case,
+        got.exp().sum(0),
+        torch.ones(5, dtype=torch.float64),
+        what="the sum of the masses",
+        hint=hint,
+        rtol=0.0,
+        atol=1e-9,
+    )
+    passed(check, len(cases) + 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,11 +143,15 @@ def check_discretized_logistic(fn: Callable[..., Tensor], atol: float = 1e-6) ->
 
 
 def _uniform_unit_density(y: Tensor) -> Tensor:
+    """Log-density of the uniform distribution on [0, 1)^D (zero), one value per example."""
     return torch.zeros(y.shape[:-1], dtype=y.dtype)
 
 
 def _gaussian_unit_density(mean: float, std: float) -> Callable[[Tensor], Tensor]:
+    """The log-density of N(mean, std^2) in every dimension, summed over the last dimension."""
+
     def log_density(y: Tensor) -> Tensor:
+        """Log-density of ``y [..., D]``, one value per example."""
         z = (y - mean) / std
         return (-0.5 * z**2 - math.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
@@ -188,43 +172,48 @@ def _gaussian_bound_bpd(x: Tensor, num_levels: int, mean: float, std: float) -> 
 def check_dequantized_bpd(fn: Callable[..., Tensor]) -> None:
     """Check ``fn(log_density_unit, x_int, num_levels, num_samples, generator)``: the Monte Carlo
     dequantization bound of a model of ``[0,1)``-scaled data, per example, in bits/dim."""
-    name = getattr(fn, "__name__", "your function")
+    check = "check_dequantized_bpd"
     g = torch.Generator().manual_seed(123)
     x = torch.randint(0, 256, (5, 12), generator=g)
 
     case = "uniform density on [0,1)^D, K=256"
-    got = _as_tensor(_call(fn, name, case, _uniform_unit_density, x, 256, 4, g), name, case)
-    want = torch.full((5,), 8.0, dtype=torch.float64)
-    if got.shape != want.shape or (got - want).abs().max() > 1e-9:
-        raise AssertionError(
-            f"{name}, case '{case}':\n  expected {_fmt(want)}\n  got      {_fmt(got)}\nHint: the "
-            "uniform density is 1 on [0,1)^D, so every image costs exactly log2(256) = 8 bits "
-            "per dimension once the change of variables back to integer units (-D log K nats) "
-            "is applied; the result has one entry per example."
-        )
+    compare(
+        check,
+        case,
+        call_student(check, case, fn, _uniform_unit_density, x, 256, 4, g),
+        torch.full((5,), 8.0, dtype=torch.float64),
+        what="the bound in bits/dim",
+        hint="the uniform density is 1 on [0,1)^D, so every image costs exactly log2(256) = 8 "
+        "bits per dimension once the change of variables back to integer units (-D log K nats) "
+        "is applied; the result has one entry per example.",
+        rtol=0.0,
+        atol=1e-9,
+    )
 
     mean, std = 0.45, 0.3
     case = f"Gaussian N({mean}, {std}^2) per dim, K=256, 4000 samples"
-    got = _as_tensor(
-        _call(fn, name, case, _gaussian_unit_density(mean, std), x, 256, 4000, g), name, case
+    compare(
+        check,
+        case,
+        call_student(check, case, fn, _gaussian_unit_density(mean, std), x, 256, 4000, g),
+        _gaussian_bound_bpd(x, 256, mean, std),
+        what="the bound in bits/dim",
+        hint="dequantize with y = (x + u) / K, average log p(y) over the samples, convert to "
+        "integer units with -D log K, and divide the negative result by D log 2.",
+        rtol=0.0,
+        atol=2e-3,
     )
-    want = _gaussian_bound_bpd(x, 256, mean, std)
-    if got.shape != want.shape or (got - want).abs().max() > 2e-3:
-        raise AssertionError(
-            f"{name}, case '{case}':\n  expected {_fmt(want)}\n  got      {_fmt(got)}\nHint: "
-            "dequantize with y = (x + u) / K, average log p(y) over the samples, convert to "
-            "integer units with -D log K, and divide the negative result by D log 2."
-        )
 
     x17 = torch.randint(0, 17, (3, 64), generator=g)
     case = "Gaussian N(0.5, 0.25^2) per dim, K=17, D=64, 4000 samples"
-    got = _as_tensor(
-        _call(fn, name, case, _gaussian_unit_density(0.5, 0.25), x17, 17, 4000, g), name, case
+    compare(
+        check,
+        case,
+        call_student(check, case, fn, _gaussian_unit_density(0.5, 0.25), x17, 17, 4000, g),
+        _gaussian_bound_bpd(x17, 17, 0.5, 0.25),
+        what="the bound in bits/dim",
+        hint="use num_levels (here 17, not 256) in both the rescaling and the correction.",
+        rtol=0.0,
+        atol=2e-3,
     )
-    want = _gaussian_bound_bpd(x17, 17, 0.5, 0.25)
-    if got.shape != want.shape or (got - want).abs().max() > 2e-3:
-        raise AssertionError(
-            f"{name}, case '{case}':\n  expected {_fmt(want)}\n  got      {_fmt(got)}\nHint: "
-            "use num_levels (here 17, not 256) in both the rescaling and the correction."
-        )
-    print("check_dequantized_bpd: all 3 cases pass.")
+    passed(check, 3)

@@ -1,15 +1,5 @@
-"""Checks for the notebooks' exercises: run a student's function on cases with known answers.
-
-Each ``check_*`` function takes the student's implementation, calls it on a few fixed cases
-(float64, fixed seeds) and compares the result with a reference implementation from ``dgmlib``.
-If every case agrees it prints one line such as::
-
-    check_elbo_gaussian: all 4 cases agree with the reference (rtol 1e-06)
-
-Otherwise it raises ``AssertionError`` naming the failing case, the expected and the returned
-values, and a hint. A function that still raises ``NotImplementedError`` (the stub of the
-student edition) is reported as "not implemented yet".
-"""
+"""Checks of lecture 01 (latent-variable models): the Gaussian ELBO under pPCA, the importance
+sampling estimate of log p(x) and one EM step of pPCA."""
 
 from __future__ import annotations
 
@@ -21,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.distributions import MultivariateNormal
 
+from dgmlib.checks._common import as_float64, call_student, compare, fail, fmt, passed
 from dgmlib.distributions import log_mean_exp
 from dgmlib.models.ppca import PPCA
 
@@ -40,68 +31,6 @@ class Case:
     diagnoses: Sequence[tuple[Callable[..., Any], str]] = field(default_factory=tuple)
 
 
-def _format_values(t: Tensor) -> str:
-    """A short human-readable rendering of a tensor: its values if few, else shape and a head."""
-    flat = t.detach().reshape(-1).tolist()
-    shown = ", ".join(f"{v:.6g}" for v in flat[:6])
-    if len(flat) <= 6:
-        return f"[{shown}]" if t.dim() > 0 else shown
-    return f"tensor of shape {tuple(t.shape)} starting [{shown}, ...]"
-
-
-def _call_student(check: str, fn: Callable[..., Any], case: Case) -> Any:
-    """Call ``fn`` on the case's arguments, turning a stub or a crash into a clear message."""
-    try:
-        return fn(*case.args)
-    except NotImplementedError:
-        raise AssertionError(
-            f"{check}: `{getattr(fn, '__name__', 'your function')}` is not implemented yet. "
-            "Replace the `raise NotImplementedError` line with your solution and run the cell "
-            "again."
-        ) from None
-    except Exception as err:  # a student's bug: report it with the case it happened in
-        raise AssertionError(
-            f"{check}: case '{case.name}': your function raised {type(err).__name__}: {err}"
-        ) from err
-
-
-def _to_float64(check: str, case: Case, value: Any, what: str) -> Tensor:
-    """``value`` as a float64 tensor, or an AssertionError saying what was returned instead."""
-    try:
-        return torch.as_tensor(value, dtype=torch.float64).detach()
-    except (TypeError, ValueError, RuntimeError):
-        raise AssertionError(
-            f"{check}: case '{case.name}': {what} should be a tensor or a number, got "
-            f"{type(value).__name__}"
-        ) from None
-
-
-def _compare(check: str, case: Case, expected: Tensor, got: Tensor, what: str, hint: str) -> None:
-    """Raise an AssertionError (expected vs got, hint) unless ``got`` matches ``expected``."""
-    expected = expected.detach().to(torch.float64)
-    if got.numel() == 1 and expected.numel() == 1:
-        got = got.reshape(expected.shape)
-    if got.shape != expected.shape:
-        raise AssertionError(
-            f"{check}: case '{case.name}': {what} has shape {tuple(got.shape)}, expected "
-            f"{tuple(expected.shape)}.\nHint: {hint}"
-        )
-    if torch.isnan(got).any():
-        raise AssertionError(
-            f"{check}: case '{case.name}': {what} contains NaN (expected "
-            f"{_format_values(expected)}).\nHint: {hint}"
-        )
-    if not torch.allclose(got, expected, rtol=RTOL, atol=ATOL):
-        err = (got - expected).abs().max().item()
-        raise AssertionError(
-            f"{check}: case '{case.name}' failed for {what}.\n"
-            f"  expected: {_format_values(expected)}\n"
-            f"  got:      {_format_values(got)}\n"
-            f"  (max abs error {err:.3g}; allowed {ATOL:.0e} + {RTOL:.0e} * |expected|)\n"
-            f"Hint: {hint}"
-        )
-
-
 def _hint_for(case: Case, got: Tensor, default: str) -> str:
     """The hint of the first known mistake that reproduces ``got``, else the case's own hint."""
     for wrong_fn, message in case.diagnoses:
@@ -111,19 +40,8 @@ def _hint_for(case: Case, got: Tensor, default: str) -> str:
     return case.hint or default
 
 
-def _report(check: str, n_cases: int) -> None:
-    """Print the success line of a check."""
-    print(f"{check}: all {n_cases} cases agree with the reference (rtol {RTOL:.0e})")
-
-
-def _require_callable(check: str, fn: Any) -> None:
-    """Raise an AssertionError unless ``fn`` is a function."""
-    if not callable(fn):
-        raise AssertionError(f"{check}: expected a function, got {type(fn).__name__}")
-
-
 # ---------------------------------------------------------------------------------------------
-# Lecture 01: the ELBO of a Gaussian q(z) under probabilistic PCA
+# The ELBO of a Gaussian q(z) under probabilistic PCA
 
 
 def _random_ppca(d: int, q: int, sigma2: float, g: torch.Generator) -> PPCA:
@@ -164,7 +82,6 @@ def _elbo_without_trace(model: PPCA, x: Tensor, m: Tensor, S: Tensor) -> Tensor:
 def check_elbo_gaussian(fn: Callable[[PPCA, Tensor, Tensor, Tensor], Any]) -> None:
     """Check ``fn(model, x, m, S)``: the closed-form ELBO (nats) of q(z) = N(m, S) at x [d]."""
     check = "check_elbo_gaussian"
-    _require_callable(check, fn)
     g = torch.Generator().manual_seed(1)
     model = _random_ppca(d=5, q=2, sigma2=0.5, g=g)
     x = model.sample(1, g)[0]
@@ -208,14 +125,22 @@ def check_elbo_gaussian(fn: Callable[[PPCA, Tensor, Tensor, Tensor], Any]) -> No
         ),
     ]
     for case in cases:
-        got = _to_float64(check, case, _call_student(check, fn, case), "the ELBO")
-        expected = _elbo_reference(*case.args)
-        _compare(check, case, expected, got, "the ELBO", _hint_for(case, got, general))
-    _report(check, len(cases))
+        got = as_float64(check, case.name, call_student(check, case.name, fn, *case.args))
+        compare(
+            check,
+            case.name,
+            got,
+            _elbo_reference(*case.args),
+            what="the ELBO",
+            hint=_hint_for(case, got, general),
+            rtol=RTOL,
+            atol=ATOL,
+        )
+    passed(check, len(cases))
 
 
 # ---------------------------------------------------------------------------------------------
-# Lecture 01: a numerically stable importance-sampling estimate of log p(x)
+# A numerically stable importance-sampling estimate of log p(x)
 
 
 def _is_reference(log_px_given_z: Tensor, log_pz: Tensor, log_qz: Tensor) -> Tensor:
@@ -245,10 +170,10 @@ def check_log_importance_estimate(fn: Callable[[Tensor, Tensor, Tensor], Any]) -
     shape [...]: the importance-sampling estimate of log p(x) in nats.
     """
     check = "check_log_importance_estimate"
-    _require_callable(check, fn)
     g = torch.Generator().manual_seed(2)
 
     def logs(*shape: int, offset: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+        """Three random float64 log-densities of the given shape, the first shifted."""
         t = [torch.randn(*shape, generator=g, dtype=torch.float64) for _ in range(3)]
         return (t[0] + offset, t[1] - 1.0, t[2])
 
@@ -284,19 +209,32 @@ def check_log_importance_estimate(fn: Callable[[Tensor, Tensor, Tensor], Any]) -
         Case("log-weights near +800", logs(50, offset=800.0), hint=stable, diagnoses=diagnoses),
     ]
     for case in cases:
-        got = _to_float64(check, case, _call_student(check, fn, case), "the estimate")
+        got = as_float64(
+            check, case.name, call_student(check, case.name, fn, *case.args), "the estimate"
+        )
         expected = _is_reference(*case.args)
         if torch.isinf(got).any():
-            raise AssertionError(
-                f"{check}: case '{case.name}': the estimate is infinite (expected "
-                f"{_format_values(expected)}).\nHint: {case.hint or stable}"
+            fail(
+                check,
+                case.name,
+                f"the estimate is infinite (expected {fmt(expected)}).",
+                case.hint or stable,
             )
-        _compare(check, case, expected, got, "the estimate", _hint_for(case, got, general))
-    _report(check, len(cases))
+        compare(
+            check,
+            case.name,
+            got,
+            expected,
+            what="the estimate",
+            hint=_hint_for(case, got, general),
+            rtol=RTOL,
+            atol=ATOL,
+        )
+    passed(check, len(cases))
 
 
 # ---------------------------------------------------------------------------------------------
-# Lecture 01: one EM step for probabilistic PCA
+# One EM step for probabilistic PCA
 
 
 def _em_reference(X: Tensor, W: Tensor, mu: Tensor, sigma2: float) -> tuple[Tensor, Tensor]:
@@ -321,7 +259,6 @@ def _em_without_posterior_cov(
 def check_em_step(fn: Callable[[Tensor, Tensor, Tensor, float], Any]) -> None:
     """Check ``fn(X, W, mu, sigma2) -> (W_new, sigma2_new)``: one pPCA EM step, mu = mean(X)."""
     check = "check_em_step"
-    _require_callable(check, fn)
     g = torch.Generator().manual_seed(3)
     general = (
         "E-step: M = W^T W + sigma2 I, E[z_n] = M^{-1} W^T (x_n - mu), "
@@ -347,15 +284,23 @@ def check_em_step(fn: Callable[[Tensor, Tensor, Tensor, float], Any]) -> None:
         W0 = 0.5 * torch.randn(d, q, generator=g, dtype=torch.float64)
         cases.append(Case(name, (X, W0, X.mean(0), 0.7 if q < 3 else 3.0), diagnoses=diagnoses))
     for case in cases:
-        out = _call_student(check, fn, case)
+        out = call_student(check, case.name, fn, *case.args)
         if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise AssertionError(
-                f"{check}: case '{case.name}': return a pair (W_new, sigma2_new), got "
-                f"{type(out).__name__}"
-            )
+            fail(check, case.name, f"return a pair (W_new, sigma2_new), got {type(out).__name__}.")
         W_exp, s_exp = _em_reference(*case.args)
-        W_got = _to_float64(check, case, out[0], "W_new")
-        s_got = _to_float64(check, case, out[1], "sigma2_new")
-        _compare(check, case, W_exp, W_got, "W_new", _hint_for(case, W_got, general))
-        _compare(check, case, s_exp, s_got, "sigma2_new", general)
-    _report(check, len(cases))
+        W_got = as_float64(check, case.name, out[0], "W_new")
+        s_got = as_float64(check, case.name, out[1], "sigma2_new")
+        compare(
+            check,
+            case.name,
+            W_got,
+            W_exp,
+            what="W_new",
+            hint=_hint_for(case, W_got, general),
+            rtol=RTOL,
+            atol=ATOL,
+        )
+        compare(
+            check, case.name, s_got, s_exp, what="sigma2_new", hint=general, rtol=RTOL, atol=ATOL
+        )
+    passed(check, len(cases))

@@ -1,0 +1,43 @@
+"""Checks for the notebooks' exercises (nbgrader cells): run a student's function on known cases.
+
+Each exercise cell ends with a call such as ``check_em_step(em_step)``. The check calls the
+student's function on several fixed cases (fixed seeds) whose answers are known, and compares
+each result with a float64 reference implementation from ``dgmlib``. If every case agrees it
+prints one line::
+
+    check_em_step: all 3 cases pass.
+
+Otherwise it raises ``AssertionError`` whose message names the check and the failing case
+(``check_em_step, case 'N = 50, d = 3, q = 1': ...``), shows what was expected and what was
+got, and ends with a ``Hint:`` for the typical mistake that produces such a result. A function
+that still raises ``NotImplementedError`` (the stub of the student edition) is reported as
+"not implemented yet"; any other exception raised by the student's code is reported with the
+case it happened in.
+
+The checks are grouped by topic: :mod:`dgmlib.checks.lvm` (lecture 01),
+:mod:`dgmlib.checks.dequantization` (lecture 03) and :mod:`dgmlib.checks.vae` (lectures 02, 04
+and 05); :mod:`dgmlib.checks._common` holds the plumbing they share.
+"""
+
+from dgmlib.checks.dequantization import check_dequantized_bpd, check_discretized_logistic
+from dgmlib.checks.lvm import check_elbo_gaussian, check_em_step, check_log_importance_estimate
+from dgmlib.checks.vae import (
+    check_active_units,
+    check_free_bits,
+    check_iwae_bound,
+    check_kl_standard_normal,
+    check_reparam_sample,
+)
+
+__all__ = [
+    "check_active_units",
+    "check_dequantized_bpd",
+    "check_discretized_logistic",
+    "check_elbo_gaussian",
+    "check_em_step",
+    "check_free_bits",
+    "check_iwae_bound",
+    "check_kl_standard_normal",
+    "check_log_importance_estimate",
+    "check_reparam_sample",
+]
