@@ -81,7 +81,7 @@ def test_bas_checkpoint_loads_and_is_small(bas_results, variant):
 def test_bas_pixelcnn_collapses_and_the_remedies_restore_the_code(bas_results):
     v = bas_results["variants"]
     plain = v["bas_pixelcnn"]
-    assert plain["kl"] < 0.05 and plain["active_units"] == 0
+    assert plain["kl"] < 0.05 and plain["active_units"] <= 1
     assert abs(plain["log_px"] - plain["elbo"]) < 0.1  # the collapsed bound is (nearly) exact
     assert v["bas_mlp"]["kl"] > 6 and v["bas_mlp"]["active_units"] == T.BAS["z_dim"]
     for name in ("bas_pixelcnn_anneal", "bas_pixelcnn_freebits"):
