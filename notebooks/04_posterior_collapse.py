@@ -387,7 +387,7 @@ print(
 assert fb >= plain and abs(free_bits_kl(kl_bz, 0.0).item() - plain.item()) < 1e-12
 
 # %% [markdown]
-# ## 5. A data set with a known answer: total collapse
+# ## 5. A data set with a known answer: collapse is the optimum
 #
 # §2.1 predicts collapse whenever the decoder can model the data *on its own*. To see the
 # prediction in its pure form we need data whose likelihood we know exactly, and a decoder that

@@ -18,7 +18,9 @@ from dgmlib.dequantization import (
 )
 from dgmlib.diagnostics import active_units
 from dgmlib.distributions import kl_normal_std_normal
+from dgmlib.kernels import mixture_logpdf
 from dgmlib.kl_control import free_bits_kl
+from dgmlib.surgery import aggregate_posterior_log_prob
 
 # ---------------------------------------------------------------------------------------------
 # student-style solutions, right and wrong
@@ -95,6 +97,10 @@ def dequantized_bpd(log_density_unit, x_int, num_levels, num_samples, generator)
 
 
 # check name -> (a correct solution, the number of cases it must report)
+def mixture_prior_log_prob(z, means, logvars, logits):
+    return mixture_logpdf(z, means, logvars, torch.log_softmax(logits, 0))
+
+
 REFERENCES = {
     "check_elbo_gaussian": (elbo_right, 4),
     "check_log_importance_estimate": (is_right, 5),
@@ -106,6 +112,8 @@ REFERENCES = {
     "check_free_bits": (free_bits_kl, 6),
     "check_active_units": (active_units, 5),
     "check_iwae_bound": (iwae_bound, 5),
+    "check_mixture_prior_log_prob": (mixture_prior_log_prob, 5),
+    "check_aggregate_posterior_log_prob": (aggregate_posterior_log_prob, 5),
 }
 
 

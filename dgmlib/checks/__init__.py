@@ -15,12 +15,14 @@ that still raises ``NotImplementedError`` (the stub of the student edition) is r
 case it happened in.
 
 The checks are grouped by topic: :mod:`dgmlib.checks.lvm` (lecture 01),
-:mod:`dgmlib.checks.dequantization` (lecture 03) and :mod:`dgmlib.checks.vae` (lectures 02, 04
-and 05); :mod:`dgmlib.checks._common` holds the plumbing they share.
+:mod:`dgmlib.checks.dequantization` (lecture 03), :mod:`dgmlib.checks.vae` (lectures 02, 04
+and 05) and :mod:`dgmlib.checks.priors` (lecture 06); :mod:`dgmlib.checks._common` holds the
+plumbing they share.
 """
 
 from dgmlib.checks.dequantization import check_dequantized_bpd, check_discretized_logistic
 from dgmlib.checks.lvm import check_elbo_gaussian, check_em_step, check_log_importance_estimate
+from dgmlib.checks.priors import check_aggregate_posterior_log_prob, check_mixture_prior_log_prob
 from dgmlib.checks.vae import (
     check_active_units,
     check_free_bits,
@@ -31,6 +33,7 @@ from dgmlib.checks.vae import (
 
 __all__ = [
     "check_active_units",
+    "check_aggregate_posterior_log_prob",
     "check_dequantized_bpd",
     "check_discretized_logistic",
     "check_elbo_gaussian",
@@ -39,5 +42,6 @@ __all__ = [
     "check_iwae_bound",
     "check_kl_standard_normal",
     "check_log_importance_estimate",
+    "check_mixture_prior_log_prob",
     "check_reparam_sample",
 ]

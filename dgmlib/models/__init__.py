@@ -2,6 +2,13 @@
 
 from dgmlib.models.pixelcnn import MaskedConv2d, PixelCNNDecoder
 from dgmlib.models.ppca import PPCA
+from dgmlib.models.priors import (
+    FlowPrior,
+    MixtureOfGaussiansPrior,
+    PriorVAE,
+    StandardNormalPrior,
+    VampPrior,
+)
 from dgmlib.models.vae import (
     IWAE,
     VAE,
@@ -17,8 +24,13 @@ __all__ = [
     "VAE",
     "BernoulliDecoder",
     "ConvGaussianEncoder",
+    "FlowPrior",
     "GaussianDecoder",
     "MaskedConv2d",
+    "MixtureOfGaussiansPrior",
     "MLPGaussianEncoder",
     "PixelCNNDecoder",
+    "PriorVAE",
+    "StandardNormalPrior",
+    "VampPrior",
 ]

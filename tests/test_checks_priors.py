@@ -1,0 +1,126 @@
+"""dgmlib.checks.priors (lecture 06): the reference solutions pass with one line, stubs are "not
+implemented yet", and typical mistakes are rejected with the case that catches them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal
+
+from dgmlib import checks
+from dgmlib.kernels import mixture_logpdf
+from dgmlib.surgery import aggregate_posterior_log_prob
+
+
+def mixture_right(z, means, logvars, logits):
+    return mixture_logpdf(z, means, logvars, torch.log_softmax(logits, 0))
+
+
+def component_log_probs(z, means, logvars):
+    """[M, K]: log N(z_m; means_k, diag(exp(logvars_k)))."""
+    return Normal(means[None], torch.exp(0.5 * logvars[None])).log_prob(z[:, None]).sum(-1)
+
+
+def mixture_unnormalized_logits(z, means, logvars, logits):
+    return torch.logsumexp(component_log_probs(z, means, logvars) + logits, 1)
+
+
+def mixture_naive_exp(z, means, logvars, logits):
+    dens = component_log_probs(z, means, logvars).exp()
+    return torch.log((torch.softmax(logits, 0) * dens).sum(1))
+
+
+def mixture_std_for_var(z, means, logvars, logits):
+    return mixture_logpdf(z, means, 2 * logvars, torch.log_softmax(logits, 0))
+
+
+def mixture_mean_of_logs(z, means, logvars, logits):
+    return (torch.softmax(logits, 0) * component_log_probs(z, means, logvars)).sum(1)
+
+
+def aggregate_sum(z, mu, logvar):
+    return torch.logsumexp(component_log_probs(z, mu, logvar), 1)
+
+
+def aggregate_mean_of_logs(z, mu, logvar):
+    return component_log_probs(z, mu, logvar).mean(1)
+
+
+def aggregate_naive_exp(z, mu, logvar):
+    return torch.log(component_log_probs(z, mu, logvar).exp().mean(1))
+
+
+def aggregate_std_for_var(z, mu, logvar):
+    return aggregate_posterior_log_prob(z, mu, 2 * logvar)
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+REFERENCES = {
+    "check_mixture_prior_log_prob": (mixture_right, 5),
+    "check_aggregate_posterior_log_prob": (aggregate_posterior_log_prob, 5),
+}
+
+
+def test_checks_are_exported_in_order():
+    assert set(REFERENCES) <= set(checks.__all__)
+    assert checks.__all__ == sorted(checks.__all__)
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_reference_passes_with_one_line_and_stub_is_not_implemented(name, capsys):
+    check = getattr(checks, name)
+    solution, n_cases = REFERENCES[name]
+    check(solution)
+    assert capsys.readouterr().out == f"{name}: all {n_cases} cases pass.\n"
+    with pytest.raises(AssertionError, match=f"^{name}: `stub` is not implemented yet"):
+        check(stub)
+    with pytest.raises(AssertionError, match=f"{name}: expected a function, got int"):
+        check(3)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "case", "hint"),
+    [
+        (mixture_unnormalized_logits, "equal logits", "log_softmax(logits) as log-weights"),
+        (mixture_naive_exp, "do not underflow", "logsumexp"),
+        (mixture_std_for_var, "one component", "a variance, not a"),
+        (mixture_mean_of_logs, "equal logits", "not the mean"),
+    ],
+)
+def test_mixture_check_rejects_typical_mistakes(wrong, case, hint):
+    with pytest.raises(AssertionError) as info:
+        checks.check_mixture_prior_log_prob(wrong)
+    msg = str(info.value)
+    assert msg.startswith("check_mixture_prior_log_prob, case ") and case in msg, msg
+    assert "Hint:" in msg and hint in msg, msg
+
+
+@pytest.mark.parametrize(
+    ("wrong", "case", "hint"),
+    [
+        (aggregate_sum, "identical posteriors", "subtract log N"),
+        (aggregate_mean_of_logs, "40 apart", "Jensen"),
+        (aggregate_naive_exp, "no underflow", "logsumexp"),
+        (aggregate_std_for_var, "N = 1", "exp(logvar_d)"),
+    ],
+)
+def test_aggregate_check_rejects_typical_mistakes(wrong, case, hint):
+    with pytest.raises(AssertionError) as info:
+        checks.check_aggregate_posterior_log_prob(wrong)
+    msg = str(info.value)
+    assert msg.startswith("check_aggregate_posterior_log_prob, case ") and case in msg, msg
+    assert "Hint:" in msg and hint in msg, msg
+
+
+def test_a_wrong_shape_and_a_crash_are_reported():
+    with pytest.raises(AssertionError, match=r"has shape \(6, 1\), expected \(6,\)"):
+        checks.check_mixture_prior_log_prob(
+            lambda z, m, lv, lg: mixture_right(z, m, lv, lg)[:, None]
+        )
+    with pytest.raises(AssertionError, match="your function raised ZeroDivisionError"):
+        checks.check_aggregate_posterior_log_prob(lambda z, mu, lv: 1 / 0 + math.pi)

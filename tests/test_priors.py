@@ -1,0 +1,221 @@
+"""dgmlib.models.priors: every prior is a normalized density consistent with its sampler; the
+flow is invertible with an exact log-determinant; PriorVAE reproduces VAE under N(0, I)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+from dgmlib.bounds import estimate_nll
+from dgmlib.kernels import mixture_logpdf_ref
+from dgmlib.models import (
+    VAE,
+    FlowPrior,
+    MixtureOfGaussiansPrior,
+    PriorVAE,
+    StandardNormalPrior,
+    VampPrior,
+)
+from dgmlib.models.priors import PRIORS, AffineCoupling, make_prior
+from dgmlib.models.vae import MLPGaussianEncoder
+
+DT = torch.float64
+
+
+def randomize(module: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter random values (a trained-looking, non-trivial prior)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def small_vamp(z_dim: int = 2, n_pseudo: int = 5, x_dim: int = 6) -> VampPrior:
+    torch.manual_seed(0)
+    enc = randomize(MLPGaussianEncoder(x_dim, 8, z_dim, 1), 0.7).double()
+    return VampPrior(enc, n_pseudo=n_pseudo, x_shape=x_dim).double()
+
+
+def priors_2d() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    return {
+        "standard": StandardNormalPrior(2).double(),
+        "mog": randomize(MixtureOfGaussiansPrior(2, 3), 0.8).double(),
+        "vamp": small_vamp(),
+        "flow": randomize(FlowPrior(2, n_layers=4, hidden=8), 0.3).double(),
+    }
+
+
+@pytest.mark.parametrize("name", ["standard", "mog", "vamp", "flow"])
+def test_log_prob_integrates_to_one_in_2d(name):
+    prior = priors_2d()[name]
+    g = torch.linspace(-14.0, 14.0, 561, dtype=DT)
+    grid = torch.cartesian_prod(g, g)
+    with torch.no_grad():
+        mass = prior.log_prob(grid).exp().sum() * (g[1] - g[0]) ** 2
+    assert abs(mass.item() - 1.0) < 2e-3, mass
+
+
+@pytest.mark.parametrize("name", ["standard", "mog", "vamp", "flow"])
+def test_samples_follow_log_prob(name):
+    """The mean of log p over samples equals the average of log p(z) p(z) on a grid (-entropy),
+    and the sample mean matches the grid mean: sampler and density describe one distribution."""
+    prior = priors_2d()[name]
+    g = torch.linspace(-14.0, 14.0, 561, dtype=DT)
+    grid = torch.cartesian_prod(g, g)
+    with torch.no_grad():
+        w = prior.log_prob(grid).exp() * (g[1] - g[0]) ** 2
+        z = prior.sample(40_000, generator=torch.Generator().manual_seed(1))
+        lp = prior.log_prob(z)
+    assert z.shape == (40_000, 2)
+    neg_entropy = (w * prior.log_prob(grid)).sum().item()
+    se = lp.std().item() / math.sqrt(len(lp))
+    assert abs(lp.mean().item() - neg_entropy) < 4 * se + 1e-3
+    mean_grid = (w[:, None] * grid).sum(0)
+    se_mean = z.std(0) / math.sqrt(len(z))
+    assert ((z.mean(0) - mean_grid).abs() < 4 * se_mean + 1e-3).all()
+
+
+def test_mixture_prior_matches_torch_distributions():
+    prior = randomize(MixtureOfGaussiansPrior(3, 4), 1.0).double()
+    z = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(0), dtype=DT)
+    ref = MixtureSameFamily(
+        Categorical(logits=prior.logits),
+        Independent(Normal(prior.means, torch.exp(0.5 * prior.logvars)), 1),
+    ).log_prob(z)
+    out = prior.log_prob(z)
+    assert out.shape == (2, 5)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(prior.log_weights().exp().sum(), torch.tensor(1.0, dtype=DT))
+
+
+def test_vamp_prior_is_the_mixture_of_the_encoders_posteriors():
+    prior = small_vamp(z_dim=3, n_pseudo=4)
+    u = prior.pseudo_inputs()
+    assert u.shape == (4, 6) and (u > 0).all() and (u < 1).all()
+    mu, logvar = prior.encoder(u)
+    z = torch.randn(7, 3, generator=torch.Generator().manual_seed(0), dtype=DT)
+    torch.testing.assert_close(prior.log_prob(z), mixture_logpdf_ref(z, mu, logvar))
+    # the encoder is shared, not registered twice: only the pseudo-inputs are the prior's own
+    assert [n for n, _ in prior.named_parameters()] == ["pseudo_logits"]
+    # gradients reach the pseudo-inputs and the encoder
+    prior.log_prob(z).sum().backward()
+    assert prior.pseudo_logits.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in prior.encoder.parameters())
+
+
+def test_vamp_prior_init_from_data_and_validation():
+    enc = MLPGaussianEncoder(4, 5, 2, 1)
+    init = torch.rand(3, 4)
+    prior = VampPrior(enc, n_pseudo=3, x_shape=4, init=init)
+    torch.testing.assert_close(prior.pseudo_inputs(), init.clamp(0.01, 0.99))
+    with pytest.raises(ValueError, match="init must have shape"):
+        VampPrior(enc, n_pseudo=2, x_shape=4, init=init)
+    with pytest.raises(ValueError, match="values in"):
+        VampPrior(enc, n_pseudo=3, x_shape=4, init=init + 1.0)
+
+
+def test_flow_is_invertible_with_the_autograd_log_determinant():
+    torch.manual_seed(0)
+    flow = randomize(FlowPrior(4, n_layers=5, hidden=16), 0.5).double()
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(2), dtype=DT)
+    u, logdet = flow(z)
+    torch.testing.assert_close(flow.inverse(u), z, rtol=1e-10, atol=1e-10)
+    for i in range(len(z)):
+        jac = torch.autograd.functional.jacobian(lambda v: flow(v[None])[0][0], z[i])
+        torch.testing.assert_close(torch.linalg.slogdet(jac)[1], logdet[i])
+    # log p(z) = log N(f(z); 0, I) + log|det df/dz|
+    base = Normal(torch.zeros(4, dtype=DT), torch.ones(4, dtype=DT)).log_prob(u).sum(-1)
+    torch.testing.assert_close(flow.log_prob(z), base + logdet)
+
+
+def test_new_flow_and_coupling_are_the_identity():
+    flow = FlowPrior(3)
+    z = torch.randn(5, 3)
+    u, logdet = flow(z)
+    assert torch.equal(u, z) and torch.equal(logdet, torch.zeros(5))
+    torch.testing.assert_close(flow.log_prob(z), StandardNormalPrior(3).log_prob(z))
+    layer = AffineCoupling(torch.tensor([1.0, 0.0, 1.0]))
+    assert torch.equal(layer(z)[0], z)
+
+
+def test_coupling_leaves_the_masked_coordinates_unchanged():
+    layer = randomize(AffineCoupling(torch.tensor([1.0, 0.0, 1.0, 0.0]), hidden=8), 0.5)
+    z = torch.randn(10, 4)
+    u, _ = layer(z)
+    assert torch.equal(u[:, [0, 2]], z[:, [0, 2]])
+    assert not torch.allclose(u[:, [1, 3]], z[:, [1, 3]])
+
+
+def test_prior_validation():
+    with pytest.raises(ValueError, match=r"z must have shape \[\.\.\., 2\]"):
+        StandardNormalPrior(2).log_prob(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="z contains NaN"):
+        MixtureOfGaussiansPrior(2).log_prob(torch.full((1, 2), float("nan")))
+    with pytest.raises(ValueError, match="n must be an integer"):
+        FlowPrior(2).sample(0)
+    with pytest.raises(ValueError, match="z_dim must be an integer >= 2"):
+        FlowPrior(1)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        make_prior("gamma", 2)
+    with pytest.raises(ValueError, match="needs the VAE's encoder"):
+        make_prior("vamp", 2)
+    with pytest.raises(ValueError, match="prior's z_dim"):
+        vae = VAE.for_mnist(z_dim=3, hidden=8)
+        PriorVAE(vae.encoder, vae.decoder, StandardNormalPrior(2))
+
+
+def test_prior_vae_with_standard_normal_prior_equals_vae():
+    torch.manual_seed(0)
+    vae = VAE.for_mnist(z_dim=4, hidden=16)
+    pvae = PriorVAE.for_mnist(z_dim=4, hidden=16, prior="standard")
+    pvae.load_state_dict(vae.state_dict())
+    x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(0))
+    for method, args in (("loss", ()), ("elbo", (3,)), ("log_weights", (4,))):
+        torch.manual_seed(1)
+        a = getattr(vae, method)(x, *args)
+        torch.manual_seed(1)
+        b = getattr(pvae, method)(x, *args)
+        if method == "loss":
+            assert set(a) == set(b) == {"loss", "recon", "kl", "elbo"}
+            for k in a:
+                torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", PRIORS)
+def test_prior_vae_terms_are_consistent(kind):
+    """loss = -elbo = recon + kl; the MC ELBO and log-weights agree in mean; estimate_nll works;
+    every parameter (of the prior too) gets a gradient."""
+    torch.manual_seed(0)
+    kwargs = {"mog": {"n_components": 3}, "vamp": {"n_pseudo": 3}, "flow": {"n_layers": 2}}
+    model = PriorVAE.for_mnist(z_dim=2, hidden=16, prior=kind, prior_kwargs=kwargs.get(kind))
+    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(0))
+    t = model.loss(x)
+    torch.testing.assert_close(t["loss"], t["recon"] + t["kl"])
+    torch.testing.assert_close(t["elbo"], -t["loss"])
+    t["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        elbo = model.elbo(x, n_samples=4000, generator=g)
+        log_w = model.log_weights(x, 4000, generator=g)
+        nll = estimate_nll(lambda xb, k: model.log_weights(xb, k, generator=g), x, K=300, chunk=100)
+        samples = model.sample(3, generator=g)
+    assert elbo.shape == (4,) and log_w.shape == (4000, 4) and nll.shape == (4,)
+    torch.testing.assert_close(elbo, log_w.mean(0), rtol=0, atol=0.5)
+    assert (-nll >= elbo - 0.5).all()  # the IW bound is above the ELBO
+    assert samples.shape == (3, 1, 28, 28) and set(samples.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_prior_vae_state_dict_holds_the_encoder_once():
+    model = PriorVAE.for_mnist(z_dim=2, hidden=8, prior="vamp", prior_kwargs={"n_pseudo": 3})
+    keys = list(model.state_dict())
+    assert "prior.pseudo_logits" in keys
+    assert not any(k.startswith("prior.encoder") for k in keys)
+    assert model.prior.encoder is model.encoder

@@ -1,0 +1,143 @@
+"""dgmlib.surgery: the aggregated posterior's density, ELBO surgery on Gaussian encoders whose
+terms are known, the bound I <= log N, prior-hole statistics and input validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dgmlib.distributions import kl_diag_gaussians, standard_normal_log_prob
+from dgmlib.kernels import mixture_logpdf_ref
+from dgmlib.surgery import (
+    aggregate_posterior_log_prob,
+    average_kl_standard_normal,
+    elbo_surgery,
+    prior_holes,
+    sample_aggregate_posterior,
+)
+
+DT = torch.float64
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_posteriors(n: int = 40, d: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = gen(seed)
+    return torch.randn(n, d, generator=g, dtype=DT), torch.randn(n, d, generator=g, dtype=DT) - 1
+
+
+def test_aggregate_posterior_is_the_uniform_mixture_whatever_the_chunk():
+    mu, logvar = random_posteriors()
+    z = torch.randn(11, 3, generator=gen(1), dtype=DT)
+    ref = mixture_logpdf_ref(z, mu, logvar)
+    for chunk in (1, 4, 100):
+        torch.testing.assert_close(aggregate_posterior_log_prob(z, mu, logvar, chunk), ref)
+
+
+def test_aggregate_posterior_samples_are_uniform_over_the_data():
+    mu = torch.tensor([[-50.0], [0.0], [50.0]], dtype=DT)
+    z, idx = sample_aggregate_posterior(mu, torch.zeros(3, 1, dtype=DT), 30_000, gen())
+    assert z.shape == (30_000, 1) and idx.shape == (30_000,)
+    counts = torch.bincount(idx, minlength=3).double() / 30_000
+    assert (counts - 1 / 3).abs().max() < 0.015
+    torch.testing.assert_close(z - mu[idx], z - mu[idx])
+    resid = z[:, 0] - mu[idx, 0]
+    assert abs(resid.mean().item()) < 0.03 and abs(resid.std().item() - 1.0) < 0.03
+
+
+def test_surgery_identity_and_mutual_information_bound():
+    mu, logvar = random_posteriors(n=60)
+    s = elbo_surgery(mu, logvar, standard_normal_log_prob, 4000, gen())
+    assert s.avg_kl == pytest.approx(s.marginal_kl + s.mutual_info, abs=1e-9)
+    assert 0 <= s.mutual_info <= s.log_n == pytest.approx(math.log(60))
+    assert s.marginal_kl > -3 * s.marginal_kl_se
+    exact = average_kl_standard_normal(mu, logvar)
+    assert abs(s.avg_kl - exact) < 4 * s.avg_kl_se
+    assert (s.n_data, s.n_samples) == (60, 4000)
+
+
+def test_posteriors_equal_to_the_prior_have_no_information_and_no_kl():
+    mu, logvar = torch.zeros(25, 2, dtype=DT), torch.zeros(25, 2, dtype=DT)
+    s = elbo_surgery(mu, logvar, standard_normal_log_prob, 500, gen())
+    for v in (s.avg_kl, s.marginal_kl, s.mutual_info):
+        assert abs(v) < 1e-12
+
+
+def test_well_separated_posteriors_reach_log_n():
+    n = 50
+    mu = 100.0 * torch.arange(n, dtype=DT)[:, None].repeat(1, 2)
+    logvar = torch.full((n, 2), math.log(0.01), dtype=DT)
+    s = elbo_surgery(mu, logvar, standard_normal_log_prob, 2000, gen())
+    # exact up to the rounding of the mixture kernel's expanded quadratic form (|z|^2 / var ~ 1e9)
+    assert s.mutual_info == pytest.approx(math.log(n), abs=1e-6)
+    assert s.mutual_info <= s.log_n + 1e-6
+
+
+def test_identical_posteriors_give_a_closed_form_marginal_kl():
+    """All q(z|x_n) = N(m, s^2): q(z) is that Gaussian, I = 0, KL(q(z)||p) is the Gaussian KL."""
+    m = torch.tensor([[1.0, -0.5, 2.0]], dtype=DT)
+    lv = torch.tensor([[-1.0, 0.3, 0.0]], dtype=DT)
+    s = elbo_surgery(m.repeat(30, 1), lv.repeat(30, 1), standard_normal_log_prob, 20_000, gen())
+    exact = kl_diag_gaussians(m, lv, torch.zeros_like(m), torch.zeros_like(lv)).item()
+    assert abs(s.mutual_info) < 1e-9
+    assert abs(s.marginal_kl - exact) < 4 * s.marginal_kl_se
+
+
+def test_gaussian_channel_mutual_information():
+    """x ~ N(0, 1), q(z|x) = N(a x, v): as N grows, I -> 0.5 log(1 + a^2 / v) per dimension."""
+    n, a, v = 4000, 1.5, 0.25
+    x = torch.randn(n, 2, generator=gen(3), dtype=DT)
+    logvar = torch.full((n, 2), math.log(v), dtype=DT)
+    s = elbo_surgery(a * x, logvar, standard_normal_log_prob, 8000, gen(4))
+    exact = 2 * 0.5 * math.log(1 + a**2 / v)
+    assert abs(s.mutual_info - exact) < 4 * s.mutual_info_se + 0.03
+
+
+def test_prior_holes():
+    z = torch.randn(5000, 2, generator=gen(), dtype=DT)
+    lp = standard_normal_log_prob(z)
+    same = prior_holes(lp, lp)
+    assert same.reverse_kl == 0 and same.hole_mass == 0
+    # q = N(0, 0.25 I): KL(N(0, I) || N(0, 0.25 I)) = 2 * 0.5 * (4 - 1 - log 4)
+    lq = standard_normal_log_prob(2 * z) + 2 * math.log(2)
+    h = prior_holes(lp, lq, ratio=10.0)
+    exact = 4 - 1 - math.log(4)
+    assert abs(h.reverse_kl - exact) < 4 * h.reverse_kl_se
+    # q < p / 10 where 1.5 |z|^2 > log(10) + log 4, i.e. |z|^2 > (2/3) log 40: chi^2_2 tail
+    exact_mass = math.exp(-(2 / 3) * math.log(40) / 2)
+    assert abs(h.hole_mass - exact_mass) < 4 * h.hole_mass_se
+
+
+def test_validation_errors_name_the_argument():
+    mu, logvar = random_posteriors(n=5, d=2)
+    z = torch.zeros(3, 2, dtype=DT)
+    with pytest.raises(ValueError, match="mu must have shape"):
+        aggregate_posterior_log_prob(z, mu[None], logvar)
+    with pytest.raises(ValueError, match="mu must have at least 2 dimension"):
+        aggregate_posterior_log_prob(z, mu[0], logvar)
+    with pytest.raises(ValueError, match="logvar must have the shape of mu"):
+        aggregate_posterior_log_prob(z, mu, logvar[:, :1])
+    with pytest.raises(ValueError, match=r"z must have shape \[M, 2\]"):
+        aggregate_posterior_log_prob(torch.zeros(3, 4, dtype=DT), mu, logvar)
+    with pytest.raises(ValueError, match="chunk must be an integer"):
+        aggregate_posterior_log_prob(z, mu, logvar, chunk=0)
+    with pytest.raises(ValueError, match="mu and logvar must be finite"):
+        aggregate_posterior_log_prob(z, mu, logvar + float("inf"))
+    with pytest.raises(ValueError, match="n_samples must be an integer"):
+        elbo_surgery(mu, logvar, standard_normal_log_prob, 0)
+    with pytest.raises(ValueError, match="surgery_samples: prior_log_prob must map"):
+        elbo_surgery(mu, logvar, lambda z: z, 10)
+    with pytest.raises(ValueError, match="prior_log_prob must be callable"):
+        elbo_surgery(mu, logvar, 3, 10)
+    with pytest.raises(ValueError, match="n must be an integer"):
+        sample_aggregate_posterior(mu, logvar, -1)
+    with pytest.raises(ValueError, match="ratio must be a number > 1"):
+        prior_holes(torch.zeros(3), torch.zeros(3), ratio=0.5)
+    with pytest.raises(ValueError, match="log_p and log_q must both have shape"):
+        prior_holes(torch.zeros(3), torch.zeros(4))
+    with pytest.raises(ValueError, match="mu contains NaN"):
+        average_kl_standard_normal(mu * float("nan"), logvar)
