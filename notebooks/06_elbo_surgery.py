@@ -994,7 +994,7 @@ assert abs(h.reverse_kl - r["holes_reverse_kl"]) < 4 * math.hypot(
 
 fig = plt.figure(figsize=(12, 4.6))
 ax0 = fig.add_subplot(1, 3, 1)
-ax0.imshow(
+im = ax0.imshow(
     np.clip(dens["z2_standard"][1], vmin, vmax),
     origin="lower",
     extent=(-lim, lim, -lim, lim),
@@ -1004,7 +1004,8 @@ ax0.imshow(
 )
 ax0.scatter(*holes_z.T, s=30, marker="x", color="red", label="12 deepest holes")
 ax0.scatter(*typical_z.T, s=30, marker="o", facecolors="none", color="white", label="12 typical")
-ax0.set_title("aggregated posterior, N(0, I) model")
+ax0.set_title("aggregated posterior q(z), N(0, I) model")
+fig.colorbar(im, ax=ax0, fraction=0.046, pad=0.03, label="log q(z) (clipped)")
 ax0.set_xlabel("$z_1$")
 ax0.set_ylabel("$z_2$")
 ax0.grid(False)
