@@ -114,6 +114,17 @@ REFERENCES = {
     "check_iwae_bound": (iwae_bound, 5),
     "check_mixture_prior_log_prob": (mixture_prior_log_prob, 5),
     "check_aggregate_posterior_log_prob": (aggregate_posterior_log_prob, 5),
+    "check_gumbel_max_sample": (
+        lambda logits, u: (logits - torch.log(-torch.log(u))).argmax(-1),
+        4,
+    ),
+    "check_categorical_kl_uniform": (
+        lambda logits: (
+            (torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+            + math.log(logits.shape[-1])
+        ),
+        5,
+    ),
 }
 
 

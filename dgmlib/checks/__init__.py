@@ -21,6 +21,7 @@ plumbing they share.
 """
 
 from dgmlib.checks.dequantization import check_dequantized_bpd, check_discretized_logistic
+from dgmlib.checks.discrete import check_categorical_kl_uniform, check_gumbel_max_sample
 from dgmlib.checks.lvm import check_elbo_gaussian, check_em_step, check_log_importance_estimate
 from dgmlib.checks.priors import check_aggregate_posterior_log_prob, check_mixture_prior_log_prob
 from dgmlib.checks.vae import (
@@ -34,11 +35,13 @@ from dgmlib.checks.vae import (
 __all__ = [
     "check_active_units",
     "check_aggregate_posterior_log_prob",
+    "check_categorical_kl_uniform",
     "check_dequantized_bpd",
     "check_discretized_logistic",
     "check_elbo_gaussian",
     "check_em_step",
     "check_free_bits",
+    "check_gumbel_max_sample",
     "check_iwae_bound",
     "check_kl_standard_normal",
     "check_log_importance_estimate",

@@ -1,5 +1,7 @@
-"""Models of the course: probabilistic PCA, VAEs and IWAEs, autoregressive decoders."""
+"""Models of the course: probabilistic PCA, VAEs and IWAEs, autoregressive decoders, discrete
+latents (VQ-VAE, categorical VAE)."""
 
+from dgmlib.models.discrete import VQVAE, CategoricalVAE, VectorQuantizer
 from dgmlib.models.pixelcnn import MaskedConv2d, PixelCNNDecoder
 from dgmlib.models.ppca import PPCA
 from dgmlib.models.priors import (
@@ -23,6 +25,7 @@ __all__ = [
     "PPCA",
     "VAE",
     "BernoulliDecoder",
+    "CategoricalVAE",
     "ConvGaussianEncoder",
     "FlowPrior",
     "GaussianDecoder",
@@ -33,4 +36,6 @@ __all__ = [
     "PriorVAE",
     "StandardNormalPrior",
     "VampPrior",
+    "VectorQuantizer",
+    "VQVAE",
 ]

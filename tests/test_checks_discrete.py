@@ -1,0 +1,126 @@
+"""dgmlib.checks.discrete (lecture 07): the reference solutions pass with one line, stubs are "not
+implemented yet", and typical mistakes are rejected with the case that catches them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Categorical, kl_divergence
+
+from dgmlib import checks
+from dgmlib.models.discrete import categorical_kl_uniform
+
+
+def gumbel_right(logits, u):
+    return (logits - torch.log(-torch.log(u))).argmax(-1)
+
+
+def gumbel_wrong_sign(logits, u):
+    return (logits + torch.log(-torch.log(u))).argmax(-1)
+
+
+def gumbel_argmin(logits, u):
+    return (logits - torch.log(-torch.log(u))).argmin(-1)
+
+
+def gumbel_on_probs(logits, u):
+    return (torch.softmax(logits, -1) - torch.log(-torch.log(u))).argmax(-1)
+
+
+def gumbel_float(logits, u):
+    return gumbel_right(logits, u).double()
+
+
+def gumbel_flat(logits, u):
+    return gumbel_right(logits.reshape(-1, logits.shape[-1]), u.reshape(-1, u.shape[-1]))
+
+
+def kl_right_torch(logits):
+    c = logits.shape[-1]
+    return kl_divergence(Categorical(logits=logits), Categorical(logits=torch.zeros(c).double()))
+
+
+def kl_no_log_c(logits):
+    return categorical_kl_uniform(logits) - math.log(logits.shape[-1])
+
+
+def kl_logits_as_log_probs(logits):
+    return (torch.softmax(logits, -1) * logits).sum(-1) + math.log(logits.shape[-1])
+
+
+def kl_reversed(logits):
+    c = logits.shape[-1]
+    return (-math.log(c) - torch.log_softmax(logits, -1)).sum(-1) / c
+
+
+def kl_naive(logits):
+    q = torch.softmax(logits, -1)
+    return (q * torch.log(q)).sum(-1) + math.log(logits.shape[-1])
+
+
+def kl_sum_all(logits):
+    return categorical_kl_uniform(logits).sum()
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def fails(check, fn, case_start, hint):
+    with pytest.raises(AssertionError) as info:
+        check(fn)
+    msg = str(info.value)
+    assert msg.startswith(f"{check.__name__}, case '{case_start}"), msg
+    assert hint in msg.split("Hint:")[1], msg
+    return msg
+
+
+@pytest.mark.parametrize(
+    ("check", "fn", "n"),
+    [
+        (checks.check_gumbel_max_sample, gumbel_right, 4),
+        (checks.check_categorical_kl_uniform, categorical_kl_uniform, 5),
+        (checks.check_categorical_kl_uniform, kl_right_torch, 5),
+    ],
+)
+def test_references_pass_with_one_line(check, fn, n, capsys):
+    check(fn)
+    assert capsys.readouterr().out == f"{check.__name__}: all {n} cases pass.\n"
+
+
+@pytest.mark.parametrize(
+    "check", [checks.check_gumbel_max_sample, checks.check_categorical_kl_uniform]
+)
+def test_stub_is_not_implemented(check):
+    with pytest.raises(AssertionError, match="`stub` is not implemented yet"):
+        check(stub)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "case", "hint"),
+    [
+        (gumbel_wrong_sign, "8 rows", "two minus signs"),
+        (gumbel_argmin, "8 rows", "argmax"),
+        (gumbel_on_probs, "8 rows", "not softmax(logits)"),
+        (gumbel_float, "8 rows", "argmax"),
+        (gumbel_flat, "a batch of shape", "last dimension"),
+    ],
+)
+def test_gumbel_check_rejects_typical_mistakes(wrong, case, hint):
+    fails(checks.check_gumbel_max_sample, wrong, case, hint)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "case", "hint"),
+    [
+        (kl_no_log_c, "equal logits", "log C"),
+        (kl_logits_as_log_probs, "equal logits", "log_softmax"),
+        (kl_reversed, "random logits", "KL(uniform || q)"),
+        (kl_naive, "one-hot q", "0 * log(0)"),
+        (kl_sum_all, "equal logits", "log C"),
+    ],
+)
+def test_kl_check_rejects_typical_mistakes(wrong, case, hint):
+    fails(checks.check_categorical_kl_uniform, wrong, case, hint)
