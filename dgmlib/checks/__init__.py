@@ -16,8 +16,8 @@ case it happened in.
 
 The checks are grouped by topic: :mod:`dgmlib.checks.lvm` (lecture 01),
 :mod:`dgmlib.checks.dequantization` (lecture 03), :mod:`dgmlib.checks.vae` (lectures 02, 04
-and 05) and :mod:`dgmlib.checks.priors` (lecture 06); :mod:`dgmlib.checks._common` holds the
-plumbing they share.
+and 05), :mod:`dgmlib.checks.priors` (lecture 06) and :mod:`dgmlib.checks.discrete` (lecture
+07); :mod:`dgmlib.checks._common` holds the plumbing they share.
 """
 
 from dgmlib.checks.dequantization import check_dequantized_bpd, check_discretized_logistic
