@@ -18,6 +18,7 @@ from dgmlib.dequantization import (
 )
 from dgmlib.diagnostics import active_units
 from dgmlib.distributions import kl_normal_std_normal
+from dgmlib.gan import jsd
 from dgmlib.kernels import mixture_logpdf
 from dgmlib.kl_control import free_bits_kl
 from dgmlib.surgery import aggregate_posterior_log_prob
@@ -101,7 +102,14 @@ def mixture_prior_log_prob(z, means, logvars, logits):
     return mixture_logpdf(z, means, logvars, torch.log_softmax(logits, 0))
 
 
+def optimal_linear_encoder(W, b, sigma2):
+    precision = torch.eye(W.shape[1], dtype=W.dtype) + W.T @ W / sigma2
+    A = torch.linalg.solve(precision, W.T) / sigma2
+    return A, -A @ b, 1.0 / torch.diagonal(precision)
+
+
 REFERENCES = {
+    "check_optimal_linear_encoder": (optimal_linear_encoder, 4),
     "check_elbo_gaussian": (elbo_right, 4),
     "check_log_importance_estimate": (is_right, 5),
     "check_em_step": (em_right, 3),
@@ -125,6 +133,8 @@ REFERENCES = {
         ),
         5,
     ),
+    "check_optimal_discriminator": (lambda log_pd, log_pg: torch.sigmoid(log_pd - log_pg), 4),
+    "check_jsd": (jsd, 4),
 }
 
 

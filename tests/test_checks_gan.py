@@ -1,0 +1,120 @@
+"""dgmlib.checks.gan (lecture 08): the reference solutions pass with one line, stubs are "not
+implemented yet", and typical mistakes are rejected with the case that catches them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dgmlib import checks
+from dgmlib.gan import jsd, optimal_discriminator
+
+
+def d_right(log_pd, log_pg):
+    return torch.sigmoid(log_pd - log_pg)
+
+
+def d_swapped(log_pd, log_pg):
+    return torch.sigmoid(log_pg - log_pd)
+
+
+def d_naive(log_pd, log_pg):
+    return log_pd.exp() / (log_pd.exp() + log_pg.exp())
+
+
+def d_ratio(log_pd, log_pg):
+    return (log_pd - log_pg).exp()
+
+
+def d_flat(log_pd, log_pg):
+    return torch.sigmoid(log_pd - log_pg).reshape(-1)
+
+
+def jsd_right(log_p, log_q, dx):
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+    tp = torch.xlogy(log_p.exp(), log_p.exp()) - log_p.exp() * log_m
+    tq = torch.xlogy(log_q.exp(), log_q.exp()) - log_q.exp() * log_m
+    return 0.5 * (tp + tq).sum(-1) * dx
+
+
+def jsd_no_half(log_p, log_q, dx):
+    return 2 * jsd(log_p, log_q, dx)
+
+
+def jsd_bits(log_p, log_q, dx):
+    return jsd(log_p, log_q, dx) / math.log(2.0)
+
+
+def jsd_kl_instead(log_p, log_q, dx):
+    return (log_p.exp() * (log_p - log_q)).sum(-1) * dx
+
+
+def jsd_naive(log_p, log_q, dx):
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+    return 0.5 * (log_p.exp() * (log_p - log_m) + log_q.exp() * (log_q - log_m)).sum(-1) * dx
+
+
+def jsd_sum_all(log_p, log_q, dx):
+    return jsd(log_p, log_q, dx).sum()
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def fails(check, fn, case_start, hint):
+    with pytest.raises(AssertionError) as info:
+        check(fn)
+    msg = str(info.value)
+    assert msg.startswith(f"{check.__name__}, case '{case_start}"), msg
+    assert hint in msg.split("Hint:")[1], msg
+    return msg
+
+
+@pytest.mark.parametrize(
+    ("check", "fn", "n"),
+    [
+        (checks.check_optimal_discriminator, d_right, 4),
+        (checks.check_optimal_discriminator, optimal_discriminator, 4),
+        (checks.check_jsd, jsd_right, 4),
+        (checks.check_jsd, jsd, 4),
+    ],
+)
+def test_references_pass_with_one_line(check, fn, n, capsys):
+    check(fn)
+    assert capsys.readouterr().out == f"{check.__name__}: all {n} cases pass.\n"
+
+
+@pytest.mark.parametrize("check", [checks.check_optimal_discriminator, checks.check_jsd])
+def test_stub_is_not_implemented(check):
+    with pytest.raises(AssertionError, match="`stub` is not implemented yet"):
+        check(stub)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "case", "hint"),
+    [
+        (d_swapped, "12 random points", "data density on top"),
+        (d_ratio, "12 random points", "sigmoid(log p_d - log p_g)"),
+        (d_naive, "tiny densities", "0 / (0 + 0) is NaN"),
+        (d_flat, "a batch of shape", "same shape"),
+    ],
+)
+def test_optimal_discriminator_check_rejects_typical_mistakes(wrong, case, hint):
+    fails(checks.check_optimal_discriminator, wrong, case, hint)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "case", "hint"),
+    [
+        (jsd_no_half, "N(-1, 1) against", "(KL(p || m) + KL(q || m)) / 2"),
+        (jsd_bits, "N(-1, 1) against", "not log2"),
+        (jsd_kl_instead, "N(-1, 1) against", "mixture m"),
+        (jsd_naive, "uniform densities on disjoint halves", "torch.xlogy"),
+        (jsd_sum_all, "a batch of 2 pairs", "last dimension only"),
+    ],
+)
+def test_jsd_check_rejects_typical_mistakes(wrong, case, hint):
+    fails(checks.check_jsd, wrong, case, hint)
