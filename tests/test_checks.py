@@ -154,6 +154,7 @@ def fails(check, fn, *fragments):
 
 def test_every_check_is_listed_and_importable():
     assert sorted(REFERENCES) == sorted(checks.__all__)
+    assert checks.__all__ == sorted(checks.__all__)
     from dgmlib.checks import check_dequantized_bpd, check_em_step, check_iwae_bound
 
     assert check_em_step is checks.check_em_step
