@@ -136,21 +136,28 @@ VARIANTS = {
 }
 
 
-def build(variant: str) -> VAE:
-    """The architecture of a variant, as in tools/train_lecture04.py."""
-    encoder = MLPGaussianEncoder(784, cfg["hidden"], cfg["z_dim"])
-    if variant == "mlp":
-        decoder = BernoulliDecoder(cfg["z_dim"], cfg["hidden"])
+def build(variant: str, c: dict, side: int = 28) -> VAE:
+    """The architecture of a variant, as in tools/train_lecture04.py (c: its recorded settings)."""
+    x_shape = (1, side, side)
+    encoder = MLPGaussianEncoder(side * side, c["hidden"], c["z_dim"])
+    if variant.endswith("mlp"):
+        decoder = BernoulliDecoder(c["z_dim"], c["hidden"], x_shape=x_shape)
     else:
-        decoder = PixelCNNDecoder(cfg["z_dim"], **cfg["pixelcnn"])
+        decoder = PixelCNNDecoder(c["z_dim"], **c["pixelcnn"], x_shape=x_shape)
     return VAE(encoder, decoder)
 
 
-models = {}
-for v in VARIANTS:
-    models[v] = build(v)
-    load_model(models[v], CKPT / f"l04_{v}.safetensors")
-    models[v].eval()
+def load_variants(names, c: dict, side: int = 28) -> dict:
+    """The trained models of the variants ``names``, checkpoints verified, in eval mode."""
+    loaded = {}
+    for v in names:
+        loaded[v] = build(v, c, side)
+        load_model(loaded[v], CKPT / f"l04_{v}.safetensors")
+        loaded[v].eval()
+    return loaded
+
+
+models = load_variants(VARIANTS, cfg)
 print(
     f"latent dimension {cfg['z_dim']}; trained on the first {cfg['n_train']} training images, "
     f"{cfg['epochs']} epochs, batch {cfg['batch']}, Adam lr {cfg['lr']}"
@@ -447,22 +454,7 @@ bcfg = bas["config"]
 BAS_VARIANTS = {f"bas_{v}": name for v, name in VARIANTS.items()}
 
 
-def build_bas(variant: str) -> VAE:
-    """A bars-and-stripes model, as in tools/train_lecture04.py."""
-    size, z_dim, hidden = bcfg["size"], bcfg["z_dim"], bcfg["hidden"]
-    encoder = MLPGaussianEncoder(size * size, hidden, z_dim)
-    if variant == "bas_mlp":
-        decoder = BernoulliDecoder(z_dim, hidden, x_shape=(1, size, size))
-    else:
-        decoder = PixelCNNDecoder(z_dim, **bcfg["pixelcnn"], x_shape=(1, size, size))
-    return VAE(encoder, decoder)
-
-
-bas_models = {}
-for v in BAS_VARIANTS:
-    bas_models[v] = build_bas(v)
-    load_model(bas_models[v], CKPT / f"l04_{v}.safetensors")
-    bas_models[v].eval()
+bas_models = load_variants(BAS_VARIANTS, bcfg, bcfg["size"])
 print(
     f"latent dimension {bcfg['z_dim']}; {bcfg['epochs'] * bcfg['steps_per_epoch']} steps of "
     f"{bcfg['batch']} fresh images, Adam lr {bcfg['lr']}; annealing over the first "
