@@ -93,3 +93,41 @@ def test_student_edition(src: Path):
                 "\n".join(ln for ln in cell.source.splitlines() if not ln.startswith(("%", "!")))
             )
     assert sum(c.source.count(STUB) for c in nb.cells) == n
+
+
+from check_outputs import check_notebook, roundoff_prints, unsupported_prose_numbers  # noqa: E402
+
+
+@pytest.mark.parametrize("src", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_outputs_print_no_roundoff_and_prose_numbers_come_from_outputs(src: Path):
+    """tools/check_outputs.py: no e-notation number below 1e-12 unless stated as a bound; every
+    decimal of the markdown is supported by an output, a code setting or a citation."""
+    problems = check_notebook(src.with_suffix(".ipynb"))
+    assert not problems, "\n".join(problems)
+
+
+def _nb(markdown: str, output: str) -> dict:
+    return {
+        "cells": [
+            {"cell_type": "markdown", "source": markdown},
+            {
+                "cell_type": "code",
+                "source": "print(x)",
+                "outputs": [{"output_type": "stream", "name": "stdout", "text": output}],
+            },
+        ]
+    }
+
+
+def test_output_checks_fail_on_planted_examples():
+    """The two checks catch what they exist for, and let through what is legitimate."""
+    assert roundoff_prints(_nb("", "max |a - b| = 9.5e-15\n"))
+    assert roundoff_prints(_nb("", "error -3.1E-13"))
+    assert not roundoff_prints(_nb("", "max |a - b| below 1e-12: True\n"))
+    assert not roundoff_prints(_nb("", "max |a - b| < 1e-14\n"))
+    assert not roundoff_prints(_nb("", "step 1e-3, tolerance 1e-12, lr 2e-5\n"))
+    assert unsupported_prose_numbers(_nb("The KL is about 0.15 nats.", "KL 12.3\n"))
+    assert unsupported_prose_numbers(_nb("The gap is 0.1524 nats.", "gap 0.152\n"))  # too fine
+    assert not unsupported_prose_numbers(_nb("The KL is about 0.15 nats.", "KL 0.1523\n"))
+    assert not unsupported_prose_numbers(_nb("Their NLL is 86.76 {cite}`burda`.", ""))
+    assert not unsupported_prose_numbers(_nb("### 2.1 Section\nSee §4.2 and `x = 0.5`.", ""))
