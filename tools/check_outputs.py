@@ -8,9 +8,9 @@ Usage: python tools/check_outputs.py [notebooks/NN_topic.ipynb ...]   (default: 
    and allowed.
 2. **Prose numbers.** A decimal in a markdown cell must come from somewhere a reader can check:
    an output of the notebook that rounds to it (the same number at a higher precision counts),
-   a setting in one of its code cells (inline code in the markdown counts as code), or a paragraph that cites a source (``{cite}``, a table or
-   a figure of a paper). A decimal typed into the prose from a run, which would silently go
-   stale, fails.
+   a setting in one of its code cells (inline code in the markdown counts as code), or a
+   paragraph that cites a source (``{cite}``, a table or a figure of a paper). A decimal typed
+   into the prose from a run, which would silently go stale, fails.
 
 Both checks run in tests/test_repo.py for every notebook; the exit status here is the number of
 notebooks with a problem.
