@@ -318,8 +318,8 @@ class CategoricalVAE(nn.Module):
         """The ELBO of the *discrete* model per image, nats: ``[B]``.
 
         ``mean_s log p(x | c_s) - KL(q(c|x) || Uniform)`` with ``n_samples`` exact one-hot
-        samples ``c_s ~ q(c|x)`` (Gumbel-max), so it lower-bounds ``log p(x)`` of the model whose
-        latents are truly discrete.
+        samples ``c_s ~ q(c|x)`` (Gumbel-max): an unbiased estimate of the ELBO of the model whose
+        latents are truly discrete, which lower-bounds its ``log p(x)`` in expectation.
         """
         _positive_int(n_samples, "n_samples", "CategoricalVAE.elbo")
         logits = self.logits(x)
