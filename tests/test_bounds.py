@@ -85,7 +85,23 @@ def test_iwae_bound_matches_naive_log_mean_exp_and_is_stable():
     # exp(-1000) underflows in float64; the bound must not
     far = log_w - 1000.0
     torch.testing.assert_close(iwae_bound(far), log_w.exp().mean(0).log() - 1000.0)
-    assert torch.isfinite(iwae_bound(torch.full((3, 2), -1e5))).all()
+
+
+@pytest.mark.parametrize(("dtype", "ulp"), [(torch.float32, 2.0**-7), (torch.float64, 2.0**-36)])
+def test_iwae_bound_exact_where_every_weight_underflows(dtype, ulp):
+    """exp(-1e5) is 0 in any float, yet the bound has a known value: K equal log-weights v give
+    v, and the pair (v, v + log 3) gives v + log 2 (the mean weight is 2 e^v).
+
+    Tolerance: ``ulp`` is the spacing of floats near 1e5 (2^16 <= 1e5 < 2^17). The result is off
+    by at most the rounding of the input v + log 3 (half an ulp, passed on with weight <= 1) and
+    two roundings inside (adding and subtracting log K, half an ulp each): 1.5 ulp, so 2 ulp.
+    """
+    v = -1e5
+    equal = iwae_bound(torch.full((3, 2), v, dtype=dtype))
+    torch.testing.assert_close(equal, torch.full((2,), v, dtype=torch.float64).to(dtype),
+                               rtol=0, atol=2 * ulp)  # fmt: skip
+    pair = iwae_bound(torch.tensor([[v], [v + math.log(3.0)]], dtype=dtype))
+    assert abs(pair.item() - (v + math.log(2.0))) <= 2 * ulp, pair.item() - v
 
 
 def test_iwae_bound_is_at_least_the_mean_elbo():

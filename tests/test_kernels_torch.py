@@ -406,8 +406,39 @@ def test_iwae_logmeanexp_reference():
     close(grad[0], w[0], TOL[torch.float64])  # d lme / d log_w = normalized weights
     lme0, w0 = iwae_logmeanexp(log_w.T.contiguous(), dim=0)
     assert torch.equal(lme0, lme) and torch.equal(w0, w.T)
-    ref = iwae_logmeanexp_ref(log_w)
-    assert torch.equal(ref[0], lme)
+
+
+def brute_force_logmeanexp(row: list[float]) -> tuple[float, list[float]]:
+    """log (1/K) sum_k e^{x_k} and the weights e^{x_k} / sum, in Python floats: shift by the
+    maximum, sum the exponentials exactly rounded (math.fsum). Relative error a few ulp."""
+    if all(x == -math.inf for x in row):
+        return -math.inf, [0.0] * len(row)
+    top = max(row)
+    terms = [math.exp(x - top) for x in row]
+    total = math.fsum(terms)
+    return top + math.log(total) - math.log(len(row)), [t / total for t in terms]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_iwae_logmeanexp_ref_against_brute_force(dtype):
+    """The reference (also the torch path, and what the Triton path is tested against) against
+    an independent scalar computation in float64: values spread over 200 nats, a dead row, dead
+    entries, and the sample dimension first or last."""
+    g = torch.Generator().manual_seed(1)
+    log_w = (40 * torch.randn(6, 50, generator=g, dtype=torch.float64)).to(dtype)
+    log_w[1] = float("-inf")
+    log_w[3, ::3] = float("-inf")
+    expected = [brute_force_logmeanexp(r) for r in log_w.double().tolist()]
+    lme_exp = torch.tensor([e[0] for e in expected], dtype=torch.float64)
+    w_exp = torch.tensor([e[1] for e in expected], dtype=torch.float64)
+    for dim, x in ((-1, log_w), (0, log_w.T.contiguous())):
+        lme, w = iwae_logmeanexp_ref(x, dim)
+        assert lme.dtype == w.dtype == dtype
+        w = w if dim == -1 else w.T
+        # the per-dtype tolerances of this file (the brute force errs by a few float64 ulp)
+        close(lme[[0, 2, 3, 4, 5]], lme_exp[[0, 2, 3, 4, 5]], TOL[dtype])
+        assert lme[1] == -math.inf and torch.equal(w[1], torch.zeros_like(w[1]))
+        close(w, w_exp, TOL[dtype])
 
 
 def test_gaussian_rsample_kl_reference():
@@ -422,8 +453,15 @@ def test_gaussian_rsample_kl_reference():
     a = gaussian_rsample_kl(mu, logvar, generator=torch.Generator().manual_seed(3))
     b = gaussian_rsample_kl(mu, logvar, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a[0], b[0])
-    z_ref, kl_ref = gaussian_rsample_kl_ref(mu, logvar, eps)
-    assert torch.equal(z_ref, z) and torch.equal(kl_ref, kl)
+    c = gaussian_rsample_kl(mu, logvar, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(a[0], c[0])  # the generator, not the global state, sets the noise
+    # the reference (the torch path) in float64 against torch.distributions in float64
+    mu64, lv64, eps64 = mu.double(), logvar.double(), eps.double()
+    z_ref, kl_ref = gaussian_rsample_kl_ref(mu64, lv64, eps64)
+    q64 = torch.distributions.Normal(mu64, torch.exp(0.5 * lv64))
+    p64 = torch.distributions.Normal(0.0, 1.0)
+    close(kl_ref, torch.distributions.kl_divergence(q64, p64).sum(1), TOL[torch.float64])
+    close(z_ref, q64.loc + q64.scale * eps64, TOL[torch.float64])
     with pytest.raises(ValueError, match=r"`eps` must have the shape of `mu`"):
         gaussian_rsample_kl(mu, logvar, torch.zeros(6, 4))
     with pytest.raises(ValueError, match=r"`logvar` must have the shape of `mu`"):

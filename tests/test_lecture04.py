@@ -46,7 +46,10 @@ def test_checkpoint_loads_and_is_small(results, variant):
 
 
 def test_free_bits_keeps_the_floor(results):
-    """Free bits leaves each dimension with (about) at least lambda nats on the test images."""
+    """A regression check on the stored run, not a property of the method: free bits removes
+    the KL gradient of a dimension whose batch-mean KL is below lambda, it does not bound the KL
+    from below. In this run every dimension settles near lambda on the test images; 0.8 lambda
+    is a margin under that observation, not a bound."""
     kl = results["variants"]["pixelcnn_freebits"]["kl_per_dim"]
     assert min(kl) > 0.8 * T.FREE_BITS
 
