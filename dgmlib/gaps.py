@@ -31,6 +31,7 @@ from dgmlib.distributions import (
 
 __all__ = [
     "InferenceGaps",
+    "doubled_steps_change",
     "inference_gaps",
     "local_elbo",
     "mean_and_se",
@@ -183,11 +184,17 @@ def mean_and_se(values: Tensor) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class InferenceGaps:
-    """Per-example values ``[B]``, nats: log p(x), the two ELBOs and the two gaps."""
+    """Per-example values ``[B]``, nats: log p(x), the two ELBOs and the two gaps; and q*.
+
+    ``mu_optimized`` and ``logvar_optimized`` (``[B, Z]``) are the parameters of q*, e.g. for a
+    convergence check (:func:`doubled_steps_change`) or an independent evaluation of its ELBO.
+    """
 
     log_p: Tensor
     elbo_amortized: Tensor
     elbo_optimized: Tensor
+    mu_optimized: Tensor | None = None
+    logvar_optimized: Tensor | None = None
 
     @property
     def approximation_gap(self) -> Tensor:
@@ -253,5 +260,66 @@ def inference_gaps(
             generator.set_state(state)
         elbo_optimized = local_elbo(model, x, local["mu"], local["logvar"], n_eval, generator)
     return InferenceGaps(
-        log_p=log_p.detach(), elbo_amortized=elbo_amortized, elbo_optimized=elbo_optimized
+        log_p=log_p.detach(),
+        elbo_amortized=elbo_amortized,
+        elbo_optimized=elbo_optimized,
+        mu_optimized=local["mu"],
+        logvar_optimized=local["logvar"],
     )
+
+
+def doubled_steps_change(
+    model: Any,
+    x: Tensor,
+    steps: int,
+    lr: float = 0.05,
+    n_eval: int = 64,
+    generator: torch.Generator | None = None,
+    q: tuple[Tensor, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Convergence check of q*: the rise of its ELBO when the optimisation runs twice as long.
+
+    Runs :func:`optimize_local_posterior` for ``steps`` and for ``2 * steps`` Adam steps (same
+    ``lr``, the cosine decay stretched over each run, both started at the encoder); ``q = (mu,
+    logvar)`` of an existing ``steps``-step result (e.g. ``InferenceGaps.mu_optimized`` and
+    ``.logvar_optimized``) replaces the first run. Both ELBOs are then evaluated by
+    :func:`local_elbo` with the *same* ``n_eval`` noise draws (common random numbers), so that
+    most of the Monte Carlo noise cancels in their difference.
+
+    Returns ``"elbo"`` and ``"elbo_doubled"`` (``[B]``), ``"change"`` = ``elbo_doubled - elbo``
+    (``[B]``, nats; :func:`mean_and_se` of it gives the mean change and its standard error), and
+    ``"mu"``, ``"logvar"``, ``"mu_doubled"``, ``"logvar_doubled"`` (``[B, Z]``). A mean change
+    that is small against the uncertainty of the quantity q* enters says that stopping after
+    ``steps`` biases it by little; a large one says q* is not yet optimal, so its ELBO, and hence
+    an amortization gap, is underestimated and an approximation gap overestimated.
+    """
+    where = "doubled_steps_change"
+    _check_model(model, where)
+    validate_tensor(x, "x", where)
+    _check_int(steps, "steps", where, 1)
+    _check_int(n_eval, "n_eval", where, 1)
+    if q is None:
+        short = optimize_local_posterior(model, x, steps, lr, generator, n_eval=1)
+        mu, logvar = short["mu"], short["logvar"]
+    else:
+        mu, logvar = (t.detach() for t in q)
+    long = optimize_local_posterior(model, x, 2 * steps, lr, generator, n_eval=1)
+    with torch.no_grad():
+        if generator is not None:
+            state = generator.get_state()
+            elbo = local_elbo(model, x, mu, logvar, n_eval, generator)
+            generator.set_state(state)  # the same noise for both
+        else:
+            state = torch.get_rng_state()
+            elbo = local_elbo(model, x, mu, logvar, n_eval)
+            torch.set_rng_state(state)
+        elbo_doubled = local_elbo(model, x, long["mu"], long["logvar"], n_eval, generator)
+    return {
+        "elbo": elbo,
+        "elbo_doubled": elbo_doubled,
+        "change": elbo_doubled - elbo,
+        "mu": mu,
+        "logvar": logvar,
+        "mu_doubled": long["mu"],
+        "logvar_doubled": long["logvar"],
+    }

@@ -63,7 +63,7 @@ from torch.distributions import MultivariateNormal, kl_divergence
 
 from dgmlib.checks.gaps import check_optimal_linear_encoder
 from dgmlib.data import REPO_DATA_DIR, binarize_fixed, load_fashion_mnist
-from dgmlib.gaps import inference_gaps
+from dgmlib.gaps import doubled_steps_change, inference_gaps, mean_and_se
 from dgmlib.models import PPCA, VAE
 from dgmlib.plot import use_style
 from dgmlib.train import load_model
@@ -137,13 +137,14 @@ form_likelihood = ppca.log_prob(x8) - kl_divergence(q_random, posterior)  # log 
 print("E_q log p(x|z) - KL(q||p(z)):  ", [fmt(v) for v in form_reconstruction])
 print("log p(x) - KL(q||p(z|x)):      ", [fmt(v) for v in form_likelihood])
 tight = ppca.elbo(x8, posterior) - ppca.log_prob(x8)
-print(f"q = posterior: max |ELBO - log p(x)| = below 1e-10: {tight.abs().max().item() < 1e-10}")
-print(
-    f"random q: smallest gap log p - ELBO = {fmt(-(form_reconstruction - ppca.log_prob(x8)).max())}"
-)
 assert torch.allclose(form_reconstruction, form_likelihood, atol=1e-10, rtol=0)
 assert tight.abs().max() < 1e-10
 assert (ppca.log_prob(x8) - form_reconstruction > 1e-3).all()
+print("the two forms: max |difference| below 1e-10")
+print("q = posterior: max |ELBO - log p(x)| below 1e-10")
+print(
+    f"random q: smallest gap log p - ELBO = {fmt(-(form_reconstruction - ppca.log_prob(x8)).max())}"
+)
 
 # %% [markdown]
 # ## 2. The consistent set and exponential-family harmoniums
@@ -165,7 +166,7 @@ assert (ppca.log_prob(x8) - form_reconstruction > 1e-3).all()
 #
 # **Exponential families.** Let both conditionals be exponential families with sufficient
 # statistics $\boldsymbol\nu(\mathbf x)\in\mathbb R^n$ and $\boldsymbol\psi(\mathbf z)\in\mathbb
-# R^m$, and networks that output the natural parameters:
+# R^m$, log-partition functions $A$ and $B$, and networks that output the natural parameters:
 #
 # $$
 # p_\theta(\mathbf x\mid\mathbf z) = h(\mathbf x)\exp\big(\langle\boldsymbol\nu(\mathbf x),
@@ -174,8 +175,33 @@ assert (ppca.log_prob(x8) - form_reconstruction > 1e-3).all()
 # \mathbf e_\phi(\mathbf x)\rangle - B(\mathbf e_\phi(\mathbf x))\big).
 # $$
 #
-# **Theorem** {cite:p}`shekhovtsov2022vae`. The consistent models are exactly those whose joint
-# distribution is an exponential-family **harmonium** {cite:p}`welling2005exponential`,
+# The prior $p(\mathbf z)$ is fixed. Bayes' rule puts the decoder's log-partition into the
+# posterior: as a function of $\mathbf z$,
+#
+# $$
+# \log p_\theta(\mathbf z\mid\mathbf x) = \langle\boldsymbol\nu(\mathbf x), \mathbf
+# d_\theta(\mathbf z)\rangle + \underbrace{\log p(\mathbf z) - A(\mathbf d_\theta(\mathbf
+# z))}_{\text{no }\mathbf x\text{ in it}} + \text{const}(\mathbf x).
+# $$
+#
+# **Theorem** {cite:p}`shekhovtsov2022vae`. A decoder is consistent with the encoder family if
+# and only if both of the following hold (when the statistics $\boldsymbol\nu(\mathbf x)$ are not
+# confined to a hyperplane, and the encoder network can output the maps below):
+#
+# 1. **the decoder is affine in the encoder's statistics:** $\mathbf d_\theta(\mathbf z) =
+#    W\boldsymbol\psi(\mathbf z) + \mathbf u$ for a matrix $W\in\mathbb R^{n\times m}$ and a
+#    vector $\mathbf u$;
+# 2. **the prior absorbs the log-partition term:** $\log p(\mathbf z) - A(W\boldsymbol\psi(\mathbf
+#    z) + \mathbf u) = \log h'(\mathbf z) + \langle\boldsymbol\psi(\mathbf z), \mathbf v\rangle +
+#    \text{const}$ for a vector $\mathbf v$.
+#
+# The first makes the $\mathbf x$-dependent term $\langle\boldsymbol\nu(\mathbf x),
+# W\boldsymbol\psi(\mathbf z)\rangle = \langle\boldsymbol\psi(\mathbf z),
+# W^\top\boldsymbol\nu(\mathbf x)\rangle$ a term of the encoder family; the second does the same
+# for the rest, which the same posterior carries for every $\mathbf x$. Conversely, the
+# posterior's dependence on $\mathbf x$ forces the first, and then the posterior at a single
+# $\mathbf x$ forces the second. Together they say that the joint distribution is an
+# exponential-family **harmonium** {cite:p}`welling2005exponential`,
 #
 # $$
 # p(\mathbf x, \mathbf z) \propto h(\mathbf x)\,h'(\mathbf z)\exp\big(\langle\boldsymbol\nu(\mathbf
@@ -183,18 +209,22 @@ assert (ppca.log_prob(x8) - form_reconstruction > 1e-3).all()
 # \langle\boldsymbol\psi(\mathbf z), \mathbf v\rangle\big),
 # $$
 #
-# with a matrix $W\in\mathbb R^{n\times m}$ and vectors $\mathbf u, \mathbf v$: the decoder's
-# natural parameter is *affine in the encoder's statistics*, $\mathbf d(\mathbf z) =
-# W\boldsymbol\psi(\mathbf z) + \mathbf u$, and then the encoder's is affine in the decoder's,
-# $\mathbf e(\mathbf x) = W^\top\boldsymbol\nu(\mathbf x) + \mathbf v$. Both conditionals of a
-# harmonium are read off by fixing one variable in the exponent. A consequence: once the encoder
-# network can represent the affine maps $\mathbf x\mapsto W^\top\boldsymbol\nu(\mathbf x) +
-# \mathbf v$, a bigger encoder network does not enlarge $\Theta_\Phi$ — the limit is set by the
-# families, not by the network.
+# whose two conditionals are read off by fixing one variable in the exponent; the encoder's
+# natural parameter is then affine in the decoder's statistics, $\mathbf e(\mathbf x) =
+# W^\top\boldsymbol\nu(\mathbf x) + \mathbf v$. An affine decoder alone is *not* enough: $A$ is
+# not linear, so $A(W\boldsymbol\psi(\mathbf z) + \mathbf u)$ is in general not of the form
+# $\langle\boldsymbol\psi(\mathbf z), \mathbf v\rangle$, and unless the prior cancels what is
+# left over, the posterior leaves the family. The Gaussian example below is such a case. A
+# consequence of the theorem: once the encoder network can represent the affine maps $\mathbf
+# x\mapsto W^\top\boldsymbol\nu(\mathbf x) + \mathbf v$, a bigger encoder network does not
+# enlarge $\Theta_\Phi$ — the limit is set by the families and the prior, not by the network.
 #
 # **The Gaussian case, derived.** Take the prior $\mathcal N(\mathbf 0, I)$ and the decoder
-# $\mathcal N(W\mathbf z + \mathbf b, \sigma^2 I)$. Collect the terms of $\log p(\mathbf x,
-# \mathbf z)$ that involve $\mathbf z$:
+# $\mathcal N(W\mathbf z + \mathbf b, \sigma^2 I)$. As an exponential family in $\mathbf x$:
+# $\boldsymbol\nu(\mathbf x) = \mathbf x$, $\mathbf d(\mathbf z) = (W\mathbf z + \mathbf
+# b)/\sigma^2$ and $A(\mathbf d) = \tfrac12\sigma^2\lVert\mathbf d\rVert^2$, so $A(\mathbf
+# d(\mathbf z)) = \lVert W\mathbf z + \mathbf b\rVert^2/(2\sigma^2)$. Collect the terms of $\log
+# p(\mathbf x, \mathbf z)$ that involve $\mathbf z$:
 #
 # $$
 # \log p(\mathbf x, \mathbf z) = -\tfrac12\lVert\mathbf z\rVert^2 - \frac{\lVert\mathbf x - \mathbf
@@ -207,12 +237,78 @@ assert (ppca.log_prob(x8) - form_reconstruction > 1e-3).all()
 # So $p(\mathbf z\mid\mathbf x) = \mathcal N(\Lambda^{-1}W^\top(\mathbf x - \mathbf
 # b)/\sigma^2,\ \Lambda^{-1})$: the coupling $\mathbf x^\top W\mathbf z/\sigma^2$ is bilinear,
 # the posterior's natural parameters are an affine function of $\mathbf x$ (linear term) and a
-# constant (quadratic term). With a **full-covariance** Gaussian encoder ($\boldsymbol\psi(\mathbf
-# z) = (\mathbf z, \mathbf z\mathbf z^\top)$) every linear Gaussian decoder is consistent. With
-# the usual **diagonal** encoder ($\boldsymbol\psi(\mathbf z) = (z_i, z_i^2)_i$) the quadratic term
-# must contain no products $z_iz_j$, so the decoder is consistent **iff $W^\top W$ is diagonal**:
-# iff the columns of $W$ are orthogonal.
+# constant (quadratic term). Now the two conditions. **Condition 1 holds for every $W$** and for
+# both encoder families below: $\mathbf d(\mathbf z)$ is linear in $\mathbf z$, and $\mathbf z$ is
+# part of $\boldsymbol\psi(\mathbf z)$ in both. **Condition 2 is where they differ:** the
+# $\mathbf x$-free part is $\log p(\mathbf z) - A(\mathbf d(\mathbf z)) = -\tfrac12\mathbf
+# z^\top\Lambda\mathbf z - \mathbf b^\top W\mathbf z/\sigma^2 + \text{const}$. With a
+# **full-covariance** Gaussian encoder ($\boldsymbol\psi(\mathbf z) = (\mathbf z, \mathbf
+# z\mathbf z^\top)$) every quadratic is of the required form, and every linear Gaussian decoder
+# is consistent. With the usual **diagonal** encoder ($\boldsymbol\psi(\mathbf z) = (z_i,
+# z_i^2)_i$) the products $z_iz_j$, $i\ne j$, have no statistic, so condition 2 holds **iff
+# $W^\top W$ is diagonal**: iff the columns of $W$ are orthogonal. A linear decoder with
+# non-orthogonal columns is affine in the diagonal encoder's statistics and still inconsistent
+# with it: condition 2 fails, through the cross terms of the log-partition function
+# $\lVert W\mathbf z\rVert^2/(2\sigma^2)$, which the prior $\mathcal N(\mathbf 0, I)$ does not
+# cancel.
 #
+# **Check 2: which condition fails for the diagonal encoder.** On the pPCA model of Check 1 ($Z =
+# 2$, a random $W$), at 50 random points $\mathbf z$: we read $A(\mathbf d(\mathbf z))$ off the
+# decoder's density, $A(\mathbf d(\mathbf z)) = \langle\boldsymbol\nu(\mathbf x), \mathbf
+# d(\mathbf z)\rangle + \log h(\mathbf x) - \log p(\mathbf x\mid\mathbf z)$ at a data point
+# $\mathbf x$ (with `torch.distributions.Normal`, independently of the algebra above), and fit
+# by least squares (i) $\mathbf d(\mathbf z)$ and (ii) $\log p(\mathbf z) - A(\mathbf d(\mathbf
+# z))$ on the diagonal encoder's statistics $(1, z_1, z_2, z_1^2, z_2^2)$. Condition 1 holds if
+# the residual of (i) vanishes, condition 2 if that of (ii) does. Adding the one missing
+# statistic $z_1z_2$ must close (ii), with coefficient $-\Lambda_{12}$; and for the rotated
+# decoder $WR$ with orthogonal columns ($R$ the right singular vectors of $W$) that
+# coefficient must vanish. Tolerance
+# $10^{-10}$ (float64 round-off on terms of size about 100 is near $10^{-13}$).
+
+# %%
+W, b, s2 = ppca.W, ppca.mu, ppca.sigma2
+Lam = torch.eye(2, dtype=DT) + W.T @ W / s2  # posterior precision: the z z^T coefficient
+V = torch.linalg.svd(W, full_matrices=False).Vh.T  # a rotation to orthogonal columns
+
+
+def condition_fits(W: torch.Tensor) -> tuple[float, float, float, float]:
+    """Residuals of the two least-squares fits on (1, z_i, z_i^2), and with z1 z2 added: the
+    residual and the z1 z2 coefficient of log p(z) - A(d(z)). Decoder N(W z + b, s2 I)."""
+    z = torch.randn(50, 2, generator=torch.Generator().manual_seed(5), dtype=DT)
+    x0 = x8[0]
+    nat = (z @ W.T + b) / s2  # d(z), from the decoder mean
+    log_h = torch.distributions.Normal(torch.zeros_like(x0), math.sqrt(s2)).log_prob(x0).sum()
+    log_lik = torch.distributions.Normal(z @ W.T + b, math.sqrt(s2)).log_prob(x0).sum(-1)
+    log_partition = nat @ x0 + log_h - log_lik  # A(d(z)), read off the density at x0
+    rest = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1) - log_partition
+    diag_stats = torch.cat([torch.ones(50, 1, dtype=DT), z, z**2], dim=1)
+    full_stats = torch.cat([diag_stats, z[:, :1] * z[:, 1:]], dim=1)
+
+    def rms_residual(F: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        coef = torch.linalg.lstsq(F, y).solution
+        return (F @ coef - y).pow(2).mean().sqrt().item(), coef
+
+    res_d = max(rms_residual(diag_stats, nat[:, j])[0] for j in range(nat.shape[1]))
+    res_diag, _ = rms_residual(diag_stats, rest)
+    res_full, coef = rms_residual(full_stats, rest)
+    return res_d, res_diag, res_full, coef[-1].item()
+
+
+res_d, res_diag, res_full, coef12 = condition_fits(W)
+print("general W (non-orthogonal columns):")
+print("  (i)  d(z) on (1, z_i, z_i^2): rms residual below 1e-10  -> condition 1 holds")
+print(f"  (ii) log p(z) - A(d(z)) on (1, z_i, z_i^2): rms residual {fmt(res_diag, 3)} -> fails")
+print(
+    f"       with z1 z2 added: residual below 1e-10, coefficient of z1 z2 {fmt(coef12)}, "
+    f"closed form -Lambda_12 = {fmt(-Lam[0, 1])}"
+)
+rot_d, rot_diag, _, rot_coef = condition_fits(W @ V)
+print("rotated W R (orthogonal columns): both residuals and the z1 z2 coefficient below 1e-10")
+assert res_d < 1e-10 and res_full < 1e-10
+assert res_diag > 1e-3 and abs(coef12 - (-Lam[0, 1].item())) < 1e-10
+assert rot_d < 1e-10 and rot_diag < 1e-10 and abs(rot_coef) < 1e-10
+
+# %% [markdown]
 # For a decoder outside this set we can say exactly how much the diagonal family loses. For a
 # Gaussian target $\mathcal N(\mathbf m, \Lambda^{-1})$, $\mathrm{KL}(q\,\|\,p)$ over diagonal
 # $q = \mathcal N(\mathbf a, \operatorname{diag}\mathbf s)$ equals $\tfrac12[\sum_i(\Lambda_{ii}s_i -
@@ -230,23 +326,18 @@ assert (ppca.log_prob(x8) - form_reconstruction > 1e-3).all()
 # The maximum-likelihood set therefore *intersects* the consistent set, and a linear VAE with a
 # diagonal encoder loses nothing at its optimum: the ELBO simply picks the rotation.
 #
-# **Check 2: the harmonium reading of the posterior, and the gap of the diagonal family.** For
+# **Check 3: the harmonium reading of the posterior, and the gap of the diagonal family.** For
 # the model of Check 1: the precision $\Lambda$ and linear term from the formula against
 # `PPCA.posterior`; the closed-form gap against `log p(x) - PPCA.elbo` at the best diagonal $q$;
-# a nudged diagonal $q$ must do worse; and after rotating $W$ to orthogonal columns (by the right
-# singular vectors of $W$) the log-likelihood is unchanged while the gap vanishes.
+# a nudged diagonal $q$ must do worse; and after rotating $W$ to orthogonal columns (the $WR$ of
+# Check 2, $R$ the right singular vectors of $W$) the log-likelihood is unchanged while the gap
+# vanishes, in closed form and by `PPCA.elbo`. Tolerance $10^{-10}$, as in Check 2.
 
 # %%
-W, b, s2 = ppca.W, ppca.mu, ppca.sigma2
-Lam = torch.eye(2, dtype=DT) + W.T @ W / s2  # posterior precision: the z z^T coefficient
 m_formula = torch.linalg.solve(Lam, W.T @ (x8 - b).T / s2).T  # from the bilinear term
-print(
-    "posterior mean, formula vs PPCA.posterior, max diff:",
-    "below 1e-10:",
-    (m_formula - posterior.mean).abs().max().item() < 1e-10,
-)
 assert torch.allclose(m_formula, posterior.mean, atol=1e-10)
 assert torch.allclose(torch.linalg.inv(Lam), posterior.covariance_matrix[0], atol=1e-10)
+print("posterior mean and covariance, formula vs PPCA.posterior: max difference below 1e-10")
 
 
 def diagonal_gap(model: PPCA) -> float:
@@ -255,24 +346,29 @@ def diagonal_gap(model: PPCA) -> float:
     return 0.5 * (torch.log(torch.diagonal(lam)).sum() - torch.logdet(lam)).item()
 
 
-q_best = diagonal_gaussian(posterior.mean, 1.0 / torch.diagonal(Lam))
-gap_elbo = ppca.log_prob(x8) - ppca.elbo(x8, q_best)
+def best_diagonal_q(model: PPCA, x: torch.Tensor) -> MultivariateNormal:
+    """The diagonal Gaussian closest to the posterior: its mean, variances 1 / Lambda_ii."""
+    lam = torch.eye(model.q, dtype=DT) + model.W.T @ model.W / model.sigma2
+    return diagonal_gaussian(model.posterior(x).mean, 1.0 / torch.diagonal(lam))
+
+
+gap_elbo = ppca.log_prob(x8) - ppca.elbo(x8, best_diagonal_q(ppca, x8))
 q_nudged = diagonal_gaussian(posterior.mean + 0.05, 1.1 / torch.diagonal(Lam))
 gap_nudged = ppca.log_prob(x8) - ppca.elbo(x8, q_nudged)
 print(
     f"diagonal family, general W: closed form {fmt(diagonal_gap(ppca))}, log p - ELBO "
     f"{fmt(gap_elbo.mean())} nats (same for every x); nudged q: {fmt(gap_nudged.min())}"
 )
-V = torch.linalg.svd(W, full_matrices=False).Vh.T  # rotation to orthogonal columns
-ppca_rot = PPCA(W=W @ V, mu=b, sigma2=s2)
-rot_ll = (ppca_rot.log_prob(x8) - ppca.log_prob(x8)).abs().max().item()
-print(
-    f"W R (orthogonal columns): change of log p(x) below 1e-10: {rot_ll < 1e-10}, "
-    f"gap {fmt(round(diagonal_gap(ppca_rot), 10))}"
-)
 assert torch.allclose(gap_elbo, torch.full_like(gap_elbo, diagonal_gap(ppca)), atol=1e-10)
 assert diagonal_gap(ppca) > 1e-3 and (gap_nudged > gap_elbo).all()
-assert rot_ll < 1e-10 and abs(diagonal_gap(ppca_rot)) < 1e-10
+ppca_rot = PPCA(W=W @ V, mu=b, sigma2=s2)
+rot_ll = (ppca_rot.log_prob(x8) - ppca.log_prob(x8)).abs().max().item()
+rot_gap_elbo = (ppca_rot.log_prob(x8) - ppca_rot.elbo(x8, best_diagonal_q(ppca_rot, x8))).abs()
+assert rot_ll < 1e-10 and abs(diagonal_gap(ppca_rot)) < 1e-10 and rot_gap_elbo.max() < 1e-10
+print(
+    "W R (orthogonal columns): change of log p(x) below 1e-10; gap below 1e-10 in closed form "
+    "and by log p - ELBO"
+)
 
 # %% [markdown]
 # ## Exercise — the best linear diagonal encoder
@@ -352,16 +448,23 @@ opt = torch.optim.LBFGS(
     history_size=20,
     line_search_fn="strong_wolfe",
 )
-history = []  # (evaluation, mean ELBO, mean log-likelihood)
+history = []  # (evaluation, mean ELBO, mean log-likelihood, off-diagonal of W^T W)
+
+
+def off_diagonal(W: torch.Tensor) -> float:
+    """Largest off-diagonal entry of W^T W over its largest diagonal entry: 0 iff orthogonal."""
+    WtW = (W.T @ W).detach()
+    return ((WtW - torch.diag(torch.diagonal(WtW))).abs().max() / WtW.diagonal().max()).item()
 
 
 def closure() -> torch.Tensor:
-    """Minus the mean closed-form ELBO; records the two objectives at every evaluation."""
+    """Minus the mean closed-form ELBO; records both objectives and W's shape at each evaluation."""
     opt.zero_grad()
     dec, enc = linear_vae(params)
     elbo = dec.elbo(X, enc).mean()
     with torch.no_grad():
-        history.append((len(history), elbo.item(), dec.log_prob(X).mean().item()))
+        ll = dec.log_prob(X).mean().item()
+        history.append((len(history), elbo.item(), ll, off_diagonal(dec.W)))
     (-elbo).backward()
     return -elbo
 
@@ -375,36 +478,63 @@ ll_mle = mle.log_prob(X).mean().item()
 cov_err = (
     torch.linalg.norm(dec.covariance() - mle.covariance()) / torch.linalg.norm(mle.covariance())
 ).item()
-WtW = (dec.W.T @ dec.W).detach()
-offdiag = (WtW - torch.diag(torch.diagonal(WtW))).abs().max().item() / WtW.diagonal().max().item()
-print(f"mean log-likelihood: linear VAE {ll_vae:.4f}, Tipping-Bishop MLE {ll_mle:.4f} nats")
-print(
-    f"mean ELBO of the linear VAE {elbo_vae:.4f}; gap log p - ELBO = "
-    f"below 1e-3: {0 <= ll_vae - elbo_vae < 1e-3}"
-)
-print(
-    f"||C_VAE - C_MLE|| / ||C_MLE||  below 1e-3: {cov_err < 1e-3}, sigma2: VAE "
-    f"{dec.sigma2.item():.4f}, MLE {mle.sigma2.item():.4f}"
-)
-print(f"largest off-diagonal of W^T W / its diagonal below 1e-2: {offdiag < 1e-2}")
+offdiag = off_diagonal(dec.W)
 assert abs(ll_vae - ll_mle) < 1e-3
 assert 0 <= ll_vae - elbo_vae < 1e-3
 assert cov_err < 1e-3 and offdiag < 1e-2
+print(
+    f"mean log-likelihood: linear VAE {ll_vae:.4f}, Tipping-Bishop MLE {ll_mle:.4f} nats; "
+    "difference below 1e-3"
+)
+print(f"mean ELBO of the linear VAE {elbo_vae:.4f}; gap log p - ELBO below 1e-3 nats")
+print(
+    "   (the diagonal family's price at the data-generating loadings: "
+    f"{fmt(diagonal_gap(truth), 2)} nats)"
+)
+print(
+    f"||C_VAE - C_MLE|| / ||C_MLE|| below 1e-3; sigma2: VAE {dec.sigma2.item():.4f}, "
+    f"MLE {mle.sigma2.item():.4f}"
+)
+print(
+    "largest off-diagonal of W^T W / its diagonal: below 1e-2 "
+    f"(data-generating loadings: {fmt(off_diagonal(truth.W), 2)})"
+)
 
 # %% [markdown]
-# **Check 3 (the cell above): the trained linear VAE is the maximum-likelihood pPCA.** Its mean
+# **Check 4 (the cell above): the trained linear VAE is the maximum-likelihood pPCA.** Its mean
 # log-likelihood is within $10^{-3}$ nats of the Tipping–Bishop MLE's, the marginal covariances
-# $WW^\top + \sigma^2 I$ agree to a relative $10^{-3}$, and the ELBO gap, which started large,
-# is below $10^{-3}$ nats. The decoder's $W$ is not the MLE's $W$ — only $WW^\top$ is
-# identified — but the VAE chose a $W$ with (nearly) orthogonal columns: the member of the
-# maximum-likelihood set that lies in the consistent set of its diagonal encoder. The curves
-# show the two objectives meeting (the early spike is a trial point of the line search). Note
-# the order: the likelihood climbs first, and the last, slow phase, where both gaps fall together
-# from $10^{-2}$ to $10^{-9}$, is the rotation of $W$ towards orthogonal columns.
+# $WW^\top + \sigma^2 I$ agree to a relative $10^{-3}$, and the ELBO gap is below $10^{-3}$ nats,
+# where a decoder with the data-generating loadings would lose about a tenth of a nat to the
+# diagonal encoder. The decoder's $W$ is not the MLE's $W$ — only $WW^\top$ is identified — but
+# the VAE chose a $W$ with (nearly) orthogonal columns: the member of the maximum-likelihood set
+# that lies in the consistent set of its diagonal encoder.
+#
+# **How the two objectives meet** (the curves below; the spike near the 14th evaluation is a
+# trial point of the line search). At the start $W$ is small, the posterior is close to the
+# prior and the ELBO is already nearly tight while the likelihood is far from the MLE; the
+# likelihood then climbs most of the way within a few dozen evaluations. After that the two
+# gaps, $\log p - \mathrm{ELBO}$ and $\mathrm{MLE} - \log p$, fall *together*: the cell prints
+# the ELBO gap at the first evaluation where the likelihood is within 1, $10^{-1}$ and
+# $10^{-2}$ nats of the MLE, and each time it is of the same order as the likelihood's shortfall
+# (within a factor of 10, asserted). The right panel shows $W$ turning towards orthogonal columns
+# (not monotonically) over the same evaluations, not after them; it is still visibly non-orthogonal when the
+# likelihood is within $10^{-2}$ nats. So the VAE does not first fit the likelihood and then
+# rotate $W$: the fit of $WW^\top$ and the choice of the rotation finish together. (Below about
+# $10^{-3}$ nats the path of L-BFGS depends on round-off and the curves differ slightly from one
+# machine to another; the printed milestones lie above that.)
 
 # %%
 h = np.array(history)
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+elbo_gap, shortfall = h[:, 2] - h[:, 1], ll_mle - h[:, 2]
+for level in (1.0, 1e-1, 1e-2):
+    i = int(np.argmax(shortfall < level))  # first evaluation with MLE - log p below level
+    print(
+        f"MLE - log p first below {level:g} at evaluation {i + 1}: log p - ELBO "
+        f"{fmt(elbo_gap[i], 2)}, off-diagonal of W^T W {fmt(h[i, 3], 2)}"
+    )
+    assert 0.1 < elbo_gap[i] / shortfall[i] < 10  # the same order of magnitude
+    assert h[i, 3] > 1e-2  # W not yet orthogonal by the standard of Check 4
+fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
 axes[0].plot(h[:, 0] + 1, h[:, 2], label="mean log-likelihood")
 axes[0].plot(h[:, 0] + 1, h[:, 1], "--", label="mean ELBO")
 axes[0].axhline(ll_mle, color="k", lw=0.8, label="Tipping–Bishop MLE")
@@ -418,6 +548,11 @@ axes[1].loglog(h[:, 0] + 1, np.maximum(ll_mle - h[:, 2], 1e-12), label="MLE − 
 axes[1].set_xlabel("L-BFGS function evaluations")
 axes[1].set_ylabel("nats per point")
 axes[1].legend()
+axes[2].loglog(h[:, 0] + 1, h[:, 3])
+axes[2].axhline(off_diagonal(truth.W), color="k", lw=0.8, label="data-generating loadings")
+axes[2].set_xlabel("L-BFGS function evaluations")
+axes[2].set_ylabel("off-diagonal of $W^T W$ / diagonal")
+axes[2].legend()
 fig.suptitle("A linear Gaussian VAE: the ELBO becomes tight at the pPCA maximum likelihood")
 plt.show()
 
@@ -440,15 +575,23 @@ plt.show()
 # estimated the second for 100 images; here `dgmlib.gaps.inference_gaps` measures both on 300 test
 # images:
 #
-# - $q^*$: 300 Adam steps per image on the single-sample ELBO (learning rate 0.05 decaying to
+# - $q^*$: 1000 Adam steps per image on the single-sample ELBO (learning rate 0.05 decaying to
 #   0.0025), vectorised over images and started at the encoder's output;
 # - $\log p(\mathbf x)$: an importance-weighted estimate with $K = 1000$ samples, half from
 #   $q_\phi$ and half from $q^*$ (a mixture proposal, good wherever either Gaussian is);
 # - both ELBOs with the same 64 noise samples per image.
 #
-# **Check 4: the gaps add up to the total and are both non-negative within their standard errors;**
-# the total gap is compared with an independent evaluation, $\log p(\mathbf x)$ minus the VAE's
-# own `VAE.elbo` with 64 fresh samples, within three standard errors.
+# **Check 5: the split, checked by independent evaluations.** The two gaps add up to the total
+# by definition, so the check is on the parts. (a) The total gap against $\log p(\mathbf x)$
+# minus the VAE's own `VAE.elbo` with 64 fresh samples; (b) the amortization gap against the
+# difference of the two ELBOs recomputed with `torch.distributions`, the KL terms estimated by
+# sampling instead of in closed form, with 64 fresh samples. Each within three standard errors
+# of the paired difference; together they check the approximation gap, total minus
+# amortization, as well. (c) Both gaps more than three standard errors above zero. (d) **q\* is
+# converged:** running the optimisation for twice as many steps (2000) must raise the mean ELBO
+# of $q^*$ by less than the standard error of the mean approximation gap, the quantity whose bias
+# it sets (`dgmlib.gaps.doubled_steps_change`; both ELBOs with the same noise). The standard
+# error of the mean ELBO itself, over images, is far larger and would be no test.
 
 # %%
 vae = VAE.for_mnist(z_dim=20)
@@ -458,28 +601,65 @@ print(f"Lecture 02 model: {meta['epochs']} epochs, made by `{meta['command']}`")
 test_images, _ = load_fashion_mnist("test")
 x300 = binarize_fixed(test_images, seed=0).unsqueeze(1)[:300]  # as in the other lectures
 
+STEPS = 1000  # Adam steps of q* per image
 gaps = inference_gaps(
-    vae, x300, K=1000, steps=300, lr=0.05, n_eval=64, generator=torch.Generator().manual_seed(3)
+    vae, x300, K=1000, steps=STEPS, lr=0.05, n_eval=64, generator=torch.Generator().manual_seed(3)
 )
 summary = gaps.summary()
 for name, (mean, se) in summary.items():
     print(f"{name:>18}: {mean:9.2f} ± {se:.2f} nats (mean ± s.e. over 300 images)")
-with torch.no_grad():
-    elbo_direct = vae.elbo(x300, n_samples=64, generator=torch.Generator().manual_seed(4))
-total_direct = gaps.log_p - elbo_direct
-diff = (gaps.total_gap - total_direct).mean().item()
-se_diff = ((gaps.total_gap - total_direct).std() / math.sqrt(300)).item()
-print(
-    f"total gap, independent evaluation: {summary['total_gap'][0] - diff:.2f}; difference "
-    f"{abs(diff) < 3 * se_diff} within 3 s.e."
-)
 share = summary["approximation_gap"][0] / summary["total_gap"][0]
 print(f"share of the approximation gap in the total: {share:.1f}")
-sum_err = (gaps.approximation_gap + gaps.amortization_gap - gaps.total_gap).abs().max().item()
-assert sum_err < 1e-9
+
+
+def elbo_sampled_kl(mu: torch.Tensor, logvar: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """64-sample ELBO E_q[log p(x|z) + log p(z) - log q(z)], every term sampled, ``[300]``."""
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    z = mu + q.scale * torch.randn((64, *mu.shape), generator=gen)  # reparametrized draws
+    log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    return (vae.decoder.log_prob(x300, z) + log_prior - q.log_prob(z).sum(-1)).mean(0)
+
+
+with torch.no_grad():
+    elbo_direct = vae.elbo(x300, n_samples=64, generator=torch.Generator().manual_seed(4))
+    mu_phi, logvar_phi = vae.encode(x300)
+    g4 = torch.Generator().manual_seed(4)
+    state = g4.get_state()
+    elbo_phi_sampled = elbo_sampled_kl(mu_phi, logvar_phi, g4)
+    g4.set_state(state)  # the same noise for both ELBOs
+    elbo_star_sampled = elbo_sampled_kl(gaps.mu_optimized, gaps.logvar_optimized, g4)
+checks = {
+    "total gap": (gaps.log_p - elbo_direct, gaps.total_gap),
+    "amortization gap": (elbo_star_sampled - elbo_phi_sampled, gaps.amortization_gap),
+}
+for name, (independent, reported) in checks.items():
+    d, se_d = mean_and_se(reported - independent)
+    print(
+        f"{name}, independent evaluation: {independent.mean().item():.2f}; difference "
+        f"{d:+.2f}, 3 s.e. = {3 * se_d:.2f}"
+    )
+    assert abs(d) < 3 * se_d, name
 for name in ("approximation_gap", "amortization_gap"):
-    assert summary[name][0] > -3 * summary[name][1], name
-assert abs(diff) < 3 * se_diff
+    assert summary[name][0] > 3 * summary[name][1], name
+
+conv = doubled_steps_change(
+    vae,
+    x300,
+    steps=STEPS,
+    lr=0.05,
+    n_eval=64,
+    generator=torch.Generator().manual_seed(5),
+    q=(gaps.mu_optimized, gaps.logvar_optimized),
+)
+rise, se_rise = mean_and_se(conv["change"])
+se_gap = summary["approximation_gap"][1]
+assert rise < se_gap  # the check
+assert abs(rise) < 0.01  # the bound printed (the rise itself is noise-sized, its digits fragile)
+print(
+    f"q*, {STEPS} -> {2 * STEPS} steps: the mean ELBO changes by less than 0.01 nats (s.e. of "
+    f"the change {fmt(se_rise, 1)}); s.e. of the mean approximation gap {se_gap:.2f}, of the "
+    f"mean ELBO {summary['elbo_optimized'][1]:.1f}"
+)
 
 fig, ax = plt.subplots(figsize=(6.4, 3.8))
 bins = np.linspace(
@@ -495,11 +675,20 @@ plt.show()
 
 # %% [markdown]
 # Of the roughly 3 nats per image that the encoder's ELBO leaves below $\log p(\mathbf x)$,
-# about 2.4 are the amortization gap and about 0.6 the approximation gap, both many standard
-# errors above zero (and the approximation gap is, if anything, underestimated: the
-# importance-weighted $\log p$ is itself a lower bound). For this decoder the encoder network is
-# the main culprit, in line with Lecture 02's first estimate; yet even an ideal encoder that
-# found the best diagonal Gaussian for every image would not close the bound, because the
+# about 2.4 are the amortization gap and about 0.55 the approximation gap, both many standard
+# errors above zero. **In which direction are they biased?** Two effects have a known sign.
+# First, $q^*$ comes from a finite optimisation, so its ELBO is at most that of the best
+# diagonal Gaussian: this makes the approximation gap too large and the amortization gap too
+# small, by the shortfall of $q^*$; Check 5(d) shows that doubling the steps recovers less than
+# the standard error of the approximation gap, so this bias is below the statistical
+# uncertainty already quoted (as far as more steps of this optimiser can tell). Second, the
+# importance-weighted $\log p$ is a lower bound in expectation: it makes the approximation gap
+# and the total gap too small and leaves the amortization gap, which does not contain $\log p$,
+# untouched. So the amortization gap is, if anything, underestimated, and so is the
+# approximation gap, up to a residual of $q^*$ smaller than its standard error: neither is an
+# artefact of the estimation. For this decoder the encoder network is the main culprit, in line
+# with Lecture 02's first estimate; yet even an ideal encoder that found the best diagonal
+# Gaussian for every image would not close the bound, because the
 # decoder's posteriors are not Gaussians with independent coordinates — the decoder lies outside
 # the consistent set. That it lies only a little outside is no accident: the decoder was trained
 # on the bound, and the pull towards $\Theta_\Phi$ of section 2 has shaped it to have nearly
@@ -525,17 +714,20 @@ plt.show()
 #   $\mathbb E_q\log p(\mathbf x\mid\mathbf z) - \mathrm{KL}(q\,\|\,p(\mathbf z))$ (checked on
 #   pPCA to $10^{-10}$); it is tight exactly when $q$ is the posterior.
 # - The **consistent set** collects the decoders whose posteriors the encoder family contains.
-#   For exponential-family encoders and decoders it consists of the **harmoniums**: a bilinear
-#   coupling $\langle\boldsymbol\nu(\mathbf x), W\boldsymbol\psi(\mathbf z)\rangle$. For the
-#   Gaussian case: a linear decoder, consistent with a diagonal encoder iff $W^\top W$ is diagonal;
-#   otherwise the diagonal family loses $\tfrac12(\sum_i\log\Lambda_{ii} - \log\det\Lambda)$ nats
-#   per point, exactly.
+#   For exponential-family encoders and decoders it consists of the **harmoniums**: the
+#   decoder's natural parameter is affine in the encoder's statistics *and* the prior cancels
+#   the decoder's log-partition term up to a term of the encoder family. For the Gaussian case:
+#   every linear decoder meets the first condition; with a diagonal encoder the second holds iff
+#   $W^\top W$ is diagonal (checked: the cross term $z_1z_2$ is what is left over); otherwise the
+#   diagonal family loses $\tfrac12(\sum_i\log\Lambda_{ii} - \log\det\Lambda)$ nats per point,
+#   exactly.
 # - A **linear Gaussian VAE** trained on pPCA data reached the Tipping–Bishop log-likelihood with
 #   a vanishing ELBO gap, choosing among the equally likely rotations the one with orthogonal
-#   columns.
+#   columns; the likelihood and the rotation converged together, not one after the other.
 # - On the nonlinear Lecture 02 VAE the ELBO's shortfall of about 3 nats per test image splits
-#   into an **approximation gap** of about 0.6 nats and an **amortization gap** of about 2.4 nats,
-#   both clearly positive.
+#   into an **approximation gap** of about 0.55 nats and an **amortization gap** of about 2.4 nats,
+#   both clearly positive; with $q^*$ checked for convergence, both are, if anything,
+#   underestimated.
 #
 # ## References
 #

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.distributions import MultivariateNormal, kl_divergence
 
-from dgmlib.checks.gaps import check_optimal_linear_encoder
+from dgmlib.checks.gaps import _optimal_linear_encoder_reference, check_optimal_linear_encoder
+from dgmlib.models.ppca import PPCA
 
 
 def right(W, b, sigma2):
@@ -54,3 +56,26 @@ def test_typical_mistakes_are_rejected(fn, fragments):
     assert text.startswith("check_optimal_linear_encoder, case ")
     for fragment in fragments:
         assert fragment in text, text
+
+
+def test_reference_is_the_kl_optimal_diagonal_gaussian():
+    """The check's reference against independent computations: its mean A x + c is the mean of
+    PPCA.posterior, and its variances are a stationary point (a minimum: KL is convex in the
+    variances) of torch's KL(q || p(z|x)), by autograd."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(6, generator=g, dtype=torch.float64)
+    x = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    A, c, var = _optimal_linear_encoder_reference(W, b, 0.5)
+    post = PPCA(W, b, 0.5).posterior(x)
+    assert torch.allclose(x @ A.T + c, post.mean, atol=1e-10, rtol=0)
+    v = var.clone().requires_grad_(True)
+    q = MultivariateNormal(post.mean, scale_tril=torch.diag_embed(v.sqrt().expand(4, 3)))
+    kl = kl_divergence(q, post).sum()
+    (grad,) = torch.autograd.grad(kl, v)
+    assert grad.abs().max() < 1e-10, grad
+    # the diagonal of the posterior covariance, the typical mistake, is not stationary
+    v_wrong = torch.diagonal(post.covariance_matrix[0]).clone().requires_grad_(True)
+    q = MultivariateNormal(post.mean, scale_tril=torch.diag_embed(v_wrong.sqrt().expand(4, 3)))
+    (grad,) = torch.autograd.grad(kl_divergence(q, post).sum(), v_wrong)
+    assert grad.abs().max() > 1e-2, grad
