@@ -55,8 +55,9 @@ data: $(STAMP) system-packages
 mathjax: $(STAMP)
 	@$(PY) tools/vendor_mathjax.py
 
+# JupyterLab refuses to run as root without --allow-root (e.g. in a container).
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 book: setup
 	$(PY) tools/build_book.py
