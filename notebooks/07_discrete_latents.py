@@ -26,8 +26,9 @@
 # The **VQ-VAE** makes the posterior deterministic (the nearest vector of a learned codebook) and
 # copies the gradient across the quantizer unchanged (the **straight-through** estimator). The
 # **Gumbel-softmax** relaxation writes a categorical sample as the arg-max of noisy logits and
-# replaces the arg-max by a softmax with a temperature, giving a differentiable and slightly
-# biased sample.
+# replaces the arg-max by a softmax with a temperature, giving a differentiable sample and a
+# biased gradient; how biased, and at what price in variance, is measured at the end against an
+# exact gradient.
 #
 # **What you will learn**
 #
@@ -42,7 +43,12 @@
 #   (`dgmlib.kernels.vq_nearest`), the straight-through gradient, the codebook and commitment
 #   losses and where their gradients go (autograd checks), and codebook usage;
 # - a VQ-VAE and a **categorical VAE** trained on Fashion-MNIST, loaded from checkpoints, with
-#   their stored test figures recomputed.
+#   their stored test figures recomputed;
+# - the **bias and variance of the relaxed, straight-through and score-function gradients**
+#   against the exact gradient by enumeration, as functions of $\tau$: the relaxed gradient is
+#   unbiased for a relaxed objective, and its bias vanishes linearly as $\tau\to 0$ while its
+#   variance grows like $1/\tau$; the straight-through gradient's bias does not vanish (its limit
+#   is a trapezoid rule); the limits derived, and checked against $10^6$ samples.
 #
 # **Prerequisites:** Lecture 01 (the ELBO and KL divergences), Lecture 02 (the VAE, the
 # reparametrization trick, score-function gradients), Lecture 06 (the prior's role in the KL term).
@@ -59,6 +65,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import integrate, optimize, stats
 from torch.distributions import Categorical, RelaxedOneHotCategorical, kl_divergence
 
@@ -66,7 +73,12 @@ from dgmlib.checks import check_categorical_kl_uniform, check_gumbel_max_sample
 from dgmlib.data import REPO_DATA_DIR, binarize_fixed, load_fashion_mnist
 from dgmlib.kernels import vq_nearest
 from dgmlib.models import VQVAE, CategoricalVAE, VectorQuantizer
-from dgmlib.models.discrete import categorical_kl_uniform, codebook_usage, gumbel_softmax_sample
+from dgmlib.models.discrete import (
+    categorical_kl_uniform,
+    codebook_usage,
+    gumbel_softmax_sample,
+    sample_gumbel,
+)
 from dgmlib.plot import image_grid, use_style
 from dgmlib.train import load_model
 from dgmlib.utils import seed_everything
@@ -80,6 +92,12 @@ CKPT = REPO_DATA_DIR / "checkpoints"  # the repository's data/checkpoints/
 def fmt(v: float, digits: int = 4) -> str:
     """A number with `digits` significant digits (stable across runs), without a '-0'."""
     return f"{float(v) + 0.0:.{digits}g}"
+
+
+def sig(v: float, digits: int = 2) -> str:
+    """Like fmt, but never in e-notation: 76000, 0.00022 (Monte Carlo z-scores, variances)."""
+    r = float(f"{float(v):.{digits}g}")
+    return f"{r:.{max(digits - 1 - math.floor(math.log10(abs(r))), 0)}f}" if r else "0"
 
 
 # the test set binarized once with seed 0, as in the other lectures
@@ -258,8 +276,8 @@ assert abs(z_mean) < 4 and abs(z_var) < 4
 #   of the simplex, whatever the logits. Gradients are smooth but describe a different model.
 #
 # In between, the relaxed sample is not a category: a decoder trained on $\mathbf y$ is not quite
-# the decoder of the discrete model, and the gradient is biased. One anneals $\tau$ from about 1
-# towards 0.5 during training. For any $\tau$, the arg-max of $\mathbf y$ is an exact categorical
+# the decoder of the discrete model, and the gradient is biased (§6 measures by how much). One
+# anneals $\tau$ from about 1 towards 0.5 during training. For any $\tau$, the arg-max of $\mathbf y$ is an exact categorical
 # sample (softmax preserves order).
 #
 # The **straight-through** variant uses the one-hot arg-max in the forward pass and the relaxed
@@ -784,7 +802,470 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
-# ## 6. Exercises
+# ## 6. How biased is the Gumbel-softmax gradient?
+#
+# §3 called the relaxed gradient biased, and §5 trained a model with it anyway. Here the bias is
+# measured, together with the variance that comes with it, against the exact gradient of a model
+# small enough to enumerate, and derived in the limit $\tau\to 0$.
+#
+# **The model.** One categorical variable with $K = 4$ categories, logits $\boldsymbol\theta$,
+# $\boldsymbol\pi = \operatorname{softmax}(\boldsymbol\theta)$, and the objective
+#
+# $$
+# f(\boldsymbol\theta) = \mathbb E_{c\sim\operatorname{Cat}(\boldsymbol\pi)}\, g(\mathbf e_c)
+# = \sum_{k=1}^K \pi_k\, g(\mathbf e_k),\qquad
+# \frac{\partial f}{\partial\theta_j} = \pi_j\big(g(\mathbf e_j) - f\big)
+# $$
+#
+# (from $\partial\pi_k/\partial\theta_j = \pi_k(\delta_{kj} - \pi_j)$). For $g$ we take the
+# reconstruction term of a discrete VAE: the log-likelihood $\log p(\mathbf x\mid\mathbf y)$ of
+# a fixed binary image $\mathbf x$ of 6 pixels under a fixed decoder with Bernoulli means
+# $\sigma(\mathbf y W + \mathbf b)$, the entries of $W$ of size about 3 so that the sigmoids
+# saturate. It is defined at every point $\mathbf y$ of the simplex, not only at the vertices
+# $\mathbf e_k$, so a relaxed sample can be decoded.
+#
+# **Three estimators from one draw** of Gumbel noise $\mathbf G$, with $\mathbf y =
+# \operatorname{softmax}((\boldsymbol\theta + \mathbf G)/\tau)$ and $\mathbf h = \mathbf e_c$,
+# $c = \arg\max_k(\theta_k + G_k)$, an exact categorical sample (§2). The Jacobian of the
+# softmax is $\partial\mathbf y/\partial\boldsymbol\theta = (\operatorname{diag}\mathbf y -
+# \mathbf y\mathbf y^\top)/\tau$.
+#
+# - (a) **relaxed**: $\hat{\mathbf g}_R = \nabla_{\boldsymbol\theta}\, g(\mathbf y) =
+#   \tau^{-1}(\operatorname{diag}\mathbf y - \mathbf y\mathbf y^\top)\nabla g(\mathbf y)$;
+# - (b) **straight-through**: $\hat{\mathbf g}_{ST} = \tau^{-1}(\operatorname{diag}\mathbf y -
+#   \mathbf y\mathbf y^\top)\nabla g(\mathbf h)$, the derivative of $g$ at the hard sample pulled
+#   back through the Jacobian of the relaxed one;
+# - (c) **score function** {cite:p}`williams1992simple,mohamed2020monte`: $\hat{\mathbf g}_{SF} =
+#   g(\mathbf h)(\mathbf h - \boldsymbol\pi)$, from $\nabla_{\boldsymbol\theta}\log\pi_c =
+#   \mathbf e_c - \boldsymbol\pi$. Its mean is $\sum_k\pi_k g(\mathbf e_k)(\mathbf e_k -
+#   \boldsymbol\pi) = \nabla f$: unbiased, and independent of $\tau$.
+#
+# **What the relaxed estimator is unbiased for.** For fixed $\tau$, $\hat{\mathbf g}_R$ is
+# bounded (by $\max|\nabla g|/\tau$), so derivative and expectation can be exchanged:
+# $\mathbb E\,\hat{\mathbf g}_R = \nabla f_\tau$, the gradient of the **relaxed objective**
+# $f_\tau(\boldsymbol\theta) = \mathbb E_{\mathbf G}\, g(\mathbf y_\tau)$. The bias is
+# $\nabla f_\tau - \nabla f$, the gradient of the difference between two objectives, and
+# $f_\tau\ne f$ as soon as the relaxed samples are not vertices.
+#
+# **As $\tau\to 0$ the relaxed bias vanishes.** Move $\boldsymbol\theta$ from the sample into the
+# density: with $\mathbf v = \boldsymbol\theta + \mathbf G$, $f_\tau(\boldsymbol\theta) = \int
+# g(\operatorname{softmax}(\mathbf v/\tau))\,p(\mathbf v - \boldsymbol\theta)\,d\mathbf v$, where
+# $p(\mathbf u) = \prod_k\exp(-u_k - e^{-u_k})$ is the Gumbel density. Since
+# $-\partial_{u_k}\log p = 1 - e^{-u_k}$, differentiating under the integral gives
+#
+# $$
+# \nabla f_\tau(\boldsymbol\theta) = \mathbb E\big[g(\mathbf y_\tau)\,(1 - e^{-\mathbf G})\big]
+# \qquad\text{(coordinate by coordinate)},
+# $$
+#
+# an identity that uses no derivative of $g$ and holds at $\tau = 0$ too, with $\mathbf h$ in
+# place of $\mathbf y_\tau$. As $\tau\to 0$, $\mathbf y_\tau\to\mathbf h$ for almost every
+# $\mathbf G$; $g$ is bounded and continuous on the simplex and $|1 - e^{-G_k}|$ is integrable
+# ($e^{-G_k}$ is exponentially distributed), so by dominated convergence $\nabla f_\tau\to\nabla
+# f$. For any $g$ continuous on the simplex, the mean of the relaxed gradient converges to the
+# true gradient: "the gradient estimate is biased" holds at every fixed $\tau > 0$, not in the
+# limit. What does not converge is shown next.
+#
+# **Rates and limits, from the edges of the simplex.** For small $\tau$, $\mathbf y$ is far from a
+# vertex only when the two largest perturbed logits $m_k, m_j$ are within $O(\tau)$ of each
+# other; then, up to exponentially small terms, $\mathbf y$ lies on the edge $\mathbf y = t\,
+# \mathbf e_j + (1 - t)\,\mathbf e_k$ with $t = \sigma(x/\tau)$ and the gap $x = m_j - m_k$. By the
+# joint density of §3, $x$ has density $\pi_k\pi_j$ near 0. On the edge
+# $(\operatorname{diag}\mathbf y - \mathbf y\mathbf y^\top)\mathbf v = t(1 - t)(v_j - v_k)
+# (\mathbf e_j - \mathbf e_k)$, so $\hat{\mathbf g}_R = \tau^{-1}\sigma'(x/\tau)\,D_{kj}(t)\,
+# (\mathbf e_j - \mathbf e_k)$, where $D_{kj}(t) = \partial_j g - \partial_k g$ at the edge point is
+# the derivative of $g$ along the edge. Substituting $x = \tau s$, $t = \sigma(s)$, $dt =
+# \sigma'(s)\,ds$, $\sigma' = t(1 - t)$:
+#
+# - **relaxed mean** $\to\sum_{k<j}\pi_k\pi_j\int_0^1 D_{kj}(t)\,dt\,(\mathbf e_j - \mathbf e_k) =
+#   \sum_{k<j}\pi_k\pi_j\big(g(\mathbf e_j) - g(\mathbf e_k)\big)(\mathbf e_j - \mathbf e_k) =
+#   \nabla f$: the fundamental theorem of calculus on every edge;
+# - **straight-through mean**: $\nabla g$ is taken at the vertex, $\mathbf e_k$ for $t < 1/2$ and
+#   $\mathbf e_j$ for $t > 1/2$, so the limit is $\sum_{k<j}\pi_k\pi_j\,\tfrac12\big(D_{kj}(0) +
+#   D_{kj}(1)\big)(\mathbf e_j - \mathbf e_k)$ — the **trapezoid rule** for the same integrals. It
+#   is exact when $g$ is quadratic along every edge ($D_{kj}$ linear); for the saturating decoder
+#   it is not, and **the straight-through gradient stays biased as $\tau\to 0$**;
+# - **variance**: $\mathbb E|\hat{\mathbf g}_R|^2 \approx \sum_{k<j}\pi_k\pi_j\int\tau^{-2}
+#   \sigma'(x/\tau)^2 D_{kj}^2\,|\mathbf e_j - \mathbf e_k|^2\,dx$, so $\operatorname{tr}\operatorname
+#   {Cov}\approx V/\tau$ with $V_R = 2\sum_{k<j}\pi_k\pi_j\int_0^1 t(1 - t)\,D_{kj}(t)^2\,dt$ and,
+#   from $\int_{1/2}^1 t(1 - t)\,dt = 1/12$, $V_{ST} = 2\sum_{k<j}\pi_k\pi_j\big(D_{kj}(0)^2 +
+#   D_{kj}(1)^2\big)/12$: **both variances grow like $1/\tau$**;
+# - **relaxed objective**: $f_\tau = f + \tau A + O(\tau^2)$ with $A = \sum_{k<j}\pi_k\pi_j
+#   I_{kj}$ and $I_{kj} = \int_{-\infty}^{\infty}\big[g(\mathbf y(s)) - g(\text{nearest vertex})
+#   \big]ds = \int_0^1\big[g(t\mathbf e_j + (1 - t)\mathbf e_k) - g(\text{nearest vertex})\big]
+#   \frac{dt}{t(1 - t)}$. $I_{kj}$ does not depend on $\boldsymbol\theta$, so with
+#   $\nabla_{\boldsymbol\theta}(\pi_k\pi_j) = \pi_k\pi_j(\mathbf e_k + \mathbf e_j -
+#   2\boldsymbol\pi)$ the **relaxed bias is $\tau\nabla A + O(\tau^2)$**: it vanishes linearly.
+#
+# The neglected terms — three logits within $O(\tau)$ of each other (probability $O(\tau^2)$,
+# gradient $O(1/\tau)$), the change of the gap's density across the window — are one order of
+# $\tau$ smaller. At the other end, as $\tau\to\infty$, $\mathbf y$ tends to the centre of the
+# simplex and the Jacobian to 0: both pathwise estimators vanish, and their bias tends to
+# $|\nabla f|$. Bias is bought down only with variance. $V_R$, $V_{ST}$, $A$ and the trapezoid
+# limit are one-dimensional integrals, computed by quadrature below.
+#
+# **Check 6: the three estimators against the exact gradient.** $n = 10^6$ Gumbel draws, shared
+# by all temperatures (common random numbers), in float64. For every estimator and $\tau$: the
+# mean $\hat{\mathbf m}$, the standard error of each coordinate, the bias $\hat{\mathbf b} =
+# \hat{\mathbf m} - \nabla f$ and the trace of the covariance. The $\pm$ after $|\hat{\mathbf
+# b}|$ is $\sqrt{\operatorname{tr}\widehat{\operatorname{Cov}}/n}$, the root mean square of
+# $|\hat{\mathbf m} - \mathbb E\hat{\mathbf g}|$, which bounds the error of $|\hat{\mathbf b}|$
+# (triangle inequality). A mean *agrees* with a target when every coordinate is within 4
+# standard errors of it; a bias is *significant* when one coordinate is beyond 4. By the central
+# limit theorem a true agreement fails the first test, and a zero bias passes the second, with
+# probability below $3\cdot 10^{-4}$ for $K = 4$ coordinates. Fixed before sampling:
+#
+# - (a) the score-function mean agrees with $\nabla f$, and its $\operatorname{tr}\operatorname
+#   {Cov}$ with the exact $\sum_k\pi_k g(\mathbf e_k)^2|\mathbf e_k - \boldsymbol\pi|^2 -
+#   |\nabla f|^2$ (enumeration) within 4 standard errors of the variance estimate;
+# - (b) the biases are significant where the first-order theory says $n$ draws resolve them. A
+#   bias $b$ shows at 4 standard errors when $b > 4\sqrt{V/(\tau n)}$: with $b\approx
+#   \tau|\nabla A|$ (relaxed) when $\tau > \tau^*_R = (16V_R/(n|\nabla A|^2))^{1/3}$, with $b$ the
+#   trapezoid-rule error $b_{ST}$ (straight-through) when $\tau > \tau^*_{ST} = 16V_{ST}/
+#   (nb_{ST}^2)$. We require a significant bias at every $\tau\ge 2\tau^*$ of the grid;
+# - (c) at the smallest $\tau = 10^{-3}$, the derived limits: the relaxed mean agrees with
+#   $\nabla f$, the straight-through mean with the trapezoid limit, $\tau\operatorname{tr}
+#   \operatorname{Cov}$ with $V_R$ and $V_{ST}$, and $(f_\tau - f)/\tau$ with $A$, each within 4
+#   standard errors ($f_\tau - f$ is measured with common random numbers, as the mean of
+#   $g(\mathbf y_\tau) - g(\mathbf h)$). The neglected terms are $O(\tau)$ relative, of order
+#   $10^{-3}$ here, far below the Monte Carlo errors: only a fraction of order $\tau$ of the
+#   draws lands near an edge;
+# - (d) the relaxed estimator is unbiased for $\nabla f_\tau$: at $\tau\in\{0.1, 1, 3\}$,
+#   $\nabla f_\tau$ is estimated twice more — by central finite differences of $f_\tau$ with step
+#   $h = 10^{-5}$ on an independent set of $2\cdot 10^5$ draws, the same draws at
+#   $\boldsymbol\theta\pm h\mathbf e_j$ (common random numbers keep the variance of the difference
+#   quotient bounded as $h\to 0$; its truncation error, of order $h^2/\tau^3$, and its round-off,
+#   of order $10^{-16}|g|/h$, are below $10^{-5}$, far below its standard error), and by the
+#   Gumbel-score identity above on the main draws. The relaxed mean must agree with both, and the
+#   finite difference must differ significantly from $\nabla f$.
+#
+# First the model, the exact gradient, and a sanity line: the closed-form per-sample gradients
+# against autograd through `gumbel_softmax_sample` (tolerance $10^{-12}$, float64 round-off on
+# numbers of size below $10^2$).
+
+# %%
+# the model: K = 4 categories, a fixed decoder with 6 Bernoulli pixels and a fixed image x
+g_est = torch.Generator().manual_seed(70)
+K_e, D_e = 4, 6
+theta = torch.tensor([1.0, 0.0, -0.5, 0.5], dtype=DT)
+W_dec = 3.0 * torch.randn(K_e, D_e, generator=g_est, dtype=DT)
+b_dec = torch.randn(D_e, generator=g_est, dtype=DT)
+x_fixed = (torch.rand(D_e, generator=g_est, dtype=DT) < 0.5).to(DT)
+vertices = torch.eye(K_e, dtype=DT)
+sign_x = 2 * x_fixed - 1
+
+
+def g_fn(y: torch.Tensor) -> torch.Tensor:
+    """log p(x | y) of the fixed image under the decoder, for y on the simplex: [..., K] -> [...]."""
+    return F.logsigmoid((y @ W_dec + b_dec) * sign_x).sum(-1)  # log sigma(a) or log sigma(-a)
+
+
+def g_grad(y: torch.Tensor) -> torch.Tensor:
+    """Its gradient with respect to y: [..., K]."""
+    return (x_fixed - torch.sigmoid(y @ W_dec + b_dec)) @ W_dec.T
+
+
+def through_softmax(y: torch.Tensor, v: torch.Tensor, tau: float) -> torch.Tensor:
+    """(diag y - y y^T) v / tau row by row: v pulled back through y = softmax((theta + G) / tau)."""
+    return y * (v - (y * v).sum(-1, keepdim=True)) / tau
+
+
+# the exact gradient by enumeration, and the same by autograd of the enumerated objective
+pi_e = torch.softmax(theta, 0)
+g_vert, grad_vert = g_fn(vertices), g_grad(vertices)  # g and its gradient at the K vertices
+f_exact = (pi_e * g_vert).sum()
+grad_exact = pi_e * (g_vert - f_exact)
+th = theta.clone().requires_grad_(True)
+(grad_auto,) = torch.autograd.grad((torch.softmax(th, 0) * g_vert).sum(), th)
+assert (grad_auto - grad_exact).abs().max() < 1e-12  # sanity: pi_j (g_j - f) is the derivative
+print(f"g at the vertices: {[fmt(v, 3) for v in g_vert]},  f(theta) = {fmt(f_exact, 4)}")
+print(
+    f"exact gradient: {[fmt(v, 3) for v in grad_exact]},  |grad f| = {fmt(grad_exact.norm(), 3)}"
+    "  (closed form vs autograd below 1e-12)"
+)
+
+# the per-sample formulas against autograd through dgmlib's sampler (same noise, same seed)
+m_chk, tau_chk = 1000, 0.5
+g_chk = sample_gumbel((m_chk, K_e), torch.Generator().manual_seed(71), DT)
+y_chk = torch.softmax((theta + g_chk) / tau_chk, -1)
+closed = {
+    False: through_softmax(y_chk, g_grad(y_chk), tau_chk),
+    True: through_softmax(y_chk, grad_vert[y_chk.argmax(-1)], tau_chk),
+}
+for hard in (False, True):
+    th_rep = theta.expand(m_chk, K_e).clone().requires_grad_(True)
+    y_lib = gumbel_softmax_sample(
+        th_rep, tau_chk, hard=hard, generator=torch.Generator().manual_seed(71)
+    )
+    (auto,) = torch.autograd.grad(g_fn(y_lib).sum(), th_rep)
+    assert (auto - closed[hard]).abs().max() < 1e-12
+print(
+    "relaxed and straight-through per-sample gradients, closed form vs autograd through "
+    "gumbel_softmax_sample: max difference below 1e-12"
+)
+
+
+# %%
+# the limits as tau -> 0, from one-dimensional integrals along the edges of the simplex
+def edge_point(k: int, j: int, t: float) -> torch.Tensor:
+    return t * vertices[j] + (1 - t) * vertices[k]
+
+
+def edge_slope(k: int, j: int, t: float) -> float:
+    """D_kj(t): the derivative of g along the edge from e_k to e_j, at t e_j + (1 - t) e_k."""
+    v = g_grad(edge_point(k, j, t))
+    return (v[j] - v[k]).item()
+
+
+def edge_excess(k: int, j: int, t: float) -> float:
+    """[g(edge point) - g(nearest vertex)] / (t (1 - t)), the integrand of I_kj."""
+    nearest = g_vert[j] if t > 0.5 else g_vert[k]
+    return (g_fn(edge_point(k, j, t)) - nearest).item() / (t * (1 - t))
+
+
+def quad(fun, a: float, b: float) -> float:
+    return integrate.quad(fun, a, b, epsabs=1e-12, epsrel=1e-12)[0]
+
+
+V_relaxed = V_st = A_coef = 0.0
+st_limit = torch.zeros(K_e, dtype=DT)
+grad_A = torch.zeros(K_e, dtype=DT)
+for k in range(K_e):
+    for j in range(k + 1, K_e):
+        w_kj = (pi_e[k] * pi_e[j]).item()
+        d0, d1 = edge_slope(k, j, 0.0), edge_slope(k, j, 1.0)
+        V_relaxed += (
+            2 * w_kj * quad(lambda t, k=k, j=j: t * (1 - t) * edge_slope(k, j, t) ** 2, 0, 1)
+        )
+        V_st += 2 * w_kj * (d0**2 + d1**2) / 12
+        st_limit += w_kj * (d0 + d1) / 2 * (vertices[j] - vertices[k])
+        I_kj = quad(lambda t, k=k, j=j: edge_excess(k, j, t), 0, 0.5) + quad(
+            lambda t, k=k, j=j: edge_excess(k, j, t), 0.5, 1
+        )
+        A_coef += w_kj * I_kj
+        grad_A += w_kj * I_kj * (vertices[k] + vertices[j] - 2 * pi_e)
+st_limit_bias = (st_limit - grad_exact).norm().item()
+sf_trcov = (pi_e * g_vert**2 * (vertices - pi_e).square().sum(-1)).sum() - grad_exact.square().sum()
+print("derived (quadrature and enumeration, no sampling):")
+print(
+    f"  relaxed: E grad -> grad f; bias ~ tau |grad A|, |grad A| = {fmt(grad_A.norm(), 3)}; "
+    f"tr Cov ~ V_R / tau, V_R = {fmt(V_relaxed, 3)}"
+)
+print(
+    f"  straight-through: E grad -> the trapezoid rule, |limit - grad f| = {fmt(st_limit_bias, 3)}"
+    f" ({100 * st_limit_bias / grad_exact.norm():.0f} % of |grad f|); tr Cov ~ V_ST / tau, "
+    f"V_ST = {fmt(V_st, 3)}"
+)
+print(f"  relaxed objective: f_tau - f ~ tau A, A = {fmt(A_coef, 3)}")
+print(f"  score function: unbiased, tr Cov = {fmt(sf_trcov, 4)} (for every tau)")
+
+# %%
+n_mc = 1_000_000
+G_mc = sample_gumbel((n_mc, K_e), torch.Generator().manual_seed(72), DT)  # shared by every tau
+c_mc = (theta + G_mc).argmax(-1)  # the exact categorical samples (Gumbel-max)
+h_mc = F.one_hot(c_mc, K_e).to(DT)
+g_hard = g_vert[c_mc]
+
+
+def summarise(est: torch.Tensor, target: torch.Tensor) -> dict:
+    """Mean, bias against `target` with its error scale, max |z| over coordinates, tr Cov."""
+    n = len(est)
+    mean = est.mean(0)
+    dev2 = (est - mean).square()
+    se = (dev2.sum(0) / (n - 1) / n).sqrt()
+    sq = dev2.sum(-1)
+    z = (mean - target) / se
+    return {
+        "mean": mean,
+        "se": se,
+        "bias": (mean - target).norm().item(),
+        "err": math.sqrt(sq.mean().item() / n),  # RMS of |mean - E|: bounds the error of |bias|
+        "zmax": z.abs().max().item(),
+        "trcov": sq.sum().item() / (n - 1),
+        "trcov_se": sq.std().item() / math.sqrt(n),
+    }
+
+
+sf = summarise(g_hard[:, None] * (h_mc - pi_e), grad_exact)
+z_sf_var = (sf["trcov"] - sf_trcov.item()) / sf["trcov_se"]
+print(
+    f"score function: |bias| = {fmt(sf['bias'], 2)} +- {fmt(sf['err'], 2)}, max |z| = "
+    f"{sf['zmax']:.1f} (< 4); tr Cov = {fmt(sf['trcov'], 3)} +- {fmt(sf['trcov_se'], 2)} "
+    f"(exact {fmt(sf_trcov, 4)}, z = {z_sf_var:.1f})"
+)
+assert sf["zmax"] < 4 and abs(z_sf_var) < 4
+
+taus_grad = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
+# first-order thresholds above which a bias is resolved at 4 s.e. with n_mc samples
+tau_star_relaxed = (16 * V_relaxed / (n_mc * grad_A.norm().item() ** 2)) ** (1 / 3)
+tau_star_st = 16 * V_st / (n_mc * st_limit_bias**2)
+print(
+    f"bias resolvable (first order) above tau* = {fmt(tau_star_relaxed, 2)} (relaxed), "
+    f"{fmt(tau_star_st, 2)} (straight-through); asserted significant for tau >= 2 tau*"
+)
+print(
+    f"{'tau':>6s} | {'f_tau - f':>19s} | {'relaxed |bias|':>18s} {'max|z|':>6s} "
+    f"{'tau |grad A|':>12s} {'tr Cov':>7s} | {'straight-th. |bias|':>19s} {'max|z|':>6s} "
+    f"{'tr Cov':>7s}"
+)
+measured = {}
+taus_fd = (0.1, 1.0, 3.0)  # where grad f_tau is also estimated in two other ways (below)
+gumbel_score = 1 - torch.exp(-G_mc)  # -d/dG log(Gumbel density), coordinate by coordinate
+for tau in taus_grad:
+    y_mc = torch.softmax((theta + G_mc) / tau, -1)
+    relaxed_mc = through_softmax(y_mc, g_grad(y_mc), tau)
+    rel = summarise(relaxed_mc, grad_exact)
+    st = summarise(through_softmax(y_mc, grad_vert[c_mc], tau), grad_exact)
+    g_relaxed = g_fn(y_mc)
+    excess = g_relaxed - g_hard  # f_tau - f with common random numbers
+    if tau in taus_fd:  # the same draws, the Gumbel-score identity: z of the difference
+        diff = relaxed_mc - g_relaxed[:, None] * gumbel_score
+        rel["z_score"] = (diff.mean(0) / (diff.std(0) / math.sqrt(n_mc))).abs().max().item()
+    rel["excess"], rel["excess_se"] = excess.mean().item(), excess.std().item() / math.sqrt(n_mc)
+    measured[tau] = (rel, st)
+    print(
+        f"{tau:6g} | {fmt(rel['excess'], 3):>8s} +- {fmt(rel['excess_se'], 2):>7s} | "
+        f"{fmt(rel['bias'], 2):>7s} +- {fmt(rel['err'], 2):>7s} {sig(rel['zmax']):>6s} "
+        f"{fmt(tau * grad_A.norm(), 2):>12s} {sig(rel['trcov'], 3):>7s} | "
+        f"{fmt(st['bias'], 2):>8s} +- {fmt(st['err'], 2):>7s} {sig(st['zmax']):>6s} "
+        f"{sig(st['trcov'], 3):>7s}"
+    )
+    if tau >= 2 * tau_star_relaxed:
+        assert rel["zmax"] > 4
+    if tau >= 2 * tau_star_st:
+        assert st["zmax"] > 4
+
+# tau -> 0: the measurement at the smallest tau against the derived limits
+tau0 = taus_grad[0]
+rel0, st0 = measured[tau0]
+z_st_lim = ((st0["mean"] - st_limit) / st0["se"]).abs().max().item()
+checks = [
+    ("tau tr Cov, relaxed", tau0 * rel0["trcov"], tau0 * rel0["trcov_se"], V_relaxed),
+    ("tau tr Cov, straight-through", tau0 * st0["trcov"], tau0 * st0["trcov_se"], V_st),
+    ("(f_tau - f) / tau", rel0["excess"] / tau0, rel0["excess_se"] / tau0, A_coef),
+]
+print(f"tau = {tau0:g}, against the limits derived above:")
+print(f"  relaxed mean - grad f:               max |z| = {rel0['zmax']:.1f} (< 4)")
+print(f"  straight-through mean - its limit:   max |z| = {z_st_lim:.1f} (< 4)")
+assert rel0["zmax"] < 4 and z_st_lim < 4
+for name, value, se_v, limit in checks:
+    z = (value - limit) / se_v
+    print(f"  {name:34s} {fmt(value, 3)} +- {fmt(se_v, 2)}   limit {fmt(limit, 3)}   z = {z:.1f}")
+    assert abs(z) < 4
+
+# %%
+# the relaxed estimator is unbiased for the gradient of the relaxed objective f_tau
+n_fd, h_fd = 200_000, 1e-5
+G_fd = sample_gumbel((n_fd, K_e), torch.Generator().manual_seed(73), DT)  # independent of G_mc
+print(
+    f"{'tau':>4s}  grad f_tau: relaxed mean vs finite difference (CRN)   vs Gumbel-score identity"
+    "   finite difference vs grad f"
+)
+for tau in taus_fd:
+    fd = torch.stack(
+        [
+            (
+                g_fn(torch.softmax((theta + h_fd * e + G_fd) / tau, -1))
+                - g_fn(torch.softmax((theta - h_fd * e + G_fd) / tau, -1))
+            )
+            / (2 * h_fd)
+            for e in vertices
+        ],
+        -1,
+    )
+    rel = measured[tau][0]
+    z_fd = (rel["mean"] - fd.mean(0)) / (rel["se"].square() + fd.var(0) / n_fd).sqrt()
+    z_exact = (fd.mean(0) - grad_exact) / (fd.std(0) / math.sqrt(n_fd))
+    print(
+        f"{tau:4g}  max |z| = {z_fd.abs().max():.1f} (< 4){'':27s}max |z| = "
+        f"{rel['z_score']:.1f} (< 4){'':8s}max |z| = {sig(z_exact.abs().max())} (> 4)"
+    )
+    assert z_fd.abs().max() < 4 and rel["z_score"] < 4 and z_exact.abs().max() > 4
+
+# %% [markdown]
+# The score-function estimator is unbiased, and its variance is the one computed by enumeration.
+# The relaxed estimator's bias is significant from $\tau = 0.1$ up; where it is resolved and
+# $\tau$ is still small ($\tau = 0.03$ and $0.1$) it is close to the first-order term
+# $\tau|\nabla A|$, and below that it sinks into the Monte Carlo error, as derived: at $\tau =
+# 10^{-3}$ its mean agrees with the exact gradient. The straight-through bias does not go away:
+# from $\tau = 0.3$ down to $10^{-3}$ it stays near the trapezoid-rule error, and at $\tau =
+# 10^{-3}$ its mean agrees with the trapezoid limit rather than with $\nabla f$. Both variances
+# grow like $1/\tau$ with the derived constants $V_R$ and $V_{ST}$. The relaxed objective lies
+# above $f$ at every $\tau$ of the grid (by $\tau A$ for small $\tau$), and the relaxed estimator
+# is unbiased for *its* gradient, which differs significantly from $\nabla f$ (d).
+#
+# The figure shows the trade-off. Left, the bias against $\tau$ with its first-order line and
+# the two limits; middle, the variance with the derived asymptotes $V/\tau$; right, the mean
+# squared error of an average of $M$ independent gradient samples, $|\mathbf b|^2 +
+# \operatorname{tr}\operatorname{Cov}/M$, with $|\mathbf b|^2$ estimated without its Monte Carlo
+# part ($|\hat{\mathbf b}|^2 - \operatorname{tr}\widehat{\operatorname{Cov}}/n$).
+
+# %%
+tg = np.array(taus_grad)
+rel_b = np.array([measured[t][0]["bias"] for t in taus_grad])
+rel_e = np.array([measured[t][0]["err"] for t in taus_grad])
+st_b = np.array([measured[t][1]["bias"] for t in taus_grad])
+st_e = np.array([measured[t][1]["err"] for t in taus_grad])
+rel_v = np.array([measured[t][0]["trcov"] for t in taus_grad])
+st_v = np.array([measured[t][1]["trcov"] for t in taus_grad])
+# |bias|^2 without the Monte Carlo part err^2 (E |mean - target|^2 = |bias|^2 + tr Cov / n)
+rel_b2 = np.clip(rel_b**2 - rel_e**2, 0, None)
+st_b2 = np.clip(st_b**2 - st_e**2, 0, None)
+
+fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+ax = axes[0]
+for b, e, col, name in [(rel_b, rel_e, "C0", "relaxed"), (st_b, st_e, "C1", "straight-through")]:
+    ax.errorbar(tg, b, yerr=[np.minimum(e, 0.9 * b), e], fmt="o-", color=col, label=name)
+small = tg <= 0.3
+ax.plot(
+    tg[small], tg[small] * grad_A.norm().item(), "C0--", lw=1, label=r"first order $\tau|\nabla A|$"
+)
+ax.axhline(st_limit_bias, color="C1", ls="--", lw=1, label="straight-through limit (trapezoid)")
+ax.axhline(grad_exact.norm().item(), color="0.5", ls=":", lw=1, label=r"$|\nabla f|$")
+ax.plot(tg, rel_e, color="C0", ls=":", lw=1, label="Monte Carlo error of the relaxed mean")
+ax.set(xscale="log", yscale="log", xlabel=r"$\tau$", ylabel="|bias| = |mean - exact gradient|")
+ax.set_title("bias (score function: unbiased)")
+ax.legend(fontsize=7)
+ax = axes[1]
+ax.plot(tg, rel_v, "o-", color="C0", label="relaxed")
+ax.plot(tg, st_v, "o-", color="C1", label="straight-through")
+ax.plot(tg, V_relaxed / tg, "C0--", lw=1, label=r"$V_R/\tau$")
+ax.plot(tg, V_st / tg, "C1--", lw=1, label=r"$V_{ST}/\tau$")
+ax.axhline(sf_trcov.item(), color="C2", label="score function (exact)")
+ax.set(xscale="log", yscale="log", xlabel=r"$\tau$", ylabel="tr Cov of one gradient sample")
+ax.set_title("variance")
+ax.legend(fontsize=7)
+ax = axes[2]
+print("mean squared error of an average of M gradient samples, |bias|^2 + tr Cov / M:")
+for M, shade in [(1, 0.25), (100, 0.5), (10_000, 0.8)]:
+    mse = rel_b2 + rel_v / M
+    best = int(np.argmin(mse))
+    ax.plot(tg, mse, "o-", color=plt.cm.Blues(shade), label=f"relaxed, M = {M}")
+    ax.axhline(sf_trcov.item() / M, color=plt.cm.Greens(shade), ls="--", label=f"score f., M = {M}")
+    print(
+        f"  M = {M:6d}: relaxed, best tau on the grid {tg[best]:g} (MSE {fmt(mse[best], 2)}); "
+        f"straight-through {fmt(np.min(st_b2 + st_v / M), 2)}; score function "
+        f"{fmt(sf_trcov / M, 2)}"
+    )
+ax.set(xscale="log", yscale="log", xlabel=r"$\tau$", ylabel="mean squared error")
+ax.set_title("the trade-off")
+ax.legend(fontsize=7)
+fig.suptitle("gradient estimators for E_c g(c), K = 4, against the exact gradient (n = 10^6 draws)")
+plt.show()
+
+# %% [markdown]
+# With a single sample the two biased estimators beat the score function by orders of
+# magnitude; its variance is large here because $g$ is far from 0, which a baseline would reduce
+# (Exercise 3 below). With more samples the best temperature moves down. For small $\tau$,
+# minimizing $\tau^2|\nabla A|^2 + V_R/(\tau M)$ gives $\tau_{\text{opt}} = (V_R/(2M|\nabla
+# A|^2))^{1/3}$ and an error that falls only like $M^{-2/3}$, while the unbiased estimator's
+# falls like $1/M$: at $M = 10^4$ the two are already of the same order. In training, a gradient
+# is averaged over a minibatch and over many steps, and the bias is what averaging cannot remove;
+# annealing $\tau$ trades it against variance — except for the straight-through estimator,
+# whose bias annealing does not remove at all.
+
+# %% [markdown]
+# ## 7. Exercises
 #
 # ### Exercise 1: the Gumbel-max trick
 #
@@ -848,9 +1329,12 @@ print(f"log C = {math.log(10):.3f}; total {kl_per_var.sum():.2f} nats")
 #    restarting each dead code at a random encoder output after every epoch.
 # 2. Fit a prior to the VQ-VAE's codes: the empirical frequency of each code per position
 #    ($16 \times 64$ numbers). How much does the ELBO improve over $-P\log K$ on the test set?
-# 3. Estimate the gradient of $\mathbb E_{q}[f(c)]$ with respect to the logits for a simple $f$
-#    by the score-function estimator, by Gumbel-softmax at $\tau \in\{0.1, 0.5, 1\}$ and exactly
-#    (by enumeration). Plot bias and variance against $\tau$.
+# 3. Give the score-function estimator of §6 a constant baseline, $(g(\mathbf h) - \beta)(\mathbf
+#    h - \boldsymbol\pi)$. Show that it stays unbiased, find the $\beta$ that minimizes the trace
+#    of its covariance (by enumeration), and redraw the right panel of the §6 figure. From which
+#    $M$ on does it beat the relaxed estimator at its best $\tau$?
+# 4. Repeat §6 with $g$ quadratic in $\mathbf y$. Which of the derived limits change, and why
+#    does the straight-through bias now vanish as $\tau\to 0$?
 #
 # ## Summary
 #
@@ -873,6 +1357,14 @@ print(f"log C = {math.log(10):.3f}; total {kl_per_var.sum():.2f} nats")
 #   parts, and its ELBO pays the full $P\log K$; the categorical VAE keeps its encoder close to
 #   the uniform prior (about 12 nats), has the higher ELBO, and decodes prior samples to blurry
 #   but garment-like images. Both sets of figures were recomputed from the checkpoints.
+# - Against the exact gradient of an enumerable model, the **relaxed** Gumbel-softmax gradient is
+#   unbiased for the relaxed objective $f_\tau$ (checked by finite differences and by a
+#   Gumbel-score identity), not for $f$; its bias vanishes linearly as $\tau\to 0$ for any $g$
+#   continuous on the simplex, while its variance grows like $1/\tau$. The **straight-through**
+#   gradient's limit is the trapezoid rule along the edges of the simplex, biased unless $g$ is
+#   quadratic along them; its variance also grows like $1/\tau$. All limits were derived as
+#   one-dimensional integrals and matched by $10^6$ samples; the **score function** is unbiased
+#   but, without a baseline, far noisier, and catches up only when many samples are averaged.
 #
 # ## References
 #
@@ -880,6 +1372,8 @@ print(f"log C = {math.log(10):.3f}; total {kl_per_var.sum():.2f} nats")
 # - {cite}`jang2017categorical` — Gumbel-softmax and its straight-through variant.
 # - {cite}`maddison2017concrete` — the Concrete distribution and the Gumbel-max trick.
 # - {cite}`bengio2013estimating` — straight-through estimators for discrete units.
+# - {cite}`williams1992simple` — the score-function (REINFORCE) estimator.
+# - {cite}`mohamed2020monte` — Monte Carlo gradient estimators, their bias and variance.
 # - {cite}`rolfe2017discrete` — discrete VAEs.
 # - {cite}`kingma2014auto` — the VAE.
 # - {cite}`xiao2017fashion` — the Fashion-MNIST data set.
