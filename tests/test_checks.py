@@ -21,6 +21,7 @@ from dgmlib.distributions import kl_normal_std_normal
 from dgmlib.gan import jsd
 from dgmlib.kernels import mixture_logpdf
 from dgmlib.kl_control import free_bits_kl
+from dgmlib.ode import divergence_hutchinson
 from dgmlib.surgery import aggregate_posterior_log_prob
 
 # ---------------------------------------------------------------------------------------------
@@ -102,6 +103,15 @@ def mixture_prior_log_prob(z, means, logvars, logits):
     return mixture_logpdf(z, means, logvars, torch.log_softmax(logits, 0))
 
 
+def adjoint_dynamics(func, params, t, z, a):
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        fz = func(t, z)
+        gz, *gp = torch.autograd.grad(fz, [z, *params], a, allow_unused=True)
+    gp = [torch.zeros_like(p) if g is None else g for p, g in zip(params, gp, strict=True)]
+    return fz.detach(), -gz, [-g for g in gp]
+
+
 def optimal_linear_encoder(W, b, sigma2):
     precision = torch.eye(W.shape[1], dtype=W.dtype) + W.T @ W / sigma2
     A = torch.linalg.solve(precision, W.T) / sigma2
@@ -135,6 +145,11 @@ REFERENCES = {
     ),
     "check_optimal_discriminator": (lambda log_pd, log_pg: torch.sigmoid(log_pd - log_pg), 4),
     "check_jsd": (jsd, 4),
+    "check_adjoint_dynamics": (adjoint_dynamics, 3),
+    "check_hutchinson_divergence": (
+        lambda dz, z, eps: divergence_hutchinson(dz, z, eps, create_graph=True),
+        5,
+    ),
 }
 
 

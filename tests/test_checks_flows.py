@@ -1,0 +1,166 @@
+"""dgmlib.checks.flows (Appendix A1): right solutions pass with one line, stubs and
+non-functions are reported as the other checks report them, and typical mistakes are rejected
+with the case that catches them and the hint that names the mistake."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dgmlib import checks
+from dgmlib.checks.flows import check_adjoint_dynamics, check_hutchinson_divergence
+from dgmlib.ode import divergence_exact, divergence_hutchinson
+
+
+def adjoint_right(func, params, t, z, a):
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        fz = func(t, z)
+        gz, *gp = torch.autograd.grad(fz, [z, *params], a, allow_unused=True)
+    gp = [torch.zeros_like(p) if g is None else g for p, g in zip(params, gp, strict=True)]
+    return fz, -gz, [-g for g in gp]
+
+
+def adjoint_plus(func, params, t, z, a):
+    fz, gz, gp = adjoint_right(func, params, t, z, a)
+    return fz, gz, [-g for g in gp]
+
+
+def adjoint_sign(func, params, t, z, a):
+    fz, gz, gp = adjoint_right(func, params, t, z, a)
+    return fz, -gz, gp
+
+
+def adjoint_no_params(func, params, t, z, a):
+    fz, gz, gp = adjoint_right(func, params, t, z, a)
+    return fz, gz, [torch.zeros_like(p) for p in params]
+
+
+def adjoint_jvp(func, params, t, z, a):
+    """-(df/dz) a instead of -a^T df/dz: right for the linear case only when A is symmetric."""
+    fz, gz, gp = adjoint_right(func, params, t, z, a)
+    A = func.A.detach()
+    return fz, -(a @ A.T), gp
+
+
+def adjoint_no_t(func, params, t, z, a):
+    return adjoint_right(func, params, torch.zeros_like(t), z, a)
+
+
+def hutch_right(dz, z, eps):
+    (g,) = torch.autograd.grad(dz, z, eps, create_graph=True)
+    return (g * eps).sum(1)
+
+
+def hutch_ones(dz, z, eps):
+    (g,) = torch.autograd.grad(dz.sum(), z, create_graph=True)
+    return (g * eps).sum(1)
+
+
+def hutch_f(dz, z, eps):
+    return (dz * eps).sum(1)
+
+
+def hutch_exact(dz, z, eps):
+    return divergence_exact(dz, z, create_graph=True)
+
+
+def hutch_no_graph(dz, z, eps):
+    (g,) = torch.autograd.grad(dz, z, eps)
+    return (g * eps).sum(1)
+
+
+def hutch_summed(dz, z, eps):
+    return hutch_right(dz, z, eps).sum()
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+@pytest.mark.parametrize(
+    ("check", "fn", "n"),
+    [
+        (check_adjoint_dynamics, adjoint_right, 3),
+        (check_hutchinson_divergence, hutch_right, 5),
+        (
+            check_hutchinson_divergence,
+            lambda dz, z, eps: divergence_hutchinson(dz, z, eps, create_graph=True),
+            5,
+        ),
+    ],
+)
+def test_right_solutions_pass_with_one_line(check, fn, n, capsys):
+    check(fn)
+    assert capsys.readouterr().out == f"{check.__name__}: all {n} cases pass.\n"
+
+
+@pytest.mark.parametrize("check", [check_adjoint_dynamics, check_hutchinson_divergence])
+def test_stub_and_non_function_are_reported(check):
+    with pytest.raises(AssertionError) as info:
+        check(stub)
+    assert str(info.value).startswith(f"{check.__name__}: `stub` is not implemented yet")
+    with pytest.raises(AssertionError, match=f"{check.__name__}: expected a function, got int"):
+        check(3)
+
+
+def test_registered_in_the_package():
+    assert checks.check_adjoint_dynamics is check_adjoint_dynamics
+    assert checks.check_hutchinson_divergence is check_hutchinson_divergence
+
+
+def test_checks_do_not_change_the_global_random_state():
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    check_hutchinson_divergence(hutch_right)
+    check_adjoint_dynamics(adjoint_right)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def fails(check, fn, case_start, hint):
+    with pytest.raises(AssertionError) as info:
+        check(fn)
+    msg = str(info.value)
+    assert msg.startswith(f"{check.__name__}, case '{case_start}"), msg
+    assert hint in msg.split("Hint:")[1], msg
+    return msg
+
+
+@pytest.mark.parametrize(
+    ("wrong", "case", "hint"),
+    [
+        (adjoint_sign, "linear f = A z", "the sign: the adjoint obeys da/dt = -a^T df/dz"),
+        (adjoint_jvp, "linear f = A z", "the Jacobian times a"),
+        (adjoint_plus, "linear f = A z", "the sign: da_p/dt = -a^T df/dp"),
+        (adjoint_no_params, "linear f = A z", "parameter term is missing"),
+        (adjoint_no_t, "time-dependent", "dz/dt is f(t, z)"),
+    ],
+)
+def test_adjoint_mistakes_are_named(wrong, case, hint):
+    fails(check_adjoint_dynamics, wrong, case, hint)
+
+
+def test_bad_returns_are_reported():
+    with pytest.raises(AssertionError, match="expected a triple"):
+        check_adjoint_dynamics(lambda func, params, t, z, a: func(t, z))
+    with pytest.raises(AssertionError, match="list of 1 tensors"):
+        check_adjoint_dynamics(lambda func, params, t, z, a: (func(t, z), a, []))
+
+
+@pytest.mark.parametrize(
+    ("wrong", "case", "hint"),
+    [
+        (hutch_ones, "Gaussian probes", "1^T (df/dz) eps"),
+        (hutch_f, "Gaussian probes", "eps^T f"),
+        (hutch_exact, "Gaussian probes", "exact divergence"),
+        (hutch_no_graph, "differentiable", "create_graph=True"),
+    ],
+)
+def test_hutchinson_mistakes_are_named(wrong, case, hint):
+    fails(check_hutchinson_divergence, wrong, case, hint)
+
+
+def test_hutchinson_bad_shape_is_reported():
+    with pytest.raises(AssertionError, match="has shape \\(\\), expected \\(6,\\)"):
+        check_hutchinson_divergence(hutch_summed)
