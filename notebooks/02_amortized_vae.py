@@ -26,6 +26,7 @@
 #
 # - **variational EM**: both EM steps become gradient steps on the ELBO; why one set of variational
 #   parameters per data point does not scale, and how an encoder network **amortizes** inference;
+#   why a VAE, with a point estimate of its weights, is not a fully Bayesian model;
 # - two unbiased estimators of $\nabla_\lambda \mathbb E_{q_\lambda}[f]$, the **score-function**
 #   (REINFORCE) estimator and the **reparametrization** estimator — derived, checked against an
 #   exact gradient, and compared through exact formulas for their variances;
@@ -33,6 +34,11 @@
 #   Gaussian model whose ELBO has a closed form;
 # - the VAE algorithm in a few lines of PyTorch, and trained VAEs on Fashion-MNIST:
 #   reconstructions, samples, a two-dimensional latent map, interpolations, the test ELBO;
+# - a Gaussian decoder with fixed variance $\sigma^2$ turns the reconstruction term into a squared
+#   error, and a "squared error + $\beta\cdot$KL" loss into a VAE with $\sigma^2 = \beta/2$; what
+#   that noise level does, solved exactly for a linear decoder;
+# - why a plain autoencoder cannot sample: its codes have no known distribution, and draws from
+#   the prior land where the decoder was never trained, measured against the VAE;
 # - what amortization costs, measured by optimizing each test image's posterior separately.
 #
 # **Prerequisites:** Lecture 01 (the ELBO, its decomposition, EM), Gaussian densities, PyTorch
@@ -40,7 +46,7 @@
 #
 # **Follows:** the course's lecture notes on amortized inference and the VAE (variational EM, ELBO
 # gradients and the reparametrization trick, the VAE algorithm), the VAE part of the notes on
-# structured VAE learning, and the VAE recap that opens the notes on posterior collapse and
+# structured VAE learning (with its classical autoencoder and Gaussian decoder), and the VAE recap that opens the notes on posterior collapse and
 # tighter bounds. Derivations and checks are worked out independently.
 
 # %%
@@ -66,7 +72,7 @@ from dgmlib.data import (
     to_unit_interval,
 )
 from dgmlib.distributions import LOG_2PI, kl_normal_std_normal
-from dgmlib.models import VAE
+from dgmlib.models import VAE, GaussianDecoder
 from dgmlib.plot import image_grid, use_style
 from dgmlib.train import Trainer, load_model
 from dgmlib.utils import get_device, seed_everything
@@ -155,6 +161,23 @@ print(f"local variational parameters, 2 * Z * N: {2 * Z * N_TRAIN:,}")
 print(f"weights of the amortized encoder (784-200-200-40 MLP): {encoder_params:,}")
 
 # %% [markdown]
+# **What is inferred, and what is only estimated.** The VAE keeps a distribution over each
+# image's latent code, $q_\phi(\mathbf z\mid\mathbf x_i)$, but the decoder's weights $\theta$
+# (and the encoder's $\phi$) are single points: the maximiser of the ELBO, which stands in for
+# the log-likelihood. That makes it variational EM for the latents and maximum likelihood (or,
+# with a prior, MAP) for the parameters, the reading of {cite:t}`kingma2014auto`. Lecture 01
+# (section 7) added a prior to EM: $p(\theta)$ turns the M-step's objective into $\mathcal L(q,
+# \theta) + \log p(\theta)$, whose maximiser is still a point, the mode of $p(\theta\mid\mathbf
+# X)$. The models of this lecture are trained on the
+# ELBO alone, with no penalty on the weights, so there is not even a prior; adding weight decay,
+# a penalty $\frac\alpha2\|\theta\|^2$, would make them MAP estimates under
+# $\theta\sim\mathcal N(\mathbf 0, \alpha^{-1}I)$. In neither case does the model represent its
+# uncertainty about $\theta$: a new image is explained by one decoder, not by an average over
+# the decoders that the data leave plausible. In that sense the VAE is not a fully Bayesian
+# model. The same reparametrized estimator can handle a variational posterior over $\theta$ as
+# well, as {cite:t}`kingma2014auto` note in an appendix, at the price of a distribution over
+# every weight.
+#
 # ## 2. Gradients of an expectation
 #
 # Both updates need gradients of expectations. When only the integrand depends on the parameter,
@@ -634,6 +657,242 @@ assert abs(losses[0] - losses[1]) < 1e-3 and rel_grad_gap < 1e-5
 print(f"relative difference of the gradients (all {len(grads[0]):,} weights): below 1e-5")
 
 # %% [markdown]
+# ### A Gaussian decoder: a squared error, and a weight on the KL
+#
+# For grey-level images, which are continuous, the usual decoder is a Gaussian around the
+# network's output, $p_\theta(\mathbf x\mid\mathbf z) = \mathcal N\big(\mathbf x;\,
+# \boldsymbol\mu_\theta(\mathbf z),\, \sigma^2 I_D\big)$ with a fixed variance $\sigma^2$
+# (`GaussianDecoder(..., variance="fixed")` in `dgmlib`). Its log-density is a scaled squared
+# error plus a constant,
+#
+# $$
+# \log\mathcal N\big(\mathbf x;\,\boldsymbol\mu,\,\sigma^2 I_D\big) = -\frac{\|\mathbf x -
+# \boldsymbol\mu\|^2}{2\sigma^2} - \frac D2\log(2\pi\sigma^2),
+# $$
+#
+# so the ELBO is
+# $-\frac{1}{2\sigma^2}\big(\mathbb E_q\|\mathbf x - \boldsymbol\mu_\theta(\mathbf z)\|^2 + 2\sigma^2\,
+# \mathrm{KL}(q_\phi(\mathbf z\mid\mathbf x)\,\|\,p(\mathbf z))\big) - \frac D2\log(2\pi\sigma^2)$.
+# Multiplying an objective by a positive constant and shifting it does not move its maximiser:
+# **maximising this ELBO is minimising the squared error plus $\beta = 2\sigma^2$ times the KL**.
+# Read backwards, a VAE trained on "sum of squared errors + $\beta\cdot$KL" (a $\beta$-VAE with a
+# squared-error loss) is a Gaussian-decoder VAE that assumes the noise variance $\sigma^2 =
+# \beta/2$; with $\beta = 1$ that is $\sigma^2 = \tfrac12$. If the squared error is averaged over the
+# pixels rather than summed (the default of `F.mse_loss`), it is divided by $D$, and the implied
+# variance becomes $D/2$.
+#
+# **Check: the log-density, three ways**, for 100 grey-level test images and the output of a
+# randomly initialised decoder, at $\sigma \in \{0.1, 0.5, 1\}$: the formula above,
+# `GaussianDecoder.log_prob` (which uses `torch.distributions.Normal`), and `scipy.stats.norm`,
+# all in float64. Each is a sum of 784 terms with a total below $10^4$ in size, so round-off stays
+# near $10^{-11}$, and $10^{-9}$ can only fail on a wrong formula. **Check: the $\beta$ form**, with
+# one fixed draw of $\boldsymbol\varepsilon$: the ELBO computed from the decoder's log-density and
+# `torch.distributions.kl_divergence` must equal $-(\text{SSE} + \beta\,\mathrm{KL})/(2\sigma^2) -
+# \frac D2\log(2\pi\sigma^2)$ with $\text{SSE}$ from `F.mse_loss(..., reduction="sum")` and $\beta =
+# 2\sigma^2$, in value and in the gradients of all weights (relative $10^{-9}$). Any other
+# weight, $\beta = \sigma^2$ say, fails.
+
+# %%
+x_grey = to_unit_interval(test_images[:100]).unsqueeze(1).double()  # [100, 1, 28, 28] in [0, 1]
+D_pix = x_grey[0].numel()
+torch.manual_seed(1)
+encoder_g = VAE.for_mnist(z_dim=Z).encoder.double()
+decoder_g = GaussianDecoder(Z, 200, variance="fixed", sigma=1.0).double()
+eps_g = torch.randn(100, Z, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+worst_density = 0.0
+for sigma_g in (0.1, 0.5, 1.0):
+    decoder_g.logvar.fill_(2 * math.log(sigma_g))
+    with torch.no_grad():
+        z_g = encoder_g(x_grey)[0] + eps_g
+        mean_g = decoder_g(z_g).flatten(1)
+        by_formula = -((x_grey.flatten(1) - mean_g) ** 2).sum(-1) / (
+            2 * sigma_g**2
+        ) - 0.5 * D_pix * (math.log(2 * math.pi * sigma_g**2))
+        by_torch = decoder_g.log_prob(x_grey, z_g)
+    by_scipy = norm.logpdf(x_grey.flatten(1).numpy(), mean_g.numpy(), sigma_g).sum(-1)
+    worst_density = max(
+        worst_density,
+        (by_formula - by_torch).abs().max().item(),
+        np.abs(by_formula.numpy() - by_scipy).max(),
+    )
+    print(
+        f"sigma = {sigma_g}: mean log N(x; mu(z), sigma^2 I) over 100 images {by_torch.mean():.1f} nats"
+    )
+assert worst_density < 1e-9
+print("formula, torch.distributions and scipy agree to below 1e-9 nats")
+
+
+def gaussian_elbo(sigma: float) -> torch.Tensor:
+    """Mean single-sample ELBO of x_grey with the fixed eps, from log-densities and torch's KL."""
+    decoder_g.logvar.fill_(2 * math.log(sigma))
+    mu_q, logvar_q = encoder_g(x_grey)
+    z = mu_q + torch.exp(0.5 * logvar_q) * eps_g
+    q = torch.distributions.Normal(mu_q, torch.exp(0.5 * logvar_q))
+    kl = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum(-1)
+    return (decoder_g.log_prob(x_grey, z) - kl).mean()
+
+
+def beta_loss(beta: float) -> torch.Tensor:
+    """Mean of SSE + beta * KL with the same eps: the squared-error VAE loss."""
+    mu_q, logvar_q = encoder_g(x_grey)
+    z = mu_q + torch.exp(0.5 * logvar_q) * eps_g
+    sse = F.mse_loss(decoder_g(z), x_grey, reduction="none").flatten(1).sum(-1)
+    return (sse + beta * kl_normal_std_normal(mu_q, logvar_q)).mean()
+
+
+weights_g = list(encoder_g.parameters()) + list(decoder_g.parameters())
+for sigma_g in (0.1, 0.5, 1.0):
+    for beta_try, label in ((2 * sigma_g**2, "beta = 2 sigma^2"), (sigma_g**2, "beta = sigma^2")):
+        elbo_g = gaussian_elbo(sigma_g)
+        g_elbo = torch.autograd.grad(elbo_g, weights_g)
+        rhs = -beta_loss(beta_try) / (2 * sigma_g**2) - 0.5 * D_pix * math.log(
+            2 * math.pi * sigma_g**2
+        )
+        g_rhs = torch.autograd.grad(rhs, weights_g)
+        value_gap = abs(elbo_g.item() - rhs.item()) / abs(elbo_g.item())
+        grad_gap = (
+            torch.cat([(a - b).flatten() for a, b in zip(g_elbo, g_rhs, strict=True)]).norm()
+            / torch.cat([a.flatten() for a in g_elbo]).norm()
+        ).item()
+        verdict = "agree (below 1e-9)" if max(value_gap, grad_gap) < 1e-9 else "differ"
+        print(
+            f"sigma = {sigma_g}, {label:<16}: ELBO vs -(SSE + beta KL) / (2 sigma^2) + const: {verdict}"
+            + ("" if verdict.startswith("agree") else f", relative gap in value {value_gap:.2g}")
+        )
+        assert (max(value_gap, grad_gap) < 1e-9) == (beta_try == 2 * sigma_g**2)
+
+# %% [markdown]
+# **What the weight means: a linear decoder.** With a linear decoder and a linear encoder the
+# consequence of "$\beta = 2\sigma^2$" can be computed exactly. Take $\boldsymbol\mu_\theta(\mathbf z)
+# = \bar{\mathbf x} + W\mathbf z$ and $q(\mathbf z\mid\mathbf x) = \mathcal N(A(\mathbf x - \bar{\mathbf
+# x}),\, \operatorname{diag} e^{\boldsymbol\ell})$ (the offsets are at their optimum for centred
+# data). The expected squared error is $\|(I - WA)\tilde{\mathbf x}\|^2 + \sum_j e^{\ell_j}\|\mathbf
+# w_j\|^2$ with $\tilde{\mathbf x} = \mathbf x - \bar{\mathbf x}$, and the KL is $\frac12\big(\|A
+# \tilde{\mathbf x}\|^2 + \sum_j (e^{\ell_j} - 1 - \ell_j)\big)$. Averaged over images with covariance
+# $\widehat C = U\Lambda U^\top$ both depend on the data only through $\widehat C$, and in its
+# eigenbasis ($W \to U^\top W$, $A \to AU$, which changes nothing else) the loss is
+#
+# $$
+# \sum_i \lambda_i\,\|\mathbf e_i - W\mathbf a_i\|^2 + \sum_j e^{\ell_j}\|\mathbf w_j\|^2
+#   + \frac\beta2\Big(\sum_i \lambda_i\|\mathbf a_i\|^2 + \sum_j\big(e^{\ell_j} - 1 - \ell_j\big)\Big),
+# $$
+#
+# with $\mathbf a_i$ the $i$-th column of $A$. By the equivalence above, its minimiser is the
+# maximum-likelihood pPCA with the noise variance held at $\sigma^2 = \beta/2$: Lecture 01 showed
+# that a diagonal $q$ loses nothing for pPCA, and for a fixed $\sigma^2$ the Tipping–Bishop
+# analysis gives columns of squared length $\lambda_j - \sigma^2$ along the top eigenvectors, and
+# **zero for every direction whose variance is below $\sigma^2$**
+# {cite:p}`tipping1999probabilistic`. So $\beta/2$ is a noise level: directions of the data with
+# less variance than that are not worth a latent unit, and the decoder explains them as noise.
+#
+# **Check: the squared-error loss finds the predicted solution.** On 2000 grey-level training
+# images, with $k = 8$ latent units and $\beta = 4$ ($\sigma^2 = 2$, between the 6th and 7th
+# eigenvalues), L-BFGS minimises the loss above over $W$, $A$ and $\boldsymbol\ell$ from two random
+# starts, for at most 600 iterations each. (The encoder reads whitened coordinates, $A = \tilde A\Lambda^{-1/2}$: a change of
+# variables for the optimiser only, since directions of tiny variance otherwise make the problem
+# ill-conditioned.) The eigenvalues of $W^\top W$ must equal $\max(\lambda_j - \beta/2, 0)$ to
+# $10^{-4}$, a tolerance from the optimiser: the two runs, which share nothing but the data,
+# must agree with each other to that accuracy. A sanity line compares the eigenbasis loss with the
+# loss computed image by image.
+
+# %%
+X_lin = to_unit_interval(train_images[:2000]).reshape(2000, -1).double()
+lam_img, U_img = torch.linalg.eigh(torch.cov(X_lin.T, correction=0))
+lam_img, U_img = lam_img.flip(0), U_img.flip(1)
+k_lin, beta_lin = 8, 4.0
+
+
+def linear_beta_loss(W, A, ell, beta):
+    """Mean SSE + beta * KL of the linear VAE, in the eigenbasis of the data covariance."""
+    Wa_ii = (W * A.T).sum(1)  # (W A)_ii
+    quad = ((A.T @ (W.T @ W)) * A.T).sum(1)  # ||W a_i||^2
+    sse = (lam_img * (1 - 2 * Wa_ii + quad)).sum() + (ell.exp() * W.pow(2).sum(0)).sum()
+    kl = 0.5 * ((lam_img * A.pow(2)).sum() + (ell.exp() - 1 - ell).sum())
+    return sse + beta * kl
+
+
+# sanity line: the same loss image by image, in pixel coordinates, at random parameters
+g_lin2 = torch.Generator().manual_seed(8)
+W_r = torch.randn(784, k_lin, generator=g_lin2, dtype=torch.float64)
+A_r = 0.1 * torch.randn(k_lin, 784, generator=g_lin2, dtype=torch.float64)
+ell_r = torch.randn(k_lin, generator=g_lin2, dtype=torch.float64)
+x_c = X_lin - X_lin.mean(0)
+m_r = x_c @ (A_r @ U_img.T).T
+per_image = (
+    F.mse_loss(m_r @ (U_img @ W_r).T, x_c, reduction="none").sum(-1)
+    + (ell_r.exp() * W_r.pow(2).sum(0)).sum()
+    + beta_lin * 0.5 * (m_r.pow(2).sum(-1) + (ell_r.exp() - 1 - ell_r).sum())
+)
+eig_vs_images = abs(
+    per_image.mean().item() / linear_beta_loss(W_r, A_r, ell_r, beta_lin).item() - 1
+)
+assert eig_vs_images < 1e-10
+print("eigenbasis loss = mean over the 2000 images: relative difference below 1e-10")
+
+whiten = lam_img.clamp_min(1e-6).rsqrt()  # constant pixels (lambda = 0) get a finite scale
+fits = []
+for seed in (9, 10):
+    g = torch.Generator().manual_seed(seed)
+    par = [
+        (0.01 * torch.randn(784, k_lin, generator=g, dtype=torch.float64)).requires_grad_(True),
+        (0.01 * torch.randn(k_lin, 784, generator=g, dtype=torch.float64)).requires_grad_(True),
+        torch.zeros(k_lin, dtype=torch.float64, requires_grad=True),
+    ]
+    opt = torch.optim.LBFGS(
+        par,
+        max_iter=600,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-15,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure(par=par, opt=opt) -> torch.Tensor:
+        opt.zero_grad()
+        loss = linear_beta_loss(par[0], par[1] * whiten, par[2], beta_lin)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    fits.append(torch.linalg.eigvalsh(par[0].detach().T @ par[0].detach()).flip(0))
+predicted = (lam_img[:k_lin] - beta_lin / 2).clamp_min(0)
+print(f"{'j':<26}" + " ".join(f"{j:>7d}" for j in range(1, k_lin + 1)))
+print(f"{'lambda_j':<26}" + " ".join(f"{v:7.3f}" for v in lam_img[:k_lin]))
+# eigenvalues of a Gram matrix, so >= 0: clamped against round-off (a "-0.000")
+print(f"{'||w_j||^2, learned':<26}" + " ".join(f"{max(v, 0.0):7.3f}" for v in fits[0].tolist()))
+print(f"{'max(lambda_j - beta/2, 0)':<26}" + " ".join(f"{v:7.3f}" for v in predicted))
+assert (fits[0] - fits[1]).abs().max() < 1e-4
+assert (fits[0] - predicted).abs().max() < 1e-4
+print("both starts agree to 1e-4, and match the prediction to 1e-4")
+
+print(
+    f"\nlargest pixel variance {X_lin.var(0, unbiased=False).max():.3f}, largest eigenvalue "
+    f"{lam_img[0]:.2f}, mean pixel variance {lam_img.mean():.3f}"
+)
+print("loss                          implied sigma^2   directions with variance above it")
+for label, s2 in (
+    ("SSE + 0.01 KL", 0.005),
+    ("SSE + 0.1 KL", 0.05),
+    ("SSE + KL", 0.5),
+    ("SSE + 4 KL (the check)", 2.0),
+    ("mean over pixels of SE + KL", D_pix / 2),
+):
+    print(f"{label:<30}{s2:>15g}   {(lam_img > s2).sum().item():>10d} of {D_pix}")
+
+# %% [markdown]
+# The learned loadings sit on the prediction: six directions carry latent units, and the two
+# whose variance is below $\beta/2$ are switched off although the model has units to spare. The
+# table turns this into a warning for squared-error VAEs on images in $[0, 1]$. Plain "SSE +
+# KL" assumes a noise variance of one half, more than the variance of any single pixel and more
+# than all but a handful of principal variances, so a linear model trained that way would use only
+# those few latent units. With the squared error averaged over the pixels the implied noise
+# exceeds even the largest principal variance, and the decoder has no use for $\mathbf z$ at all:
+# the posterior collapse of Lecture 04. A squared-error VAE uses its latents only if $\beta$ is
+# small enough (or $\sigma^2$ is learned). With a neural decoder the equivalence $\beta =
+# 2\sigma^2$ is the same, only there is no closed form to read the consequence off.
+
+# %% [markdown]
 # ### A few hundred steps of training, live
 #
 # Training a VAE for many epochs takes minutes, so the models of the next section were trained by
@@ -914,7 +1173,149 @@ plt.show()
 # straight line crosses a region that few images are encoded to, where the decoder has learned
 # little. In the $Z = 2$ model the path visibly runs from the trouser region past the sandal
 # region to the ankle boots.
+
+# %% [markdown]
+# ### A plain autoencoder cannot sample
 #
+# A classical autoencoder has the same two networks, but both are deterministic and it is
+# trained on the reconstruction alone, here $-\log p_\theta(\mathbf x\mid\mathbf z =
+# \boldsymbol\mu_\phi(\mathbf x))$: the VAE's loss without the noise and without the KL. Nothing in
+# that loss says where the codes $\boldsymbol\mu_\phi(\mathbf x)$ should lie, so their distribution
+# is whatever training happens to produce, and there is no density from which to draw new codes.
+# The VAE's KL term is what ties its codes to the prior: the decoder is trained on $\mathbf z \sim
+# q_\phi(\mathbf z\mid\mathbf x)$, and the KL pulls the mixture of these over the data (the
+# *aggregate posterior*) towards $\mathcal N(\mathbf 0, I)$, so a draw from the prior lands where
+# the decoder has been trained.
+#
+# We train an autoencoder of the $Z = 2$ architecture for one epoch (600 steps, the batches of
+# the live run of section 4) and measure, for a sampler of codes, how often it lands in a
+# **hole**: farther from every code of 10 000 training images than 99 % of the test images' codes
+# are. A sampler that matched the code distribution would land in a hole about 1 % of the time.
+# For the stored $Z = 2$ VAE the codes are draws from $q_\phi(\mathbf z\mid\mathbf x)$, and the
+# sampler is its prior. For the autoencoder we try the prior, and, more charitably, a Gaussian
+# fitted to its codes (a fair test of the shape of the codes: it is unchanged when all codes are
+# shifted or scaled).
+#
+# **Check.** The autoencoder's hole fraction, with either sampler, exceeds the VAE's by more than
+# 4 standard errors of the difference (binomial, 10 000 draws each).
+
+# %%
+torch.manual_seed(0)
+ae = VAE.for_mnist(z_dim=2)  # only the encoder's mean output is used
+opt_ae = torch.optim.Adam(ae.parameters(), lr=1e-3)
+for x_b in epoch_batches(train_images, 0):
+    loss_ae = -ae.decoder.log_prob(x_b, ae.encoder(x_b)[0]).mean()
+    opt_ae.zero_grad()
+    loss_ae.backward()
+    opt_ae.step()
+ae.eval().requires_grad_(False)
+
+x_codes = binarize_fixed(train_images[:10_000], seed=1).unsqueeze(1)
+g_codes = torch.Generator().manual_seed(14)
+with torch.no_grad():
+    codes = {"autoencoder": (ae.encoder(x_codes)[0], ae.encoder(x_test)[0])}
+    codes["VAE"] = tuple(
+        mu + torch.exp(0.5 * lv) * torch.randn(mu.shape, generator=g_codes)
+        for mu, lv in (models["z2"].encode(x_codes), models["z2"].encode(x_test))
+    )
+
+
+def nearest_code(points: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Distance from each point [P, 2] to its nearest reference code [R, 2], in chunks."""
+    return torch.cat([torch.cdist(p, reference).min(1).values for p in points.split(1000)])
+
+
+prior_draws = torch.randn(10_000, 2, generator=g_codes)
+ae_train = codes["autoencoder"][0]
+fitted_draws = ae_train.mean(0) + prior_draws @ torch.linalg.cholesky(torch.cov(ae_train.T)).T
+samplers = {
+    "VAE, prior N(0, I)": ("VAE", prior_draws),
+    "autoencoder, prior N(0, I)": ("autoencoder", prior_draws),
+    "autoencoder, fitted Gaussian": ("autoencoder", fitted_draws),
+}
+holes = {}
+print(
+    "codes of 10 000 training images:    mean         covariance             inside the prior's 99 % disc"
+)
+for name, (c_train, _) in codes.items():
+    m1, m2 = (round(v, 1) + 0.0 for v in c_train.mean(0).tolist())  # no "-0.0"
+    c11, c12, c22 = (round(v, 1) + 0.0 for v in torch.cov(c_train.T).flatten()[[0, 1, 3]].tolist())
+    inside = ((c_train**2).sum(1) < -2 * math.log(0.01)).float().mean().item()
+    print(
+        f"  {name:<32} ({m1:4.1f}, {m2:4.1f})   [[{c11:4.1f}, {c12:4.1f}], [{c12:4.1f}, {c22:4.1f}]]"
+        f"   {inside:6.0%}"
+    )
+print("sampler                          draws in a hole")
+for name, (model_name, draws) in samplers.items():
+    c_train, c_test = codes[model_name]
+    radius = torch.quantile(nearest_code(c_test, c_train), 0.99)
+    in_hole = nearest_code(draws, c_train) > radius
+    holes[name] = (in_hole.float().mean().item(), in_hole)
+    print(f"  {name:<31}{holes[name][0]:8.0%}")
+p_vae = holes["VAE, prior N(0, I)"][0]
+for name in ("autoencoder, prior N(0, I)", "autoencoder, fitted Gaussian"):
+    p_ae = holes[name][0]
+    se = math.sqrt((p_ae * (1 - p_ae) + p_vae * (1 - p_vae)) / 10_000)
+    assert p_ae - p_vae > 4 * se, name
+print(
+    "the autoencoder lands in holes more often than the VAE, by more than 4 s.e. with either sampler"
+)
+
+# %%
+fig = plt.figure(figsize=(12, 8.4))
+grid = fig.add_gridspec(2, 2, height_ratios=[1.25, 1])
+circle = np.linspace(0, 2 * np.pi, 200)
+r99 = math.sqrt(-2 * math.log(0.01))
+for col, (name, title) in enumerate(
+    (
+        ("autoencoder", "Autoencoder codes (10 000 training images)"),
+        ("VAE", "VAE: z ~ q(z|x) for the same images"),
+    )
+):
+    ax = fig.add_subplot(grid[0, col])
+    c_train = codes[name][0].numpy()
+    for cls in range(10):
+        sel = train_labels[:10_000].numpy() == cls
+        ax.scatter(c_train[sel, 0], c_train[sel, 1], s=1, alpha=0.4, color=cmap(cls))
+    sampler = "autoencoder, prior N(0, I)" if name == "autoencoder" else "VAE, prior N(0, I)"
+    hole_pts = prior_draws[holes[sampler][1]][:300].numpy()
+    ax.plot(hole_pts[:, 0], hole_pts[:, 1], "kx", ms=3, label="prior draws in a hole (300 shown)")
+    ax.plot(r99 * np.cos(circle), r99 * np.sin(circle), "k--", lw=1, label="prior's 99 % disc")
+    ax.set_title(title)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(loc="upper right", fontsize=8, markerscale=2)
+ax_img = fig.add_subplot(grid[1, :])
+ax_img.axis("off")
+inner = grid[1, :].subgridspec(3, 1)
+with torch.no_grad():
+    rows_img = [
+        (ae.decoder.mean(prior_draws[:20]), "autoencoder's decoder at 20 draws of N(0, I)"),
+        (
+            ae.decoder.mean(fitted_draws[:20]),
+            "autoencoder's decoder at 20 draws of the fitted Gaussian",
+        ),
+        (
+            models["z2"].decoder.mean(prior_draws[:20]),
+            "VAE's decoder at the same 20 draws of N(0, I)",
+        ),
+    ]
+for r, (imgs, title) in enumerate(rows_img):
+    image_grid(imgs[:, 0], nrow=20, ax=fig.add_subplot(inner[r]), title=title)
+plt.show()
+
+# %% [markdown]
+# The autoencoder's codes (left, coloured by class as in the latent map) take a shape of their
+# own: off the origin, stretched, and leaving most of the lower half of the prior's disc empty.
+# Nothing in its loss asks for anything else, so neither would a longer training. Many prior
+# draws fall into that empty region, and there the decoder, never trained on such codes, returns
+# faint, ghostly mixtures (first row of images). A Gaussian fitted to the codes covers them
+# better, but it still lands between them far more often than the VAE's prior does (the table).
+# The VAE's samples of $q_\phi$ (right) fill the prior's disc, because the KL term charges for
+# every departure from $\mathcal N(\mathbf 0, I)$; what remains are thin cracks between the
+# classes, the prior holes that Lecture 06 measures and removes with learned priors. Its decoded
+# prior draws (last row) are mostly recognisable garments.
+
+# %% [markdown]
 # ## 6. What amortization costs
 #
 # The encoder gives $q_\phi(\mathbf z\mid\mathbf x)$ in one forward pass. Non-amortized variational
@@ -1100,6 +1501,15 @@ check_kl_standard_normal(kl_standard_normal)
 #   binarized Fashion-MNIST its reconstructions, samples, latent map and interpolations show a
 #   smooth, class-structured latent space; the test ELBO was about $-241.5$ nats with $Z = 20$
 #   and $-257.5$ with $Z = 2$.
+# - The VAE infers the latents but only estimates the weights (ML, or MAP with weight decay):
+#   variational EM for $\mathbf z$, a point for $\theta$, hence not a fully Bayesian model.
+# - A Gaussian decoder with fixed $\sigma^2$ makes the ELBO $-\frac{1}{2\sigma^2}(\text{SSE} +
+#   2\sigma^2\,\mathrm{KL})$ + const, checked against `torch.distributions` and scipy: a
+#   squared-error loss with KL weight $\beta$ assumes $\sigma^2 = \beta/2$, and in a linear model
+#   every direction with less variance than that gets no latent unit.
+# - A plain autoencoder has no distribution over its codes; prior draws fall into its empty
+#   regions far more often than into the VAE's, and decode to images unlike the data. The VAE's
+#   KL term is what makes its prior a usable sampler.
 # - Next: Lecture 03 returns to the likelihood itself — what a density model of discrete pixels
 #   really measures — and Lectures 04 and 05 to the weak points of this VAE: posterior collapse and
 #   the looseness of the bound.
@@ -1113,5 +1523,7 @@ check_kl_standard_normal(kl_standard_normal)
 # - EM as coordinate ascent on a free energy, and its variational variants: {cite}`neal1998view`;
 #   stochastic variational inference with local and global parameters: {cite}`hoffman2013stochastic`.
 # - The amortization and approximation gaps: {cite}`cremer2018inference`.
+# - Probabilistic PCA at a fixed noise variance, behind the linear reading of $\beta$:
+#   {cite}`tipping1999probabilistic`.
 # - The benchmark architecture and evaluation by importance sampling: {cite}`burda2016importance`.
 # - The Fashion-MNIST data set: {cite}`xiao2017fashion`.
