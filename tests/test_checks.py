@@ -17,6 +17,7 @@ from dgmlib.dequantization import (
     nats_to_bits_per_dim,
 )
 from dgmlib.diagnostics import active_units
+from dgmlib.diffusion import forward_marginal, forward_posterior
 from dgmlib.distributions import kl_normal_std_normal
 from dgmlib.gan import jsd
 from dgmlib.kernels import mixture_logpdf
@@ -146,6 +147,13 @@ REFERENCES = {
     "check_optimal_discriminator": (lambda log_pd, log_pg: torch.sigmoid(log_pd - log_pg), 4),
     "check_jsd": (jsd, 4),
     "check_adjoint_dynamics": (adjoint_dynamics, 3),
+    "check_forward_posterior": (forward_posterior, 5),
+    "check_marginal_sample": (
+        lambda x0, t, b, eps: (
+            forward_marginal(x0, t, b)[0] + forward_marginal(x0, t, b)[1].sqrt() * eps
+        ),
+        4,
+    ),
     "check_hutchinson_divergence": (
         lambda dz, z, eps: divergence_hutchinson(dz, z, eps, create_graph=True),
         5,

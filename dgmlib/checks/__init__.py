@@ -17,12 +17,13 @@ case it happened in.
 The checks are grouped by topic: :mod:`dgmlib.checks.lvm` (lecture 01),
 :mod:`dgmlib.checks.dequantization` (lecture 03), :mod:`dgmlib.checks.vae` (lectures 02, 04
 and 05), :mod:`dgmlib.checks.priors` (lecture 06), :mod:`dgmlib.checks.discrete` (lecture 07),
-:mod:`dgmlib.checks.gan` (lecture 08), :mod:`dgmlib.checks.gaps` (lecture 10) and
-:mod:`dgmlib.checks.flows` (appendix A1);
+:mod:`dgmlib.checks.gan` (lecture 08), :mod:`dgmlib.checks.gaps` (lecture 10),
+:mod:`dgmlib.checks.diffusion` (lecture 12) and :mod:`dgmlib.checks.flows` (appendix A1);
 :mod:`dgmlib.checks._common` holds the plumbing they share.
 """
 
 from dgmlib.checks.dequantization import check_dequantized_bpd, check_discretized_logistic
+from dgmlib.checks.diffusion import check_forward_posterior, check_marginal_sample
 from dgmlib.checks.discrete import check_categorical_kl_uniform, check_gumbel_max_sample
 from dgmlib.checks.flows import check_adjoint_dynamics, check_hutchinson_divergence
 from dgmlib.checks.gan import check_jsd, check_optimal_discriminator
@@ -46,6 +47,7 @@ __all__ = [
     "check_discretized_logistic",
     "check_elbo_gaussian",
     "check_em_step",
+    "check_forward_posterior",
     "check_free_bits",
     "check_gumbel_max_sample",
     "check_hutchinson_divergence",
@@ -53,6 +55,7 @@ __all__ = [
     "check_jsd",
     "check_kl_standard_normal",
     "check_log_importance_estimate",
+    "check_marginal_sample",
     "check_mixture_prior_log_prob",
     "check_optimal_discriminator",
     "check_optimal_linear_encoder",
