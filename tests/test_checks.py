@@ -204,11 +204,12 @@ def test_a_non_function_is_rejected(name):
         getattr(checks, name)(3)
 
 
-def test_check_does_not_change_the_global_random_state():
+@pytest.mark.parametrize("name", checks.__all__)
+def test_check_does_not_change_the_global_random_state(name, capsys):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    checks.check_reparam_sample(reparam)
+    getattr(checks, name)(REFERENCES[name][0])
     torch.testing.assert_close(torch.rand(3), expected)
 
 
