@@ -1,6 +1,6 @@
-"""dgmlib.checks.diffusion (lecture 12): right solutions pass with one line, stubs and
-non-functions are reported as the other checks report them, and typical mistakes are rejected
-with the case that catches them and the hint that names the mistake."""
+"""dgmlib.checks.diffusion (lecture 12): other right solutions pass with one line, and typical mistakes
+are rejected with the case that catches them and the hint that names the mistake (stubs and
+non-functions: tests/test_checks.py, for every check)."""
 
 from __future__ import annotations
 
@@ -91,10 +91,6 @@ def post_abar_without_one(z0, zt, t, betas):  # abar array without abar_0 = 1 in
 
 def post_shifted(z0, zt, t, betas):  # betas[t] taken as beta_t, the abar array likewise
     return post_right(z0, zt, t + 1, betas)
-
-
-def stub(*args):
-    raise NotImplementedError
 
 
 @pytest.mark.parametrize(

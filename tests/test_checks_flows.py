@@ -1,6 +1,6 @@
-"""dgmlib.checks.flows (Appendix A1): right solutions pass with one line, stubs and
-non-functions are reported as the other checks report them, and typical mistakes are rejected
-with the case that catches them and the hint that names the mistake."""
+"""dgmlib.checks.flows (Appendix A1): other right solutions pass with one line, and typical mistakes
+are rejected with the case that catches them and the hint that names the mistake (stubs and
+non-functions: tests/test_checks.py, for every check)."""
 
 from __future__ import annotations
 
@@ -71,10 +71,6 @@ def hutch_no_graph(dz, z, eps):
 
 def hutch_summed(dz, z, eps):
     return hutch_right(dz, z, eps).sum()
-
-
-def stub(*args):
-    raise NotImplementedError
 
 
 @pytest.mark.parametrize(
