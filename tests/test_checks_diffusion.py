@@ -1,6 +1,6 @@
-"""dgmlib.checks.diffusion (lecture 12): other right solutions pass with one line, and typical mistakes
-are rejected with the case that catches them and the hint that names the mistake (stubs and
-non-functions: tests/test_checks.py, for every check)."""
+"""dgmlib.checks.diffusion (lecture 12): other right solutions pass with one line, and typical
+mistakes are rejected with the case that catches them and the hint that names the mistake
+(stubs and non-functions: tests/test_checks.py, for every check)."""
 
 from __future__ import annotations
 
