@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import fails as fails_with_hint
 
 from dgmlib.checks import check_forward_posterior, check_marginal_sample
 from dgmlib.diffusion import forward_posterior
@@ -108,12 +109,8 @@ def test_right_solutions_pass_with_one_line(check, fn, n, capsys):
 
 
 def fails(check, fn, case_start, hint):
-    with pytest.raises(AssertionError) as info:
-        check(fn)
-    msg = str(info.value)
-    assert msg.startswith(f"{check.__name__}, case '{case_start}"), msg
+    msg = fails_with_hint(check, fn, case_start, hint)
     assert "expected:" in msg or "return a pair" in msg or "shape" in msg, msg
-    assert hint in msg.split("Hint:")[1], msg
     return msg
 
 

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import fails
 from torch.distributions import Categorical, kl_divergence
 
 from dgmlib import checks
@@ -63,15 +64,6 @@ def kl_naive(logits):
 
 def kl_sum_all(logits):
     return categorical_kl_uniform(logits).sum()
-
-
-def fails(check, fn, case_start, hint):
-    with pytest.raises(AssertionError) as info:
-        check(fn)
-    msg = str(info.value)
-    assert msg.startswith(f"{check.__name__}, case '{case_start}"), msg
-    assert hint in msg.split("Hint:")[1], msg
-    return msg
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import fails
 
 from dgmlib.checks.flows import check_adjoint_dynamics, check_hutchinson_divergence
 from dgmlib.ode import divergence_exact, divergence_hutchinson
@@ -88,15 +89,6 @@ def hutch_summed(dz, z, eps):
 def test_right_solutions_pass_with_one_line(check, fn, n, capsys):
     check(fn)
     assert capsys.readouterr().out == f"{check.__name__}: all {n} cases pass.\n"
-
-
-def fails(check, fn, case_start, hint):
-    with pytest.raises(AssertionError) as info:
-        check(fn)
-    msg = str(info.value)
-    assert msg.startswith(f"{check.__name__}, case '{case_start}"), msg
-    assert hint in msg.split("Hint:")[1], msg
-    return msg
 
 
 @pytest.mark.parametrize(

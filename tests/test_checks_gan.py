@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import fails
 
 from dgmlib import checks
 from dgmlib.gan import jsd, optimal_discriminator
@@ -59,15 +60,6 @@ def jsd_naive(log_p, log_q, dx):
 
 def jsd_sum_all(log_p, log_q, dx):
     return jsd(log_p, log_q, dx).sum()
-
-
-def fails(check, fn, case_start, hint):
-    with pytest.raises(AssertionError) as info:
-        check(fn)
-    msg = str(info.value)
-    assert msg.startswith(f"{check.__name__}, case '{case_start}"), msg
-    assert hint in msg.split("Hint:")[1], msg
-    return msg
 
 
 @pytest.mark.parametrize(
