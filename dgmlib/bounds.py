@@ -9,7 +9,7 @@ Shape conventions, shared by every function here:
   (sample, example);
 * nothing here averages over the batch: every function returns one value per example, and the
   caller takes ``.mean()`` for a mini-batch objective;
-* all values are natural logarithms, i.e. **nats**; :func:`nats_to_bits_per_dim` converts.
+* all values are natural logarithms, i.e. **nats**; :mod:`dgmlib.units` converts them.
 
 Inputs containing NaN, or of the wrong shape, raise a ``ValueError`` naming the argument.
 """
@@ -22,42 +22,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from dgmlib.dequantization import (
-    bits_per_dim_to_nats,
-    log_density_to_integer_units,
-    nats_to_bits_per_dim,
-)
-from dgmlib.distributions import validate_tensor
+from dgmlib.validation import check_tensor
 
-__all__ = [
-    "bits_per_dim_to_nats",
-    "elbo",
-    "estimate_nll",
-    "iwae_bound",
-    "log_density_to_integer_units",
-    "nats_to_bits_per_dim",
-]
-
-
-def elbo(log_px_z: Tensor, log_pz: Tensor, log_qz: Tensor) -> Tensor:
-    """Single-sample ELBO estimates ``log p(x|z) + log p(z) - log q(z|x)``, elementwise.
-
-    Each input holds one value per (sample, example), already summed over data dimensions
-    (``log_px_z``) or latent dimensions (``log_pz``, ``log_qz``); shapes must broadcast, e.g.
-    ``[B]`` for one sample per example or ``[K, B]`` for ``K``. No reduction is applied: average
-    over samples (dim 0) for a Monte Carlo ELBO and over the batch for a training objective.
-    The result is the log-weight ``log w`` of the importance-weighted bound. Nats.
-    """
-    for name, t in (("log_px_z", log_px_z), ("log_pz", log_pz), ("log_qz", log_qz)):
-        validate_tensor(t, name, "elbo", min_ndim=0)
-    try:
-        torch.broadcast_shapes(log_px_z.shape, log_pz.shape, log_qz.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"elbo: shapes do not broadcast: log_px_z {tuple(log_px_z.shape)}, log_pz "
-            f"{tuple(log_pz.shape)}, log_qz {tuple(log_qz.shape)}"
-        ) from None
-    return log_px_z + log_pz - log_qz
+__all__ = ["estimate_nll", "iwae_bound"]
 
 
 def iwae_bound(log_w: Tensor, dim: int = 0) -> Tensor:
@@ -68,7 +35,7 @@ def iwae_bound(log_w: Tensor, dim: int = 0) -> Tensor:
     ``K = 1`` gives the single-sample ELBO; the expectation of the bound is non-decreasing in ``K``
     and tends to ``log p(x)`` (Burda et al., 2016).
     """
-    validate_tensor(log_w, "log_w", "iwae_bound")
+    check_tensor(log_w, "log_w", "iwae_bound")
     if not -log_w.dim() <= dim < log_w.dim():
         raise ValueError(f"iwae_bound: dim={dim} is out of range for log_w {tuple(log_w.shape)}")
     K = log_w.shape[dim]
@@ -91,14 +58,13 @@ def estimate_nll(
     whatever ``K``; the result equals :func:`iwae_bound` of all ``K`` log-weights at once. It is
     the ``K``-sample IWAE bound, negated: an upper bound on ``-log p(x)`` in expectation, tight as
     ``K`` grows (the standard evaluation of Burda et al., 2016, with ``K = 5000``). Computed
-    without gradients. Divide by the number of pixels and ``log 2`` (:func:`nats_to_bits_per_dim`)
-    for bits per dimension.
+    without gradients. :func:`dgmlib.units.nats_to_bits_per_dim` gives bits per dimension.
     """
     if isinstance(K, bool) or not isinstance(K, int) or K < 1:
         raise ValueError(f"estimate_nll: K must be an integer >= 1, got {K!r}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"estimate_nll: chunk must be an integer >= 1, got {chunk!r}")
-    validate_tensor(x, "x", "estimate_nll")
+    check_tensor(x, "x", "estimate_nll")
     B = x.shape[0]
     total: Tensor | None = None
     done = 0
@@ -112,7 +78,7 @@ def estimate_nll(
                     f"estimate_nll: log_weights_fn(x, {k}) must return shape [{k}, {B}] "
                     f"(samples, examples), got {shape}"
                 )
-            validate_tensor(log_w, "log_weights_fn(x, k)", "estimate_nll")
+            check_tensor(log_w, "log_weights_fn(x, k)", "estimate_nll")
             part = torch.logsumexp(log_w, dim=0)
             total = part if total is None else torch.logaddexp(total, part)
             done += k

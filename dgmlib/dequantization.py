@@ -11,9 +11,9 @@ ways, and this module provides the pieces of both:
   :func:`discretized_logistic_log_prob`); with ``num_levels`` the two outer bins are stretched to
   infinity, so the masses of the ``K`` levels sum to one.
 
-All log-probabilities are in nats; :func:`nats_to_bits_per_dim` converts a negative
-log-likelihood to bits per dimension, and :func:`log_density_to_integer_units` applies the change
-of variables from data rescaled to ``[0, 1)`` back to integer units.
+All log-probabilities are in nats; :mod:`dgmlib.units` converts a negative log-likelihood to
+bits per dimension and applies the change of variables from data rescaled to ``[0, 1)`` back to
+integer units.
 """
 
 from __future__ import annotations
@@ -188,33 +188,3 @@ def discretized_logistic_log_prob(
 # --------------------------------------------------------------------------------------------
 # Units: nats, bits per dimension, rescaled data
 # --------------------------------------------------------------------------------------------
-
-
-def nats_to_bits_per_dim(nats: Tensor | float, num_dims: int) -> Tensor | float:
-    """A negative log-likelihood in nats (per example, all ``num_dims`` together) in bits/dim."""
-    if num_dims < 1:
-        raise ValueError(f"nats_to_bits_per_dim: num_dims must be >= 1, got {num_dims}")
-    return nats / (num_dims * math.log(2.0))
-
-
-def bits_per_dim_to_nats(bpd: Tensor | float, num_dims: int) -> Tensor | float:
-    """Inverse of :func:`nats_to_bits_per_dim`."""
-    if num_dims < 1:
-        raise ValueError(f"bits_per_dim_to_nats: num_dims must be >= 1, got {num_dims}")
-    return bpd * num_dims * math.log(2.0)
-
-
-def log_density_to_integer_units(
-    log_p_unit: Tensor | float, num_dims: int, num_levels: int
-) -> Tensor | float:
-    """Change of variables from data rescaled by ``1 / num_levels`` back to integer units.
-
-    If ``y = (x + u) / K`` has density ``p_Y``, then ``x + u = K y`` has density
-    ``p_Y(y) / K^D``, so ``log p(x + u) = log p_Y(y) - D log K``.
-    """
-    if num_dims < 1 or num_levels < 2:
-        raise ValueError(
-            f"log_density_to_integer_units: need num_dims >= 1 and num_levels >= 2, got "
-            f"{num_dims} and {num_levels}"
-        )
-    return log_p_unit - num_dims * math.log(num_levels)

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dgmlib.distributions import kl_normal_std_normal, validate_tensor
+from dgmlib.distributions import kl_normal_std_normal
+from dgmlib.validation import check_tensor
 
 __all__ = [
     "ActiveUnits",
@@ -44,7 +45,7 @@ def active_units(mu: Tensor, threshold: float = 0.01) -> ActiveUnits:
     ``mu``: posterior means ``E_q[z|x]`` of ``N`` data points, ``[N, Z]``. The variance is taken
     over the data (dim 0, divisor ``N``). Returns ``(count, variances [Z])``.
     """
-    validate_tensor(mu, "mu", "active_units", min_ndim=2)
+    check_tensor(mu, "mu", "active_units", min_ndim=2)
     if mu.dim() != 2 or mu.shape[0] < 2:
         raise ValueError(
             f"active_units: mu must have shape [N, Z] with N >= 2, got {tuple(mu.shape)}"
@@ -61,8 +62,8 @@ def kl_per_dimension(mu: Tensor, logvar: Tensor) -> Tensor:
     ``mu, logvar``: encoder outputs for ``N`` data points, ``[N, Z]``. The sum of the result is
     the average KL term of the ELBO.
     """
-    validate_tensor(mu, "mu", "kl_per_dimension", min_ndim=2)
-    validate_tensor(logvar, "logvar", "kl_per_dimension", min_ndim=2)
+    check_tensor(mu, "mu", "kl_per_dimension", min_ndim=2)
+    check_tensor(logvar, "logvar", "kl_per_dimension", min_ndim=2)
     if mu.dim() != 2 or mu.shape != logvar.shape:
         raise ValueError(
             f"kl_per_dimension: mu and logvar must both have shape [N, Z], got "
@@ -79,7 +80,7 @@ def gradient_snr(grad_samples: Tensor, eps: float = 0.0) -> Tensor:
     taken over dim 0, giving ``[...]``. ``eps`` is added to the standard deviation; with
     ``eps = 0`` an element with zero spread gives ``inf`` (or ``nan`` when its mean is 0 too).
     """
-    validate_tensor(grad_samples, "grad_samples", "gradient_snr")
+    check_tensor(grad_samples, "grad_samples", "gradient_snr")
     if grad_samples.shape[0] < 2:
         raise ValueError(
             "gradient_snr: need S >= 2 gradient samples along dim 0, got shape "

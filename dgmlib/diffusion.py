@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor
 
-from dgmlib.distributions import validate_tensor
+from dgmlib.validation import check_tensor
 
 __all__ = [
     "WEIGHTINGS",
@@ -57,7 +57,7 @@ _WHERE = "dgmlib.diffusion"
 
 
 def _check_betas(betas: Tensor, where: str) -> Tensor:
-    validate_tensor(betas, "betas", where)
+    check_tensor(betas, "betas", where)
     if betas.dim() != 1:
         raise ValueError(f"{where}: betas must be 1-D [T], got shape {tuple(betas.shape)}")
     if not bool(((betas > 0) & (betas < 1)).all()):
@@ -89,7 +89,7 @@ def snr(betas: Tensor) -> Tensor:
 def forward_marginal(z0: Tensor, t: int, betas: Tensor) -> tuple[Tensor, Tensor]:
     """``q(z_t | z_0) = N(sqrt(abar_t) z_0, (1 - abar_t) I)``: ``(mean [like z0], var [])``."""
     where = f"{_WHERE}.forward_marginal"
-    validate_tensor(z0, "z0", where, min_ndim=0)
+    check_tensor(z0, "z0", where, min_ndim=0)
     _check_t(t, len(_check_betas(betas, where)), where)
     ab = alpha_bars(betas)[t].to(z0.dtype)
     return ab.sqrt() * z0, 1.0 - ab
@@ -102,8 +102,8 @@ def forward_posterior(z0: Tensor, zt: Tensor, t: int, betas: Tensor) -> tuple[Te
     (1 - abar_t) z_t`` and ``var = (1 - abar_{t-1}) / (1 - abar_t) beta_t``.
     """
     where = f"{_WHERE}.forward_posterior"
-    validate_tensor(z0, "z0", where, min_ndim=0)
-    validate_tensor(zt, "zt", where, min_ndim=0)
+    check_tensor(z0, "z0", where, min_ndim=0)
+    check_tensor(zt, "zt", where, min_ndim=0)
     _check_t(t, len(_check_betas(betas, where)), where, low=2)
     try:
         torch.broadcast_shapes(z0.shape, zt.shape)
@@ -124,7 +124,7 @@ def forward_sample(z0: Tensor, betas: Tensor, generator: torch.Generator | None 
     Row ``t`` holds ``z_t`` (row 0 is ``z0`` itself); the noise is drawn step by step.
     """
     where = f"{_WHERE}.forward_sample"
-    validate_tensor(z0, "z0", where, min_ndim=0)
+    check_tensor(z0, "z0", where, min_ndim=0)
     _check_betas(betas, where)
     out = [z0]
     for beta in betas.to(z0.dtype):
@@ -148,7 +148,7 @@ def gaussian_data_elbo_terms(x: Tensor, m: float, s2: float, betas: Tensor) -> d
     prior. Expectations over ``q(z_t | x)`` are taken exactly (the integrands are quadratic).
     """
     where = f"{_WHERE}.gaussian_data_elbo_terms"
-    validate_tensor(x, "x", where, min_ndim=0)
+    check_tensor(x, "x", where, min_ndim=0)
     _check_betas(betas, where)
     _gaussian_data_check(m, s2, where)
     ab = alpha_bars(betas).to(x.dtype)
@@ -263,7 +263,7 @@ def _bcast(v: Tensor, like: Tensor) -> Tensor:
 
 
 def _check_batch(x: Tensor, name: str, where: str) -> Tensor:
-    validate_tensor(x, name, where, min_ndim=1)
+    check_tensor(x, name, where, min_ndim=1)
     if len(x) == 0:
         raise ValueError(f"{where}: {name} must hold at least one example")
     return x
@@ -367,7 +367,7 @@ def elbo_estimate(
     if T < 2:
         raise ValueError(f"{where}: needs T >= 2 steps, got {T}")
     if t_probs is not None:
-        validate_tensor(t_probs, "t_probs", where)
+        check_tensor(t_probs, "t_probs", where)
         if t_probs.shape != (T - 1,) or not bool((t_probs > 0).all()):
             raise ValueError(f"{where}: t_probs must be positive with shape ({T - 1},)")
         if abs(float(t_probs.sum()) - 1.0) > 1e-6:

@@ -20,35 +20,19 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, MultivariateNormal, Normal
 
+from dgmlib.validation import check_tensor
+
 __all__ = [
     "LOG_2PI",
     "bernoulli_log_prob",
     "gaussian_log_prob",
-    "kl_diag_gaussians",
     "kl_normal_std_normal",
     "log_mean_exp",
     "sample_mvn",
     "standard_normal_log_prob",
-    "validate_tensor",
 ]
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-def validate_tensor(x: Tensor, name: str, where: str, min_ndim: int = 1) -> Tensor:
-    """Return ``x`` if it is a floating tensor with >= ``min_ndim`` dims and no NaN; else raise."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"{where}: {name} must have a floating dtype, got {x.dtype}")
-    if x.dim() < min_ndim:
-        raise ValueError(
-            f"{where}: {name} must have at least {min_ndim} dimension(s), got shape "
-            f"{tuple(x.shape)}"
-        )
-    if torch.isnan(x).any():
-        raise ValueError(f"{where}: {name} contains NaN")
-    return x
 
 
 def _broadcast_shape(where: str, **tensors: Tensor) -> torch.Size:
@@ -63,7 +47,7 @@ def _broadcast_shape(where: str, **tensors: Tensor) -> torch.Size:
 def _validate_all(where: str, **tensors: Tensor) -> torch.Size:
     """Validate each named tensor and check that they broadcast; return the broadcast shape."""
     for name, t in tensors.items():
-        validate_tensor(t, name, where)
+        check_tensor(t, name, where)
     return _broadcast_shape(where, **tensors)
 
 
@@ -75,7 +59,7 @@ def gaussian_log_prob(x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:
     """log N(z; 0, I) summed over the last dim: [..., D] -> [...] nats."""
-    validate_tensor(z, "z", "standard_normal_log_prob")
+    check_tensor(z, "z", "standard_normal_log_prob")
     return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
 
 
@@ -83,14 +67,6 @@ def kl_normal_std_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, diag(exp(logvar))) || N(0, I)), analytic, summed over the last dim: [...] nats."""
     _validate_all("kl_normal_std_normal", mu=mu, logvar=logvar)
     return 0.5 * (torch.exp(logvar) + mu.pow(2) - 1.0 - logvar).sum(-1)
-
-
-def kl_diag_gaussians(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
-    """KL(N(mu_q, diag e^logvar_q) || N(mu_p, diag e^logvar_p)) summed over the last dim, nats."""
-    _validate_all("kl_diag_gaussians", mu_q=mu_q, logvar_q=logvar_q, mu_p=mu_p, logvar_p=logvar_p)
-    var_ratio = torch.exp(logvar_q - logvar_p)
-    mahalanobis = (mu_q - mu_p).pow(2) * torch.exp(-logvar_p)
-    return 0.5 * (var_ratio + mahalanobis - 1.0 - (logvar_q - logvar_p)).sum(-1)
 
 
 def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
@@ -106,7 +82,7 @@ def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
 
 def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
     """log(mean(exp(x), dim)) computed stably with logsumexp; removes ``dim``."""
-    validate_tensor(x, "x", "log_mean_exp")
+    check_tensor(x, "x", "log_mean_exp")
     if not -x.dim() <= dim < x.dim():
         raise ValueError(f"log_mean_exp: dim={dim} is out of range for x of shape {tuple(x.shape)}")
     if x.shape[dim] == 0:

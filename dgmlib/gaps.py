@@ -22,12 +22,8 @@ import torch
 from torch import Tensor
 
 from dgmlib.bounds import estimate_nll
-from dgmlib.distributions import (
-    gaussian_log_prob,
-    kl_normal_std_normal,
-    standard_normal_log_prob,
-    validate_tensor,
-)
+from dgmlib.distributions import gaussian_log_prob, kl_normal_std_normal, standard_normal_log_prob
+from dgmlib.validation import check_tensor
 
 __all__ = [
     "InferenceGaps",
@@ -73,9 +69,9 @@ def local_elbo(
     where = "local_elbo"
     _check_model(model, where)
     _check_int(n_samples, "n_samples", where, 1)
-    validate_tensor(x, "x", where)
-    validate_tensor(mu, "mu", where)
-    validate_tensor(logvar, "logvar", where)
+    check_tensor(x, "x", where)
+    check_tensor(mu, "mu", where)
+    check_tensor(logvar, "logvar", where)
     if mu.dim() != 2 or logvar.shape != mu.shape or mu.shape[0] != x.shape[0]:
         raise ValueError(
             f"{where}: mu and logvar must both have shape [B, Z] with B = {x.shape[0]}, got "
@@ -107,7 +103,7 @@ def optimize_local_posterior(
     """
     where = "optimize_local_posterior"
     _check_model(model, where)
-    validate_tensor(x, "x", where)
+    check_tensor(x, "x", where)
     _check_int(steps, "steps", where, 0)
     _check_int(n_samples, "n_samples", where, 1)
     _check_int(n_eval, "n_eval", where, 1)
@@ -173,7 +169,7 @@ def mixture_log_weights(
 
 def mean_and_se(values: Tensor) -> tuple[float, float]:
     """Mean of per-example values ``[B]`` and its standard error ``std / sqrt(B)`` (B >= 2)."""
-    validate_tensor(values, "values", "mean_and_se")
+    check_tensor(values, "values", "mean_and_se")
     if values.dim() != 1 or values.shape[0] < 2:
         raise ValueError(
             f"mean_and_se: values must have shape [B] with B >= 2, got {tuple(values.shape)}"
@@ -239,7 +235,7 @@ def inference_gaps(
     """
     where = "inference_gaps"
     _check_model(model, where)
-    validate_tensor(x, "x", where)
+    check_tensor(x, "x", where)
     _check_int(K, "K", where, 1)
     if x.shape[0] < 2:
         raise ValueError(f"{where}: need at least 2 examples for standard errors, got {x.shape[0]}")
@@ -295,7 +291,7 @@ def doubled_steps_change(
     """
     where = "doubled_steps_change"
     _check_model(model, where)
-    validate_tensor(x, "x", where)
+    check_tensor(x, "x", where)
     _check_int(steps, "steps", where, 1)
     _check_int(n_eval, "n_eval", where, 1)
     if q is None:

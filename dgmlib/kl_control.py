@@ -6,11 +6,11 @@ objective*, which is no longer the ELBO while they are active, so always report 
 
 * **Annealing** multiplies the KL term by ``beta(step)`` in ``[0, 1]``: :func:`linear_warmup`
   (Bowman et al., 2016) or :func:`cyclical` (Fu et al., 2019). :func:`scheduled` applies a
-  schedule to a :class:`dgmlib.models.vae.VAE` (its ``kl_weight`` attribute) during
+  schedule to an objective (:class:`dgmlib.objectives.ELBO`'s ``kl_weight``) during
   :meth:`dgmlib.train.Trainer.fit`.
 * **Free bits** (Kingma et al., 2016) replaces the KL term by ``sum_g max(lambda, KL_g)``, so
   groups of latent dimensions whose KL is below ``lambda`` nats get no gradient pushing them
-  further towards the prior: :func:`free_bits_kl`, or ``VAE.free_bits``.
+  further towards the prior: :func:`free_bits_kl`, or ``ELBO(free_bits=...)``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dgmlib.distributions import validate_tensor
+from dgmlib.validation import check_tensor
 
 __all__ = ["constant", "cyclical", "free_bits_kl", "linear_warmup", "scheduled"]
 
@@ -73,19 +73,19 @@ def scheduled(
     schedule: Schedule,
     attr: str = "kl_weight",
 ) -> Callable[[int], Iterator[Any]]:
-    """Wrap a ``batches(epoch)`` function so that, before each batch, ``trainer.model.<attr>`` is
-    set to ``schedule(trainer.step)``.
+    """Wrap a ``batches(epoch)`` function so that, before each batch, ``trainer.objective.<attr>``
+    (e.g. the KL weight of :class:`dgmlib.objectives.ELBO`) is set to ``schedule(trainer.step)``.
 
     Use it as ``trainer.fit(scheduled(batches, trainer, partial(linear_warmup, warmup_steps=N)),
     epochs)``. The schedule reads the trainer's step counter, which checkpoints store, so a resumed
     run continues the schedule where it stopped.
     """
-    if not hasattr(trainer.model, attr):
-        raise ValueError(f"scheduled: the model has no attribute {attr!r} to schedule")
+    if not hasattr(trainer.objective, attr):
+        raise ValueError(f"scheduled: the objective has no attribute {attr!r} to schedule")
 
     def wrapped(epoch: int) -> Iterator[Any]:
         for batch in batches(epoch):
-            setattr(trainer.model, attr, float(schedule(trainer.step)))
+            setattr(trainer.objective, attr, float(schedule(trainer.step)))
             yield batch
 
     return wrapped
@@ -101,7 +101,7 @@ def free_bits_kl(kl_per_dim: Tensor, free_bits: float, groups: int | None = None
     average (not per example). Returns a scalar; its gradient is zero for every group whose
     batch-average KL is below ``lambda``. With ``free_bits = 0`` it equals the batch-mean KL.
     """
-    validate_tensor(kl_per_dim, "kl_per_dim", "free_bits_kl", min_ndim=2)
+    check_tensor(kl_per_dim, "kl_per_dim", "free_bits_kl", min_ndim=2)
     if kl_per_dim.dim() != 2:
         raise ValueError(
             f"free_bits_kl: kl_per_dim must have shape [B, Z], got {tuple(kl_per_dim.shape)}"

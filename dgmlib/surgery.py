@@ -26,8 +26,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from dgmlib.distributions import gaussian_log_prob, kl_normal_std_normal, validate_tensor
+from dgmlib.distributions import gaussian_log_prob, kl_normal_std_normal
 from dgmlib.kernels import mixture_logpdf
+from dgmlib.validation import check_tensor
 
 __all__ = [
     "PriorHoles",
@@ -48,8 +49,8 @@ DEFAULT_CHUNK = 2048
 
 def _check_posteriors(mu: Tensor, logvar: Tensor, where: str) -> tuple[int, int]:
     """Validate encoder outputs ``mu``, ``logvar`` ``[N, Z]``; return ``(N, Z)``."""
-    validate_tensor(mu, "mu", where, min_ndim=2)
-    validate_tensor(logvar, "logvar", where, min_ndim=2)
+    check_tensor(mu, "mu", where, min_ndim=2)
+    check_tensor(logvar, "logvar", where, min_ndim=2)
     if mu.dim() != 2 or mu.shape[0] < 1 or mu.shape[1] < 1:
         raise ValueError(
             f"{where}: mu must have shape [N, Z] with N, Z >= 1, got {tuple(mu.shape)}"
@@ -80,7 +81,7 @@ def aggregate_posterior_log_prob(
     """
     where = "aggregate_posterior_log_prob"
     _, d = _check_posteriors(mu, logvar, where)
-    validate_tensor(z, "z", where, min_ndim=2)
+    check_tensor(z, "z", where, min_ndim=2)
     if z.dim() != 2 or z.shape[1] != d:
         raise ValueError(f"{where}: z must have shape [M, {d}] (Z from mu), got {tuple(z.shape)}")
     _check_count(chunk, "chunk", where)
@@ -225,8 +226,8 @@ def prior_holes(log_p: Tensor, log_q: Tensor, ratio: float = 10.0) -> PriorHoles
     with standard errors over the ``M`` draws.
     """
     where = "prior_holes"
-    validate_tensor(log_p, "log_p", where)
-    validate_tensor(log_q, "log_q", where)
+    check_tensor(log_p, "log_p", where)
+    check_tensor(log_q, "log_q", where)
     if log_p.dim() != 1 or log_p.shape != log_q.shape or len(log_p) < 2:
         raise ValueError(
             f"{where}: log_p and log_q must both have shape [M] with M >= 2, got "

@@ -1,117 +1,28 @@
-"""A small generic trainer and safe checkpoints.
+"""A small generic trainer that resumes after every epoch.
 
-Any model whose ``loss(x)`` returns a dict of named scalar terms, one of them ``"loss"`` (the
-quantity to minimise, averaged over the batch), can be trained by :class:`Trainer`; every term is
-logged in ``Trainer.history``, so one plotting helper serves every lecture.
-
-Checkpoints are safetensors files (tensors only, no pickle) with a ``.sha256`` sidecar. Both are
-written to a temporary file first and renamed, so a crash never leaves a half-written checkpoint,
-and loading verifies the hash before reading anything.
+:class:`Trainer` minimises ``objective(model, x)["loss"]`` (an objective of
+:mod:`dgmlib.objectives`, or ``None`` for a model with its own ``loss(x)``, e.g. the VQ-VAE); every
+term the objective returns is logged in ``Trainer.history``, so one plotting helper
+(:func:`dgmlib.plot.plot_history`) serves every lecture. Batches are moved to the trainer's
+device (``$DGMLIB_DEVICE``, else the CPU). State (weights, optimizer, counters, history) is saved
+after every epoch with :mod:`dgmlib.io`'s atomic, hashed checkpoints.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
+from dgmlib.experiment import load_weights, model_tensors
+from dgmlib.io import load_checkpoint, save_checkpoint
+from dgmlib.utils import get_device
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupted or does not fit the model."""
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic, checksummed files
-# --------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """The ``.sha256`` file that records a checkpoint's hash."""
-    return Path(str(path) + ".sha256")
-
-
-def save_checkpoint(
-    path: str | os.PathLike,
-    tensors: Mapping[str, torch.Tensor],
-    metadata: Mapping[str, Any] | None = None,
-) -> str:
-    """Save named tensors and JSON-able metadata as safetensors plus a SHA-256 sidecar.
-
-    Returns the hex digest. The sidecar holds ``"<digest>  <file name>"`` (``sha256sum`` format,
-    so ``sha256sum -c model.safetensors.sha256`` checks it from the shell).
-    """
-    path = Path(path)
-    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    meta = {"dgmlib": json.dumps(dict(metadata or {}), sort_keys=True)}
-    data = st_save(flat, metadata=meta)
-    digest = hashlib.sha256(data).hexdigest()
-    atomic_write_bytes(path, data)
-    atomic_write_bytes(sidecar_path(path), f"{digest}  {path.name}\n".encode())
-    return digest
-
-
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load ``(tensors, metadata)`` after checking the file against its SHA-256 sidecar."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path}: checkpoint not found. Run the command that makes it (see the README, "
-            "`make checkpoints`)."
-        )
-    side = sidecar_path(path)
-    if not side.is_file():
-        raise CheckpointError(f"{path}: no hash sidecar {side.name}; cannot verify the file.")
-    expected = side.read_text().split()[0] if side.read_text().split() else ""
-    data = path.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected:
-        raise CheckpointError(
-            f"{path}: corrupted checkpoint: SHA-256 is {actual}, the sidecar {side.name} expects "
-            f"{expected}. Delete both files and re-create them (`make checkpoints`)."
-        )
-    try:
-        tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len])
-    except (SafetensorError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-    meta = json.loads(header.get("__metadata__", {}).get("dgmlib", "{}"))
-    return tensors, meta
+Objective = Callable[[torch.nn.Module, torch.Tensor], Mapping[str, torch.Tensor]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,7 +59,9 @@ def _optimizer_from_flat(
 
 
 class Trainer:
-    """Train ``model`` (with ``loss(x) -> {"loss": ..., other terms}``) by mini-batch steps.
+    """Train ``model`` on ``objective(model, x) -> {"loss": ..., other terms}`` by mini-batch
+    steps (``objective=None``: the model's own ``loss(x)``), on ``device`` (default
+    :func:`dgmlib.utils.get_device`: ``$DGMLIB_DEVICE`` or the CPU); the model is moved there.
 
     ``history`` maps every term (and ``"step"``, ``"epoch"``) to a list with one entry per
     logged step: the mean of the term over the last ``log_every`` steps.
@@ -158,13 +71,22 @@ class Trainer:
         self,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
+        objective: Objective | None = None,
         log_every: int = 50,
         progress: bool | None = None,
         grad_clip: float | None = None,
+        device: str | torch.device | None = None,
     ) -> None:
         if log_every < 1:
             raise ValueError(f"Trainer: log_every must be >= 1, got {log_every}")
-        self.model = model
+        if objective is None and not hasattr(model, "loss"):
+            raise TypeError(
+                f"Trainer: {type(model).__name__} has no loss(x); pass an objective "
+                "(see dgmlib.objectives)"
+            )
+        self.device = get_device(None if device is None else str(device))
+        self.model = model.to(self.device)
+        self.objective = objective
         self.optimizer = optimizer
         self.log_every = log_every
         # progress=None: show a bar unless DGMLIB_PROGRESS=0 (tqdm.auto: widget in Lab, text else)
@@ -182,11 +104,15 @@ class Trainer:
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
         """One optimisation step on batch ``x``; returns the terms as floats."""
         self.model.train()
-        terms = self.model.loss(x)
+        x = x.to(self.device)
+        if self.objective is None:
+            terms = self.model.loss(x)
+        else:
+            terms = self.objective(self.model, x)
         if "loss" not in terms:
             raise KeyError(
-                f"{type(self.model).__name__}.loss(x) must return a dict with a 'loss' entry, "
-                f"got keys {sorted(terms)}"
+                f"the objective of {type(self.model).__name__} must return a dict with a 'loss' "
+                f"entry, got keys {sorted(terms)}"
             )
         loss = terms["loss"]
         if loss.dim() != 0:
@@ -255,7 +181,7 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> str:
         """Save model, optimizer, counters and history (atomically, with a hash sidecar)."""
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors = model_tensors(self.model)
         opt_tensors, groups = _optimizer_to_flat(self.optimizer)
         tensors.update(opt_tensors)
         meta = {
@@ -270,27 +196,9 @@ class Trainer:
     def load(self, path: str | os.PathLike) -> dict[str, Any]:
         """Restore state saved by :meth:`save`; returns the metadata."""
         tensors, meta = load_checkpoint(path)
-        _load_weights(self.model, tensors, path)
+        load_weights(self.model, tensors, path)
         if "optimizer" in meta:
             _optimizer_from_flat(self.optimizer, tensors, meta["optimizer"])
         self.step, self.epoch = int(meta.get("step", 0)), int(meta.get("epoch", 0))
         self.history = {k: list(v) for k, v in meta.get("history", {}).items()}
         return meta
-
-
-def load_model(model: torch.nn.Module, path: str | os.PathLike) -> dict[str, Any]:
-    """Load only the model weights of a checkpoint saved by :class:`Trainer` (verified)."""
-    tensors, meta = load_checkpoint(path)
-    _load_weights(model, tensors, path)
-    return meta
-
-
-def _load_weights(
-    model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path: str | os.PathLike
-) -> None:
-    """Copy the ``model.*`` tensors into ``model``; a clear error when they do not fit."""
-    state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: does not fit {type(model).__name__}: {e}") from e

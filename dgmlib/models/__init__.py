@@ -1,5 +1,5 @@
-"""Models of the course: probabilistic PCA, VAEs and IWAEs, autoregressive decoders, discrete
-latents (VQ-VAE, categorical VAE)."""
+"""Models of the course: probabilistic PCA, the VAE with its encoders, decoders and priors,
+autoregressive decoders, discrete latents (VQ-VAE, categorical VAE)."""
 
 from dgmlib.models.discrete import VQVAE, CategoricalVAE, VectorQuantizer
 from dgmlib.models.pixelcnn import MaskedConv2d, PixelCNNDecoder
@@ -7,12 +7,10 @@ from dgmlib.models.ppca import PPCA
 from dgmlib.models.priors import (
     FlowPrior,
     MixtureOfGaussiansPrior,
-    PriorVAE,
     StandardNormalPrior,
     VampPrior,
 )
 from dgmlib.models.vae import (
-    IWAE,
     VAE,
     BernoulliDecoder,
     ConvGaussianEncoder,
@@ -21,7 +19,6 @@ from dgmlib.models.vae import (
 )
 
 __all__ = [
-    "IWAE",
     "PPCA",
     "VAE",
     "BernoulliDecoder",
@@ -33,7 +30,6 @@ __all__ = [
     "MixtureOfGaussiansPrior",
     "MLPGaussianEncoder",
     "PixelCNNDecoder",
-    "PriorVAE",
     "StandardNormalPrior",
     "VampPrior",
     "VectorQuantizer",

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmlib.distributions import validate_tensor
 from dgmlib.kernels import vq_nearest
-from dgmlib.models.vae import MNIST_SHAPE, BernoulliDecoder, _flatten, mlp
+from dgmlib.layers import MNIST_SHAPE, flatten_batch, mlp
+from dgmlib.models.vae import BernoulliDecoder
+from dgmlib.validation import check_tensor
 
 __all__ = [
     "CategoricalVAE",
@@ -80,7 +81,7 @@ def gumbel_softmax_sample(
     gradient of the relaxed sample (straight-through Gumbel-softmax). Returns ``[..., C]``.
     """
     where = "gumbel_softmax_sample"
-    validate_tensor(logits, "logits", where)
+    check_tensor(logits, "logits", where)
     if logits.dim() < 1 or logits.shape[-1] < 1:
         raise ValueError(f"{where}: logits must have shape [..., C] with C >= 1")
     if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not tau > 0:
@@ -99,7 +100,7 @@ def categorical_kl_uniform(logits: Tensor) -> Tensor:
     ``sum_c q_c log q_c + log C`` (``= log C - H(q)``), computed from ``log_softmax`` so that
     ``q_c = 0`` contributes 0. ``logits [..., C]`` -> ``[...]``; between 0 and ``log C``.
     """
-    validate_tensor(logits, "logits", "categorical_kl_uniform")
+    check_tensor(logits, "logits", "categorical_kl_uniform")
     if logits.dim() < 1:
         raise ValueError("categorical_kl_uniform: logits must have shape [..., C]")
     log_q = torch.log_softmax(logits, dim=-1)
@@ -167,7 +168,7 @@ class VectorQuantizer(nn.Module):
     def nearest(self, z_e: Tensor) -> Tensor:
         """Index of the nearest code for every vector of ``z_e [..., D]``: int64 ``[...]``."""
         where = "VectorQuantizer"
-        validate_tensor(z_e, "z_e", where)
+        check_tensor(z_e, "z_e", where)
         if z_e.dim() < 1 or z_e.shape[-1] != self.code_dim:
             raise ValueError(
                 f"{where}: z_e must have shape [..., {self.code_dim}], got {tuple(z_e.shape)}"
@@ -216,7 +217,7 @@ class VQVAE(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """Continuous encoder output ``z_e``: ``[B, P, D]``."""
-        h = self.encoder(_flatten(x, self.x_dim, "VQVAE.encode"))
+        h = self.encoder(flatten_batch(x, self.x_dim, "VQVAE.encode"))
         return h.view(-1, self.n_positions, self.code_dim)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
@@ -295,7 +296,7 @@ class CategoricalVAE(nn.Module):
 
     def logits(self, x: Tensor) -> Tensor:
         """Encoder logits of ``q(c_l | x)``: ``[B, L, C]``."""
-        h = self.encoder(_flatten(x, self.x_dim, "CategoricalVAE.logits"))
+        h = self.encoder(flatten_batch(x, self.x_dim, "CategoricalVAE.logits"))
         return h.view(-1, self.n_latent, self.n_categories)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmlib.distributions import validate_tensor
+from dgmlib.validation import check_tensor
 
 __all__ = ["MaskedConv2d", "PixelCNNDecoder"]
 
@@ -119,8 +119,8 @@ class PixelCNNDecoder(nn.Module):
     def _prepare(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
         """Validate; flatten a ``[K, B, Z]`` latent to ``[K*B, Z]`` with ``x`` repeated K times."""
         where = "PixelCNNDecoder"
-        validate_tensor(x, "x", where)
-        validate_tensor(z, "z", where)
+        check_tensor(x, "x", where)
+        check_tensor(z, "z", where)
         if z.dim() not in (2, 3) or z.shape[-1] != self.z_dim:
             raise ValueError(
                 f"{where}: z must have shape [B, {self.z_dim}] or [K, B, {self.z_dim}], got "
@@ -162,7 +162,7 @@ class PixelCNNDecoder(nn.Module):
         (its receptive field), which gives exactly the same result as the full image
         (``fast=False``) at a fraction of the cost.
         """
-        validate_tensor(z, "z", "PixelCNNDecoder.sample")
+        check_tensor(z, "z", "PixelCNNDecoder.sample")
         if z.dim() != 2 or z.shape[-1] != self.z_dim:
             raise ValueError(
                 f"PixelCNNDecoder.sample: z must have shape [B, {self.z_dim}], got {tuple(z.shape)}"

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from dgmlib.distributions import LOG_2PI, validate_tensor
+from dgmlib.distributions import LOG_2PI
+from dgmlib.validation import check_tensor
 
 __all__ = ["PPCA"]
 
@@ -29,7 +30,7 @@ def _as_float_tensor(x: Tensor, name: str, where: str) -> Tensor:
         raise ValueError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         x = x.to(torch.float64)
-    validate_tensor(x, name, where)
+    check_tensor(x, name, where)
     if not torch.isfinite(x).all():
         raise ValueError(f"{where}: {name} contains inf")
     return x
@@ -114,7 +115,7 @@ class PPCA:
 
     def likelihood(self, z: Tensor) -> Independent:
         """p(x | z) = N(W z + mu, sigma2 I_d) for latents z [..., q]; event shape [d]."""
-        z = validate_tensor(z, "z", "PPCA.likelihood")
+        z = check_tensor(z, "z", "PPCA.likelihood")
         if z.shape[-1] != self.q:
             raise ValueError(
                 f"PPCA.likelihood: z must have last dim q = {self.q}, got {tuple(z.shape)}"
@@ -146,8 +147,8 @@ class PPCA:
 
         Same value as ``likelihood(Z).log_prob(X)``, computed with fewer passes over memory.
         """
-        X = validate_tensor(X, "X", "PPCA.log_likelihood")
-        Z = validate_tensor(Z, "Z", "PPCA.log_likelihood")
+        X = check_tensor(X, "X", "PPCA.log_likelihood")
+        Z = check_tensor(Z, "Z", "PPCA.log_likelihood")
         if Z.shape[-1] != self.q or X.shape[-1] != self.d:
             raise ValueError(
                 f"PPCA.log_likelihood: X must end in d = {self.d} and Z in q = {self.q}, got "

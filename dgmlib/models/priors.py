@@ -1,11 +1,11 @@
-"""Priors ``p(z)`` for VAEs, and a VAE that takes any of them.
+"""Priors ``p(z)`` for VAEs, and the registry of their closed-form KL divergences.
 
 Every prior is an ``nn.Module`` with the same two methods:
 
 * ``log_prob(z)``: ``z [..., Z]`` -> ``[...]``, the log-density **summed over the Z latent
   dimensions**, in **nats** (any number of leading dimensions, e.g. ``[B, Z]`` or ``[K, B, Z]``);
-* ``sample(n, generator=None)``: ``n`` draws, ``[n, Z]`` (reparametrized where the prior has
-  parameters, so gradients reach them).
+* ``sample(n, generator=None)``: ``n`` draws, ``[n, Z]``, with the dtype and device of the prior's
+  parameters (reparametrized where the prior has parameters, so gradients reach them).
 
 The priors:
 
@@ -17,52 +17,61 @@ The priors:
 * :class:`FlowPrior` -- ``N(0, I)`` pushed through an invertible RealNVP map of affine coupling
   layers (Dinh et al., 2017), with an exact log-determinant.
 
-:class:`PriorVAE` is :class:`dgmlib.models.vae.VAE` with the prior as a module: its KL term is
-the single-sample Monte Carlo estimate ``log q(z|x) - log p(z)`` (analytic for the standard
-normal prior, so that it reproduces ``VAE`` exactly), and ``elbo``, ``log_weights`` and
-``sample`` use the prior, so :func:`dgmlib.bounds.estimate_nll` works unchanged.
+As ``torch.distributions.register_kl`` does for distributions, :func:`register_kl` records a
+closed form of ``KL(N(mu, diag e^logvar) || p)`` for a prior class; :class:`dgmlib.models.vae.VAE`
+uses it where one exists and a Monte Carlo estimate otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from dgmlib.distributions import (
-    gaussian_log_prob,
-    kl_normal_std_normal,
-    standard_normal_log_prob,
-    validate_tensor,
-)
+from dgmlib.distributions import kl_normal_std_normal, standard_normal_log_prob
+from dgmlib.experiment import make
 from dgmlib.kernels import mixture_logpdf
-from dgmlib.models.vae import (
-    MNIST_SHAPE,
-    VAE,
-    BernoulliDecoder,
-    MLPGaussianEncoder,
-    _check_K,
-    _shape_tuple,
-    reparameterize,
-)
+from dgmlib.layers import MNIST_SHAPE, reparameterize, shape_tuple
+from dgmlib.validation import check_int, check_tensor
 
 __all__ = [
     "PRIORS",
     "AffineCoupling",
     "FlowPrior",
     "MixtureOfGaussiansPrior",
-    "PriorVAE",
     "StandardNormalPrior",
     "VampPrior",
+    "analytic_kl_per_dim",
     "make_prior",
+    "register_kl",
 ]
+
+KLPerDim = Callable[[nn.Module, Tensor, Tensor], Tensor]
+_KL_REGISTRY: dict[type, KLPerDim] = {}
+
+
+def register_kl(prior_type: type) -> Callable[[KLPerDim], KLPerDim]:
+    """Decorator: ``fn(prior, mu, logvar) -> [B, Z]`` is the closed-form
+    ``KL(N(mu_j, e^logvar_j) || p(z_j))`` per dimension for priors of ``prior_type``."""
+
+    def decorator(fn: KLPerDim) -> KLPerDim:
+        _KL_REGISTRY[prior_type] = fn
+        return fn
+
+    return decorator
+
+
+def analytic_kl_per_dim(prior: nn.Module) -> KLPerDim | None:
+    """The registered closed form for ``type(prior)`` (or a base class), else None."""
+    for cls in type(prior).__mro__:
+        if cls in _KL_REGISTRY:
+            return _KL_REGISTRY[cls]
+    return None
 
 
 def _check_n(n: int, where: str) -> None:
-    """Raise a ValueError unless ``n`` is an integer >= 1."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{where}: n must be an integer >= 1, got {n!r}")
+    check_int(n, "n", where)
 
 
 class _Prior(nn.Module):
@@ -73,7 +82,7 @@ class _Prior(nn.Module):
     def _flat(self, z: Tensor) -> Tensor:
         """Validate ``z [..., Z]`` and return it as ``[M, Z]``."""
         where = f"{type(self).__name__}.log_prob"
-        validate_tensor(z, "z", where)
+        check_tensor(z, "z", where)
         if z.shape[-1] != self.z_dim:
             raise ValueError(
                 f"{where}: z must have shape [..., {self.z_dim}] (Z = {self.z_dim}), got "
@@ -104,14 +113,24 @@ class StandardNormalPrior(_Prior):
         super().__init__()
         _check_n(z_dim, "StandardNormalPrior (z_dim)")
         self.z_dim = z_dim
+        # an empty, non-persistent buffer: it follows .to() so samples land on the right device
+        self.register_buffer("anchor", torch.zeros(0), persistent=False)
 
     def _log_prob_flat(self, z: Tensor) -> Tensor:
         return standard_normal_log_prob(z)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` draws from ``N(0, I)``: ``[n, Z]``, float32."""
+        """``n`` draws from ``N(0, I)``: ``[n, Z]``, float32 on the CPU unless the prior has
+        been moved (``.to(device, dtype)`` moves its ``anchor`` buffer)."""
         _check_n(n, "StandardNormalPrior.sample")
-        return torch.randn(n, self.z_dim, generator=generator)
+        a = self.anchor
+        return torch.randn(n, self.z_dim, generator=generator, dtype=a.dtype, device=a.device)
+
+
+@register_kl(StandardNormalPrior)
+def _kl_standard_normal(prior: nn.Module, mu: Tensor, logvar: Tensor) -> Tensor:
+    """``KL(N(mu_j, e^logvar_j) || N(0, 1))`` per dimension: ``[B, Z]``, nats."""
+    return kl_normal_std_normal(mu.unsqueeze(-1), logvar.unsqueeze(-1))
 
 
 class MixtureOfGaussiansPrior(_Prior):
@@ -142,7 +161,8 @@ class MixtureOfGaussiansPrior(_Prior):
         """``n`` draws: a component ``k ~ pi``, then ``z ~ N(means_k, diag(exp(logvars_k)))``:
         ``[n, Z]`` (reparametrized given ``k``)."""
         _check_n(n, "MixtureOfGaussiansPrior.sample")
-        k = torch.multinomial(self.log_weights().detach().exp(), n, True, generator=generator)
+        w = self.log_weights().detach().exp().cpu()
+        k = torch.multinomial(w, n, True, generator=generator).to(self.means.device)
         return reparameterize(self.means[k], self.logvars[k], generator=generator)
 
 
@@ -154,44 +174,60 @@ class VampPrior(_Prior):
     prior is a mixture of ``K`` diagonal Gaussians whose parameters are the encoder's outputs at the
     pseudo-inputs, and it changes whenever the encoder does.
 
-    The encoder is **not** registered as a submodule of the prior (it belongs to the VAE; a second
-    registration would store its weights twice). ``init``: optional starting pseudo-inputs
-    ``[K, *x_shape]`` with values in ``[0, 1]`` (e.g. training images); by default they start at
-    ``0.5 + 0.01 * N(0, 1)`` (global torch seed).
+    The encoder is **not** a submodule of the prior (it belongs to the VAE; a second registration
+    would store its weights twice): :class:`dgmlib.models.vae.VAE` binds its own encoder with
+    :meth:`bind_encoder`. ``init``: optional starting pseudo-inputs ``[K, *x_shape]`` with values
+    in ``[0, 1]`` (or later :meth:`set_pseudo_inputs`, e.g. with training images); by default
+    they start at ``0.5 + 0.01 * N(0, 1)`` (global torch seed).
     """
 
     def __init__(
         self,
-        encoder: nn.Module,
+        z_dim: int,
         n_pseudo: int = 100,
         x_shape: int | Sequence[int] = MNIST_SHAPE,
         init: Tensor | None = None,
     ) -> None:
         super().__init__()
+        _check_n(z_dim, "VampPrior (z_dim)")
         _check_n(n_pseudo, "VampPrior (n_pseudo)")
-        self.x_shape = _shape_tuple(x_shape)
-        z_dim = getattr(encoder, "z_dim", None)
-        if not isinstance(z_dim, int):
-            raise ValueError("VampPrior: the encoder must have an integer attribute z_dim")
+        self.x_shape = shape_tuple(x_shape)
         self.z_dim, self.n_pseudo = z_dim, n_pseudo
-        object.__setattr__(self, "_encoder", encoder)  # not a submodule: see the docstring
+        object.__setattr__(self, "_encoder", None)  # not a submodule: see the docstring
+        self.pseudo_logits = nn.Parameter(torch.empty(n_pseudo, *self.x_shape))
         if init is None:
             init = 0.5 + 0.01 * torch.randn(n_pseudo, *self.x_shape)
-        else:
-            validate_tensor(init, "init", "VampPrior")
-            if tuple(init.shape) != (n_pseudo, *self.x_shape):
-                raise ValueError(
-                    f"VampPrior: init must have shape {(n_pseudo, *self.x_shape)}, got "
-                    f"{tuple(init.shape)}"
-                )
-            if init.min() < 0 or init.max() > 1:
-                raise ValueError("VampPrior: init must have values in [0, 1]")
-        p = init.detach().to(torch.float32).clamp(0.01, 0.99)
-        self.pseudo_logits = nn.Parameter(torch.log(p) - torch.log1p(-p))
+        self.set_pseudo_inputs(init)
+
+    def set_pseudo_inputs(self, u: Tensor) -> None:
+        """Set the pseudo-inputs to ``u`` ``[K, *x_shape]`` (values in ``[0, 1]``, clamped to
+        ``[0.01, 0.99]``)."""
+        check_tensor(u, "u", "VampPrior.set_pseudo_inputs")
+        if tuple(u.shape) != (self.n_pseudo, *self.x_shape):
+            raise ValueError(
+                f"VampPrior: pseudo-inputs must have shape {(self.n_pseudo, *self.x_shape)}, got "
+                f"{tuple(u.shape)}"
+            )
+        if u.min() < 0 or u.max() > 1:
+            raise ValueError("VampPrior: pseudo-inputs must have values in [0, 1]")
+        p = u.detach().to(self.pseudo_logits).clamp(0.01, 0.99)
+        with torch.no_grad():
+            self.pseudo_logits.copy_(torch.log(p) - torch.log1p(-p))
+
+    def bind_encoder(self, encoder: nn.Module) -> None:
+        """Use ``encoder``'s posteriors as the mixture components (called by the VAE)."""
+        if getattr(encoder, "z_dim", None) != self.z_dim:
+            raise ValueError(
+                f"VampPrior: the encoder's z_dim ({getattr(encoder, 'z_dim', None)}) differs "
+                f"from the prior's ({self.z_dim})"
+            )
+        object.__setattr__(self, "_encoder", encoder)
 
     @property
     def encoder(self) -> nn.Module:
         """The VAE's encoder, whose posteriors at the pseudo-inputs make the mixture."""
+        if self._encoder is None:
+            raise RuntimeError("VampPrior: no encoder bound; put the prior in a VAE first")
         return self._encoder
 
     def pseudo_inputs(self) -> Tensor:
@@ -200,7 +236,7 @@ class VampPrior(_Prior):
 
     def components(self) -> tuple[Tensor, Tensor]:
         """``(mu, logvar)`` of ``q(z | u_k)``, each ``[K, Z]``."""
-        return self._encoder(self.pseudo_inputs())
+        return self.encoder(self.pseudo_inputs())
 
     def _log_prob_flat(self, z: Tensor) -> Tensor:
         mu, logvar = self.components()
@@ -210,7 +246,7 @@ class VampPrior(_Prior):
         """``n`` draws: ``k`` uniform, then ``z ~ q(z | u_k)``: ``[n, Z]``."""
         _check_n(n, "VampPrior.sample")
         mu, logvar = self.components()
-        k = torch.randint(0, self.n_pseudo, (n,), generator=generator)
+        k = torch.randint(0, self.n_pseudo, (n,), generator=generator).to(mu.device)
         return reparameterize(mu[k], logvar[k], generator=generator)
 
 
@@ -307,120 +343,21 @@ class FlowPrior(_Prior):
         return self.inverse(u)
 
 
-#: The names :func:`make_prior` and :meth:`PriorVAE.for_mnist` accept.
+#: The names :func:`make_prior` and :meth:`dgmlib.models.vae.VAE.for_mnist` accept.
 PRIORS = ("standard", "mog", "vamp", "flow")
+_PRIOR_CLASSES = {
+    "standard": StandardNormalPrior,
+    "mog": MixtureOfGaussiansPrior,
+    "vamp": VampPrior,
+    "flow": FlowPrior,
+}
 
 
-def make_prior(kind: str, z_dim: int, encoder: nn.Module | None = None, **kwargs) -> _Prior:
-    """A prior by name: ``"standard"``, ``"mog"`` (kwargs ``n_components``, ``init_scale``),
-    ``"vamp"`` (needs ``encoder``; kwargs ``n_pseudo``, ``x_shape``, ``init``) or ``"flow"``
-    (kwargs ``n_layers``, ``hidden``, ``s_max``)."""
-    if kind == "standard":
-        return StandardNormalPrior(z_dim, **kwargs)
-    if kind == "mog":
-        return MixtureOfGaussiansPrior(z_dim, **kwargs)
-    if kind == "vamp":
-        if encoder is None:
-            raise ValueError("make_prior: the VampPrior needs the VAE's encoder")
-        return VampPrior(encoder, **kwargs)
-    if kind == "flow":
-        return FlowPrior(z_dim, **kwargs)
-    raise ValueError(f"make_prior: kind must be one of {PRIORS}, got {kind!r}")
-
-
-class PriorVAE(VAE):
-    """A VAE with a Gaussian encoder, any decoder and any prior of this module.
-
-    ``loss(x)`` returns the keys of :meth:`VAE.loss`, averaged over the batch, in nats: ``"recon"``
-    = ``-log p(x|z)`` at one reparametrized sample ``z ~ q(z|x)``, ``"kl"`` = the KL term,
-    ``"elbo"`` = ``-recon - kl`` and ``"loss"`` = ``recon + kl_weight * kl``. The KL term is the
-    single-sample estimate ``log q(z|x) - log p(z)`` at the same ``z`` (unbiased for
-    ``KL(q(z|x) || p(z))``, and differentiable in the prior's parameters), except for
-    :class:`StandardNormalPrior`, where it is the analytic KL, as in :class:`VAE`. Free bits are not
-    supported.
-    """
-
-    def __init__(
-        self, encoder: nn.Module, decoder: nn.Module, prior: nn.Module, kl_weight: float = 1.0
-    ) -> None:
-        super().__init__(encoder, decoder, kl_weight=kl_weight)
-        if getattr(prior, "z_dim", None) != self.z_dim:
-            raise ValueError(
-                f"PriorVAE: the prior's z_dim ({getattr(prior, 'z_dim', None)}) differs from the "
-                f"decoder's ({self.z_dim})"
-            )
-        self.prior = prior
-
-    @classmethod
-    def for_mnist(  # type: ignore[override]
-        cls,
-        z_dim: int = 50,
-        hidden: int = 200,
-        prior: str = "standard",
-        activation: type[nn.Module] = nn.Tanh,
-        prior_kwargs: dict | None = None,
-    ) -> PriorVAE:
-        """Burda et al.'s one-layer MLP VAE (``784-hidden-hidden-(2 z_dim)`` encoder, Bernoulli
-        decoder, tanh) with the prior named ``prior``, built by :func:`make_prior` with
-        ``prior_kwargs``.
-
-        The encoder and decoder are created first, then the prior, so for one torch seed the
-        networks start from the same weights whatever the prior."""
-        encoder = MLPGaussianEncoder(784, hidden, z_dim, 2, activation)
-        decoder = BernoulliDecoder(z_dim, hidden, MNIST_SHAPE, 2, activation)
-        return cls(encoder, decoder, make_prior(prior, z_dim, encoder, **(prior_kwargs or {})))
-
-    @property
-    def analytic_kl(self) -> bool:
-        """True when the KL term has a closed form (the standard normal prior)."""
-        return isinstance(self.prior, StandardNormalPrior)
-
-    def _log_pz_minus_log_qz(self, t: dict[str, Tensor]) -> Tensor:
-        """``log p(z) - log q(z|x)`` at the samples of :meth:`VAE._terms`: ``[B]`` or ``[K, B]``."""
-        log_qz = gaussian_log_prob(t["z"], t["mu"], t["logvar"])
-        return self.prior.log_prob(t["z"]) - log_qz
-
-    def loss(self, x: Tensor) -> dict[str, Tensor]:
-        """Training terms for a batch ``x [B, ...]``, averaged over the batch, in nats."""
-        if self.free_bits > 0:
-            raise ValueError("PriorVAE: free bits are not supported")
-        t = self._terms(x, None)
-        recon = -t["log_px_z"].mean()
-        if self.analytic_kl:
-            kl = kl_normal_std_normal(t["mu"], t["logvar"]).mean()
-        else:
-            kl = -self._log_pz_minus_log_qz(t).mean()
-        return {
-            "loss": recon + self.kl_weight * kl,
-            "recon": recon,
-            "kl": kl,
-            "elbo": -(recon + kl),
-        }
-
-    def elbo(
-        self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """ELBO per example ``[B]``, nats, from ``n_samples`` draws ``z_s ~ q(z|x)``:
-        ``mean_s [log p(x|z_s) + log p(z_s) - log q(z_s|x)]`` (analytic KL for ``N(0, I)``)."""
-        if self.analytic_kl:
-            return super().elbo(x, n_samples, generator)
-        _check_K(n_samples, "n_samples", f"{type(self).__name__}.elbo")
-        t = self._terms(x, n_samples, generator)
-        return (t["log_px_z"] + self._log_pz_minus_log_qz(t)).mean(0)
-
-    def log_weights(self, x: Tensor, K: int, generator: torch.Generator | None = None) -> Tensor:
-        """``log p(x|z_k) + log p(z_k) - log q(z_k|x)`` for ``K`` draws ``z_k ~ q(z|x)``:
-        ``[K, B]``, nats (the input of :func:`dgmlib.bounds.estimate_nll`)."""
-        _check_K(K, "K", f"{type(self).__name__}.log_weights")
-        t = self._terms(x, K, generator)
-        return t["log_px_z"] + self._log_pz_minus_log_qz(t)
-
-    @torch.no_grad()
-    def sample(
-        self, n: int, generator: torch.Generator | None = None, mean: bool = False
-    ) -> Tensor:
-        """``n`` draws ``z ~ p(z)`` (the prior), ``x ~ p(x|z)``: ``[n, *x_shape]``; ``mean=True``
-        gives ``E[x|z]``. No gradients."""
-        _check_n(n, f"{type(self).__name__}.sample")
-        z = self.prior.sample(n, generator=generator)
-        return self.decoder.mean(z) if mean else self.decoder.sample(z, generator=generator)
+def make_prior(kind: str, z_dim: int, **kwargs) -> nn.Module:
+    """A prior by name, with its build spec (:func:`dgmlib.experiment.make`): ``"standard"``,
+    ``"mog"`` (kwargs ``n_components``, ``init_scale``), ``"vamp"`` (kwargs ``n_pseudo``,
+    ``x_shape``; its encoder is bound by the VAE) or ``"flow"`` (kwargs ``n_layers``, ``hidden``,
+    ``s_max``)."""
+    if kind not in _PRIOR_CLASSES:
+        raise ValueError(f"make_prior: kind must be one of {PRIORS}, got {kind!r}")
+    return make(_PRIOR_CLASSES[kind], z_dim=z_dim, **kwargs)

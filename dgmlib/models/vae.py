@@ -1,6 +1,8 @@
-"""Variational autoencoders: Gaussian encoders, Bernoulli and Gaussian decoders, the VAE and IWAE.
+"""Variational autoencoders: Gaussian encoders, Bernoulli and Gaussian decoders, and one VAE
+that takes any prior of :mod:`dgmlib.models.priors`.
 
-The generative model is ``z ~ N(0, I)``, ``x | z ~ p_theta(x | z)`` (a decoder), and the
+The generative model is ``z ~ p(z)`` (a prior, ``N(0, I)`` by default), ``x | z ~ p_theta(x | z)``
+(a decoder), and the
 amortized posterior approximation is ``q_phi(z | x) = N(mu(x), diag(exp(logvar(x))))`` (an
 encoder). Shapes used throughout:
 
@@ -13,6 +15,10 @@ encoder). Shapes used throughout:
 
 Decoders share one interface: ``forward(z)`` (distribution parameters), ``log_prob(x, z)``,
 ``sample(z, generator)`` and, where it has a closed form, ``mean(z)`` (the expected image).
+
+The model computes densities; the training objectives (KL weight, free bits, the IWAE bound) are
+in :mod:`dgmlib.objectives`. ``elbo``, ``log_weights`` and ``sample`` mean the same thing here as
+for the discrete-latent models of :mod:`dgmlib.models.discrete`.
 """
 
 from __future__ import annotations
@@ -24,68 +30,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmlib.bounds import iwae_bound
-from dgmlib.distributions import (
-    gaussian_log_prob,
-    kl_normal_std_normal,
-    standard_normal_log_prob,
-    validate_tensor,
-)
-from dgmlib.kl_control import free_bits_kl
+from dgmlib.distributions import gaussian_log_prob
+from dgmlib.experiment import make
+from dgmlib.layers import MNIST_SHAPE, flatten_batch, mlp, reparameterize, shape_tuple
+from dgmlib.models.priors import PRIORS, analytic_kl_per_dim, make_prior
+from dgmlib.validation import check_int, check_tensor
 
 __all__ = [
-    "IWAE",
     "VAE",
     "BernoulliDecoder",
     "ConvGaussianEncoder",
     "GaussianDecoder",
     "MLPGaussianEncoder",
-    "mlp",
-    "reparameterize",
 ]
-
-MNIST_SHAPE = (1, 28, 28)
-
-
-def _shape_tuple(x_shape: int | Sequence[int]) -> tuple[int, ...]:
-    """``x_shape`` as a tuple of positive ints (an int means a flat vector)."""
-    shape = (x_shape,) if isinstance(x_shape, int) else tuple(int(s) for s in x_shape)
-    if not shape or any(s < 1 for s in shape):
-        raise ValueError(
-            f"x_shape must be a positive int or a tuple of positive ints, got {x_shape}"
-        )
-    return shape
-
-
-def mlp(
-    in_dim: int,
-    hidden: int,
-    out_dim: int,
-    n_hidden_layers: int = 2,
-    activation: type[nn.Module] = nn.Tanh,
-) -> nn.Sequential:
-    """``in_dim -> hidden -> ... -> out_dim`` with ``n_hidden_layers`` hidden layers (0: linear)."""
-    if n_hidden_layers < 0:
-        raise ValueError(f"mlp: n_hidden_layers must be >= 0, got {n_hidden_layers}")
-    layers: list[nn.Module] = []
-    d = in_dim
-    for _ in range(n_hidden_layers):
-        layers += [nn.Linear(d, hidden), activation()]
-        d = hidden
-    layers.append(nn.Linear(d, out_dim))
-    return nn.Sequential(*layers)
-
-
-def reparameterize(
-    mu: Tensor, logvar: Tensor, K: int | None = None, generator: torch.Generator | None = None
-) -> Tensor:
-    """``z = mu + exp(logvar / 2) * eps``, ``eps ~ N(0, I)``: ``[B, Z]``, or ``[K, B, Z]`` given K.
-
-    Differentiable in ``mu`` and ``logvar`` (the reparametrization trick).
-    """
-    shape = mu.shape if K is None else (K, *mu.shape)
-    eps = torch.randn(shape, generator=generator, dtype=mu.dtype, device=mu.device)
-    return mu + torch.exp(0.5 * logvar) * eps
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,7 +67,7 @@ class MLPGaussianEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x ``[B, ...]`` (``x_dim`` values per example) -> ``(mu, logvar)``, each ``[B, Z]``."""
-        h = self.net(_flatten(x, self.x_dim, type(self).__name__))
+        h = self.net(flatten_batch(x, self.x_dim, type(self).__name__))
         mu, logvar = h.chunk(2, dim=-1)
         return mu, logvar
 
@@ -140,19 +97,9 @@ class ConvGaussianEncoder(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x ``[B, 1, 28, 28]`` (or ``[B, 28, 28]``, ``[B, 784]``) -> ``(mu, logvar)``, ``[B, Z]``
         each."""
-        h = self.net(_flatten(x, 784, type(self).__name__).view(-1, *MNIST_SHAPE))
+        h = self.net(flatten_batch(x, 784, type(self).__name__).view(-1, *MNIST_SHAPE))
         mu, logvar = h.chunk(2, dim=-1)
         return mu, logvar
-
-
-def _flatten(x: Tensor, x_dim: int, where: str) -> Tensor:
-    """``x [B, ...]`` -> ``[B, x_dim]``; a ValueError naming ``x`` when the sizes do not match."""
-    validate_tensor(x, "x", where)
-    if x[0].numel() != x_dim:
-        raise ValueError(
-            f"{where}: x must hold {x_dim} values per example, got shape {tuple(x.shape)}"
-        )
-    return x.reshape(x.shape[0], x_dim)
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,13 +121,13 @@ class _Decoder(nn.Module):
     def _check(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         """Validate ``x`` and ``z``; return ``x`` flattened to ``[B, x_dim]`` and ``z``."""
         where = f"{type(self).__name__}.log_prob"
-        validate_tensor(z, "z", where)
+        check_tensor(z, "z", where)
         if z.dim() not in (2, 3) or z.shape[-1] != self.z_dim:
             raise ValueError(
                 f"{where}: z must have shape [B, {self.z_dim}] or [K, B, {self.z_dim}], "
                 f"got {tuple(z.shape)}"
             )
-        xf = _flatten(x, self.x_dim, where)
+        xf = flatten_batch(x, self.x_dim, where)
         if xf.shape[0] != z.shape[-2]:
             raise ValueError(
                 f"{where}: x has {xf.shape[0]} examples but z has {z.shape[-2]} (shape "
@@ -201,7 +148,7 @@ class BernoulliDecoder(_Decoder):
         activation: type[nn.Module] = nn.Tanh,
     ) -> None:
         super().__init__()
-        self.z_dim, self.x_shape = z_dim, _shape_tuple(x_shape)
+        self.z_dim, self.x_shape = z_dim, shape_tuple(x_shape)
         self.net = mlp(z_dim, hidden, self.x_dim, n_hidden_layers, activation)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -253,7 +200,7 @@ class GaussianDecoder(_Decoder):
             )
         if not sigma > 0:
             raise ValueError(f"GaussianDecoder: sigma must be > 0, got {sigma}")
-        self.z_dim, self.x_shape = z_dim, _shape_tuple(x_shape)
+        self.z_dim, self.x_shape = z_dim, shape_tuple(x_shape)
         self.variance = variance
         self.net = mlp(z_dim, hidden, self.x_dim, n_hidden_layers, activation)
         init = torch.full((self.x_dim,), 2.0 * math.log(sigma))
@@ -283,129 +230,147 @@ class GaussianDecoder(_Decoder):
 
 
 # --------------------------------------------------------------------------------------------
-# VAE and IWAE
+# The VAE
 # --------------------------------------------------------------------------------------------
 
 
 class VAE(nn.Module):
-    """A VAE with prior ``N(0, I)``, a Gaussian ``encoder`` and any ``decoder`` of this module.
+    """A VAE: a Gaussian ``encoder``, any ``decoder`` of this module (or the PixelCNN) and any
+    ``prior`` of :mod:`dgmlib.models.priors` (``None``: ``N(0, I)``).
 
-    ``loss(x)`` minimises ``-(E_q[log p(x|z)] - kl_weight * KL)`` with one reparametrized sample
-    per example and the analytic KL. Two attributes change the KL term of the *objective* (the
-    reported ``"elbo"`` and ``"kl"`` are always the true ones):
-
-    * ``kl_weight`` (beta, default 1): weight of the KL term, e.g. set by an annealing schedule
-      (:mod:`dgmlib.kl_control`);
-    * ``free_bits`` (lambda, nats, default 0 = off) and ``free_bits_groups``: the KL term becomes
-      ``sum_g max(lambda, mean_batch KL_g)`` over groups of latent dimensions
-      (:func:`dgmlib.kl_control.free_bits_kl`; ``None`` groups = one group per dimension).
+    The KL term ``KL(q(z|x) || p(z))`` is analytic where a closed form is registered for the prior
+    (:func:`dgmlib.models.priors.register_kl`; the standard normal) and otherwise the Monte Carlo
+    estimate ``log q(z|x) - log p(z)`` at the same samples that estimate ``log p(x|z)``
+    (unbiased, and differentiable in the prior's parameters).
     """
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        kl_weight: float = 1.0,
-        free_bits: float = 0.0,
-        free_bits_groups: int | None = None,
-    ) -> None:
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: nn.Module | None = None):
         super().__init__()
         enc_z = getattr(encoder, "z_dim", decoder.z_dim)
         if enc_z != decoder.z_dim:
             raise ValueError(
-                f"{type(self).__name__}: the encoder's z_dim ({enc_z}) differs from the "
-                f"decoder's ({decoder.z_dim})"
+                f"VAE: the encoder's z_dim ({enc_z}) differs from the decoder's ({decoder.z_dim})"
             )
         self.encoder, self.decoder = encoder, decoder
         self.z_dim: int = decoder.z_dim
-        self.kl_weight = kl_weight
-        self.free_bits = free_bits
-        self.free_bits_groups = free_bits_groups
+        prior = make_prior("standard", self.z_dim) if prior is None else prior
+        if getattr(prior, "z_dim", None) != self.z_dim:
+            raise ValueError(
+                f"VAE: the prior's z_dim ({getattr(prior, 'z_dim', None)}) differs from the "
+                f"decoder's ({self.z_dim})"
+            )
+        if hasattr(prior, "bind_encoder"):  # the VampPrior mixes the encoder's posteriors
+            prior.bind_encoder(encoder)
+        self.prior = prior
 
-    # -- constructors -------------------------------------------------------------------------
     @classmethod
     def for_mnist(
         cls,
         z_dim: int = 50,
         hidden: int = 200,
         activation: type[nn.Module] = nn.Tanh,
-        **kwargs,
+        prior: str = "standard",
+        prior_kwargs: dict | None = None,
     ) -> VAE:
-        """Burda et al. (2016)'s one-stochastic-layer model for binary 28 x 28 images.
+        """Burda et al. (2016)'s one-stochastic-layer model for binary 28 x 28 images, with its
+        build spec recorded (:func:`dgmlib.experiment.make`).
 
         Encoder ``784-200-200-(50+50)`` and Bernoulli decoder ``50-200-200-784``, tanh
-        activations. ``kwargs`` go to the constructor (e.g. ``K`` for :class:`IWAE`).
+        activations; the prior named ``prior`` (one of :data:`dgmlib.models.priors.PRIORS`) with
+        ``prior_kwargs``. The encoder and decoder are created first, then the prior, so for one
+        torch seed the networks start from the same weights whatever the prior.
         """
-        encoder = MLPGaussianEncoder(784, hidden, z_dim, 2, activation)
-        decoder = BernoulliDecoder(z_dim, hidden, MNIST_SHAPE, 2, activation)
-        return cls(encoder, decoder, **kwargs)
+        if prior not in PRIORS:
+            raise ValueError(f"VAE.for_mnist: prior must be one of {PRIORS}, got {prior!r}")
+        encoder = make(
+            MLPGaussianEncoder,
+            x_dim=784,
+            hidden=hidden,
+            z_dim=z_dim,
+            n_hidden_layers=2,
+            activation=activation,
+        )
+        decoder = make(
+            BernoulliDecoder,
+            z_dim=z_dim,
+            hidden=hidden,
+            x_shape=MNIST_SHAPE,
+            n_hidden_layers=2,
+            activation=activation,
+        )
+        p = make_prior(prior, z_dim, **(prior_kwargs or {}))
+        return make(cls, encoder=encoder, decoder=decoder, prior=p)
 
     # -- inference ----------------------------------------------------------------------------
+    @property
+    def analytic_kl(self) -> bool:
+        """True when ``KL(q(z|x) || p(z))`` has a registered closed form for this prior."""
+        return analytic_kl_per_dim(self.prior) is not None
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(mu, logvar)`` of ``q(z|x)``, each ``[B, Z]``."""
-        validate_tensor(x, "x", f"{type(self).__name__}.encode")
+        check_tensor(x, "x", f"{type(self).__name__}.encode")
         return self.encoder(x)
 
-    def _terms(
-        self, x: Tensor, K: int | None, generator: torch.Generator | None = None
+    def kl_per_dim(self, mu: Tensor, logvar: Tensor) -> Tensor:
+        """The analytic ``KL(q(z_j|x) || p(z_j))`` per latent dimension, ``[B, Z]`` nats (for
+        free bits); a ValueError for a prior without a registered closed form."""
+        fn = analytic_kl_per_dim(self.prior)
+        if fn is None:
+            raise ValueError(
+                f"VAE.kl_per_dim: no closed-form KL is registered for {type(self.prior).__name__}"
+            )
+        return fn(self.prior, mu, logvar)
+
+    def terms(
+        self, x: Tensor, K: int | None = None, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
-        """Encoder output, reparametrized samples and log p(x|z) (``[B]``, or ``[K, B]``)."""
+        """The pieces of every bound, per example, nats: ``mu``, ``logvar`` ``[B, Z]``; ``z``
+        ``[B, Z]`` (or ``[K, B, Z]`` for ``K`` samples); ``log_px_z`` ``[B]`` (or ``[K, B]``);
+        ``log_pz_minus_log_qz`` at the same samples; ``kl`` ``[B]``: analytic where registered,
+        else the Monte Carlo estimate averaged over the samples."""
         mu, logvar = self.encode(x)
         z = reparameterize(mu, logvar, K, generator)
-        return {"mu": mu, "logvar": logvar, "z": z, "log_px_z": self.decoder.log_prob(x, z)}
-
-    def loss(self, x: Tensor) -> dict[str, Tensor]:
-        """Training terms for a batch ``x [B, ...]``, each averaged over the batch, in nats.
-
-        ``"recon"`` = ``E_q[-log p(x|z)]`` (one sample), ``"kl"`` = analytic ``KL(q(z|x) || p(z))``,
-        ``"elbo"`` = ``-recon - kl``, ``"loss"`` = ``recon + kl_weight * KL-term`` (the KL-term
-        uses free bits when ``free_bits > 0``; with the defaults ``loss = -elbo``).
-        """
-        t = self._terms(x, None)
-        kl_dims = _kl_per_dim(t["mu"], t["logvar"])  # [B, Z]
-        recon = -t["log_px_z"].mean()
-        kl = kl_dims.sum(-1).mean()
-        if self.free_bits > 0:
-            kl_term = free_bits_kl(kl_dims, self.free_bits, self.free_bits_groups)
+        t = {"mu": mu, "logvar": logvar, "z": z, "log_px_z": self.decoder.log_prob(x, z)}
+        # log q(z|x) with z = mu + sigma * eps: written out so gradients flow through z as well
+        t["log_pz_minus_log_qz"] = self.prior.log_prob(z) - gaussian_log_prob(z, mu, logvar)
+        if self.analytic_kl:
+            t["kl"] = self.kl_per_dim(mu, logvar).sum(-1)
         else:
-            kl_term = kl
-        return {
-            "loss": recon + self.kl_weight * kl_term,
-            "recon": recon,
-            "kl": kl,
-            "elbo": -(recon + kl),
-        }
+            mc = -t["log_pz_minus_log_qz"]
+            t["kl"] = mc if K is None else mc.mean(0)
+        return t
 
     def elbo(
         self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None
     ) -> Tensor:
-        """ELBO per example ``[B]``, nats: ``mean_s log p(x|z_s) - KL`` with ``n_samples`` draws."""
-        _check_K(n_samples, "n_samples", f"{type(self).__name__}.elbo")
-        t = self._terms(x, n_samples, generator)
-        return t["log_px_z"].mean(0) - kl_normal_std_normal(t["mu"], t["logvar"])
+        """ELBO per example ``[B]``, nats: ``mean_s log p(x|z_s) - KL`` with ``n_samples`` draws
+        ``z_s ~ q(z|x)`` (the KL analytic where registered, else from the same draws)."""
+        check_int(n_samples, "n_samples", f"{type(self).__name__}.elbo")
+        t = self.terms(x, n_samples, generator)
+        return t["log_px_z"].mean(0) - t["kl"]
 
     def log_weights(self, x: Tensor, K: int, generator: torch.Generator | None = None) -> Tensor:
-        """``log p(x, z_k) - log q(z_k|x)`` for ``K`` samples ``z_k ~ q(z|x)``: ``[K, B]``, nats."""
-        _check_K(K, "K", f"{type(self).__name__}.log_weights")
-        t = self._terms(x, K, generator)
-        return _log_weights(t)
+        """``log p(x|z_k) + log p(z_k) - log q(z_k|x)`` for ``K`` draws ``z_k ~ q(z|x)``:
+        ``[K, B]``, nats (the input of :func:`dgmlib.bounds.estimate_nll`)."""
+        check_int(K, "K", f"{type(self).__name__}.log_weights")
+        t = self.terms(x, K, generator)
+        return t["log_px_z"] + t["log_pz_minus_log_qz"]
 
     # -- generation ---------------------------------------------------------------------------
     @torch.no_grad()
     def sample(
         self, n: int, generator: torch.Generator | None = None, mean: bool = False
     ) -> Tensor:
-        """``n`` draws ``z ~ N(0, I)``, ``x ~ p(x|z)``: ``[n, *x_shape]``; ``mean=True`` gives
-        ``E[x|z]`` instead of a sample of ``x``. No gradients."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{type(self).__name__}.sample: n must be an integer >= 1, got {n!r}")
+        """``n`` draws ``z ~ p(z)``, ``x ~ p(x|z)``: ``[n, *x_shape]`` on the model's device;
+        ``mean=True`` gives ``E[x|z]`` instead of a sample of ``x``. No gradients."""
+        check_int(n, "n", f"{type(self).__name__}.sample")
         if mean and not hasattr(self.decoder, "mean"):
             raise ValueError(
                 f"{type(self).__name__}.sample: mean=True needs a decoder with a closed-form "
                 f"mean; {type(self.decoder).__name__} has none (use mean=False)"
             )
-        p = next(self.parameters())
-        z = torch.randn(n, self.z_dim, generator=generator, dtype=p.dtype, device=p.device)
+        z = self.prior.sample(n, generator=generator)
         return self.decoder.mean(z) if mean else self.decoder.sample(z, generator=generator)
 
     @torch.no_grad()
@@ -416,48 +381,3 @@ class VAE(nn.Module):
         if hasattr(self.decoder, "mean"):
             return self.decoder.mean(mu)
         return self.decoder.sample(mu, generator=generator)
-
-
-class IWAE(VAE):
-    """Importance-weighted autoencoder (Burda et al., 2016): the VAE trained on the ``K``-sample
-    bound ``log (1/K) sum_k p(x, z_k) / q(z_k|x)``.
-
-    ``K = 1`` is a VAE whose KL is estimated by Monte Carlo rather than analytically. The
-    attributes ``kl_weight`` and ``free_bits`` are not used.
-    """
-
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, K: int = 5) -> None:
-        super().__init__(encoder, decoder)
-        _check_K(K, "K", "IWAE")
-        self.K = K
-
-    def loss(self, x: Tensor) -> dict[str, Tensor]:
-        """Terms averaged over the batch, nats, from ``K`` samples per example.
-
-        ``"iwae"`` = the bound, ``"loss"`` = ``-iwae``; ``"recon"`` = ``-mean_k log p(x|z_k)``,
-        ``"kl"`` = analytic KL, ``"elbo"`` = ``-recon - kl`` (the ELBO, for comparison).
-        """
-        t = self._terms(x, self.K)
-        iwae = iwae_bound(_log_weights(t)).mean()
-        recon = -t["log_px_z"].mean()
-        kl = kl_normal_std_normal(t["mu"], t["logvar"]).mean()
-        return {"loss": -iwae, "iwae": iwae, "elbo": -(recon + kl), "recon": recon, "kl": kl}
-
-
-def _log_weights(t: dict[str, Tensor]) -> Tensor:
-    """``log p(x|z) + log p(z) - log q(z|x)`` from :meth:`VAE._terms` output: ``[K, B]``."""
-    log_pz = standard_normal_log_prob(t["z"])
-    # log q(z|x) with z = mu + sigma * eps: written out so gradients flow through z as well
-    log_qz = gaussian_log_prob(t["z"], t["mu"], t["logvar"])
-    return t["log_px_z"] + log_pz - log_qz
-
-
-def _kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
-    """Analytic ``KL(N(mu, e^logvar) || N(0, 1))`` per latent dimension: ``[B, Z]``, nats."""
-    return kl_normal_std_normal(mu.unsqueeze(-1), logvar.unsqueeze(-1))
-
-
-def _check_K(K: int, name: str, where: str) -> None:
-    """Raise a ValueError unless ``K`` is an integer >= 1."""
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-        raise ValueError(f"{where}: {name} must be an integer >= 1, got {K!r}")

@@ -1,0 +1,259 @@
+"""What every training script shares: models with a build spec, seeded epochs, checkpoints of
+weights that rebuild themselves, and one schema for the results of every lecture.
+
+* :func:`make` builds a module and records how (class and arguments) in ``module.build_spec``;
+  :func:`build` rebuilds one from that spec. Arguments may be numbers, strings, lists, dicts,
+  classes (e.g. ``nn.Tanh``) and other modules made by :func:`make`; tensors are not allowed
+  (weights come from the checkpoint, not from the spec).
+* :func:`save_model` writes the weights with the spec in the safetensors metadata, so
+  :func:`dgmlib.pretrained.load` needs nothing but the file; :func:`load_weights` reads them back.
+* :func:`epoch_order` is the seeded order of the examples in one epoch.
+* :func:`write_results` writes ``<prefix>_results.json`` in the one schema below and records
+  every checkpoint it names in the folder's ``manifest.json``.
+
+Results schema (``"schema": "dgmlib.results/1"``)::
+
+    {"schema", "lecture", "command", "quick", "settings": {...},
+     "models": {name: {"checkpoint": "lNN_name.safetensors", "sha256", "n_params",
+                       "train_seconds", "test": {...}, "curves": [...], ...}}}
+
+Figures are nats per example unless the key says otherwise (``_bpd``: bits per dimension), and
+signed without ambiguity: ``log_px_z`` = E_q log p(x|z) (<= 0 for discrete data), ``kl`` =
+KL(q(z|x) || p(z)) (>= 0), ``elbo`` = log_px_z - kl, ``nll`` = -log p(x) (an estimate). The key
+``recon``, used once with both signs, is refused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dgmlib.io import (
+    CheckpointError,
+    atomic_write_json,
+    load_checkpoint,
+    read_json,
+    save_checkpoint,
+)
+
+__all__ = [
+    "MANIFEST",
+    "RESULTS_SCHEMA",
+    "build",
+    "epoch_order",
+    "load_weights",
+    "make",
+    "model_tensors",
+    "save_model",
+    "spec_of",
+    "write_results",
+]
+
+RESULTS_SCHEMA = "dgmlib.results/1"
+MANIFEST = "manifest.json"
+_ALLOWED_ROOTS = ("dgmlib", "torch")
+_WEIGHT_PREFIX = "model."
+_AMBIGUOUS_KEYS = ("recon",)
+
+
+# --------------------------------------------------------------------------------------------
+# Build specs
+# --------------------------------------------------------------------------------------------
+
+
+def _qualname(obj: type) -> str:
+    return f"{obj.__module__}:{obj.__qualname__}"
+
+
+def _encode(value: Any, where: str) -> Any:
+    """A JSON-able form of a constructor argument (see the module docstring)."""
+    if isinstance(value, nn.Module):
+        if not hasattr(value, "build_spec"):
+            raise TypeError(
+                f"{where}: the module {type(value).__name__} has no build spec; create it with "
+                "dgmlib.experiment.make"
+            )
+        return value.build_spec
+    if isinstance(value, type):
+        return {"type": _qualname(value)}
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{where}: tensors cannot be part of a build spec (pass sizes instead)")
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, where) for v in value]
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"{where}: dict arguments need string keys")
+        return {"dict": {k: _encode(v, where) for k, v in value.items()}}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"{where}: cannot record an argument of type {type(value).__name__}")
+
+
+def _resolve(path: str) -> Any:
+    """The class named ``module:qualname``, importable only from dgmlib or torch."""
+    module, _, qual = path.partition(":")
+    if module.split(".")[0] not in _ALLOWED_ROOTS or not qual:
+        raise ValueError(f"build spec names {path!r}; only dgmlib and torch classes are allowed")
+    obj: Any = importlib.import_module(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, dict):
+        if "class" in value:
+            return build(value)
+        if "type" in value:
+            return _resolve(value["type"])
+        if "dict" in value:
+            return {k: _decode(v) for k, v in value["dict"].items()}
+        raise ValueError(f"build spec: unexpected mapping with keys {sorted(value)}")
+    return value
+
+
+def make(cls: type[nn.Module], **kwargs: Any) -> nn.Module:
+    """``cls(**kwargs)`` with ``build_spec = {"class": ..., "args": ...}`` recorded on it."""
+    spec = {
+        "class": _qualname(cls),
+        "args": {k: _encode(v, cls.__name__) for k, v in kwargs.items()},
+    }
+    module = cls(**kwargs)
+    module.build_spec = spec
+    return module
+
+
+def build(spec: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a module from a spec made by :func:`make` (fresh weights from torch's seed)."""
+    if not isinstance(spec, Mapping) or "class" not in spec:
+        raise ValueError(f"build: a spec is a dict with a 'class' entry, got {spec!r:.200}")
+    cls = _resolve(spec["class"])
+    kwargs = {k: _decode(v) for k, v in spec.get("args", {}).items()}
+    module = cls(**kwargs)
+    module.build_spec = dict(spec)
+    return module
+
+
+def spec_of(model: nn.Module) -> dict[str, Any]:
+    """The build spec of a module made by :func:`make` or :func:`build`."""
+    spec = getattr(model, "build_spec", None)
+    if spec is None:
+        raise ValueError(
+            f"{type(model).__name__} has no build spec; create it with dgmlib.experiment.make"
+        )
+    return spec
+
+
+# --------------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------------
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors under which a checkpoint stores ``model``'s state dict."""
+    return {_WEIGHT_PREFIX + k: v for k, v in model.state_dict().items()}
+
+
+def load_weights(
+    model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str | os.PathLike
+) -> None:
+    """Copy the stored weights into ``model`` (dtype and device of the model's own tensors)."""
+    state = {
+        k.removeprefix(_WEIGHT_PREFIX): v
+        for k, v in tensors.items()
+        if k.startswith(_WEIGHT_PREFIX)
+    }
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: does not fit {type(model).__name__}: {e}") from e
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, **metadata: Any) -> str:
+    """Write ``model``'s weights with its build spec and ``metadata``; return the SHA-256."""
+    meta = {"spec": spec_of(model), **metadata}
+    return save_checkpoint(path, model_tensors(model), meta)
+
+
+def load_model_file(path: str | os.PathLike, expected_sha256: str | None = None) -> nn.Module:
+    """Rebuild the model stored at ``path`` from its spec and load its (verified) weights."""
+    tensors, meta = load_checkpoint(path, expected_sha256)
+    if "spec" not in meta:
+        raise CheckpointError(f"{path}: no build spec in the metadata (re-run `make checkpoints`)")
+    model = build(meta["spec"])
+    load_weights(model, tensors, path)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Epochs and results
+# --------------------------------------------------------------------------------------------
+
+
+def epoch_order(n: int, epoch: int, seed: int = 0) -> torch.Tensor:
+    """The order of ``n`` examples in epoch ``epoch`` (from 0): a permutation ``[n]`` drawn from
+    a generator seeded ``1000 * (seed + 1) + epoch``, so every epoch is reproducible on its own
+    (resuming after epoch k gives the same batches as an uninterrupted run)."""
+    g = torch.Generator().manual_seed(1000 * (seed + 1) + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def _refuse_ambiguous(value: Any, where: str) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if k in _AMBIGUOUS_KEYS:
+                raise ValueError(
+                    f"write_results: {where} has the key {k!r}; write log_px_z (E_q log p(x|z)) "
+                    "or its negation under a name that says so"
+                )
+            _refuse_ambiguous(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for v in value:
+            _refuse_ambiguous(v, where)
+
+
+def write_results(
+    out: str | os.PathLike,
+    prefix: str,
+    lecture: str,
+    command: str,
+    settings: Mapping[str, Any],
+    models: Mapping[str, Mapping[str, Any]],
+    quick: bool = False,
+) -> Path:
+    """Write ``out/<prefix>_results.json`` (the schema of the module docstring) and record each
+    model's checkpoint and hash in ``out/manifest.json``; return the results path."""
+    out = Path(out)
+    _refuse_ambiguous(dict(models), "models")
+    doc = {
+        "schema": RESULTS_SCHEMA,
+        "lecture": lecture,
+        "command": command,
+        "quick": bool(quick),
+        "settings": dict(settings),
+        "models": {k: dict(v) for k, v in models.items()},
+    }
+    path = out / f"{prefix}_results.json"
+    atomic_write_json(path, doc)
+    manifest_path = out / MANIFEST
+    manifest = read_json(manifest_path) if manifest_path.is_file() else {}
+    for name, entry in models.items():
+        if "checkpoint" not in entry:
+            continue
+        manifest[Path(entry["checkpoint"]).stem] = {
+            "file": entry["checkpoint"],
+            "sha256": entry["sha256"],
+            "results": path.name,
+            "model": name,
+            "command": command,
+        }
+    atomic_write_json(manifest_path, dict(sorted(manifest.items())))
+    return path
