@@ -4,7 +4,7 @@ Submodules are imported on demand (``import dgmlib.data``), so importing ``dgmli
 cheap, never touches a GPU driver and works without the optional ``triton`` dependency.
 """
 
-from dgmlib.utils import get_device, seed_everything, set_threads
+from dgmlib.utils import get_device, notebook_setup, seed_everything, set_threads
 
-__all__ = ["get_device", "seed_everything", "set_threads"]
+__all__ = ["get_device", "notebook_setup", "seed_everything", "set_threads"]
 __version__ = "0.1.0"

@@ -42,3 +42,13 @@ def get_device(name: str | None = None) -> torch.device:
             "unset DGMLIB_DEVICE to run on the CPU."
         )
     return device
+
+
+def notebook_setup(seed: int = 0) -> torch.device:
+    """A lecture's first cell: seed everything (fixing the thread count), use the course's plot
+    style, and return the device to compute on (:func:`get_device`: ``$DGMLIB_DEVICE`` or CPU)."""
+    from dgmlib.plot import use_style  # matplotlib only when a notebook asks for it
+
+    seed_everything(seed)
+    use_style()
+    return get_device()
