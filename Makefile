@@ -3,6 +3,9 @@
 #   make lab     JupyterLab on the notebooks
 #   make book    the website, at book/_build/html/index.html
 #   make test    lint, unit tests, kernel tests, nbval over every notebook (twice), book, browser
+#   make test-fast  unit tests only (no nbval, book or browser; tests marked slow deselected)
+#   make lint    ruff (lint and format) and mypy over dgmlib
+#   make gpu     on a CUDA machine: CUDA tests, GPU kernel benchmark, one epoch (benchmarks/gpu.sh)
 #   make test-notebooks  nbval only, under both kernel configurations (NB=... for one notebook)
 #   make sync    pair every notebooks/*.py with its .ipynb (Jupytext)
 #   make execute re-run notebooks and store their outputs (NB=notebooks/01_lvm_elbo.py for one)
@@ -19,7 +22,7 @@ APT_PACKAGES := dataset-fashion-mnist chromium
 export DGMLIB_THREADS ?= 2
 
 
-.PHONY: setup system-packages data mathjax lab book test test-notebooks lint sync execute student checkpoints lock clean distclean
+.PHONY: setup system-packages data mathjax lab book test test-fast test-notebooks lint gpu sync execute student checkpoints lock clean distclean
 
 setup: $(STAMP) system-packages data mathjax
 
@@ -65,6 +68,7 @@ book: setup
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # The README's test command. Notebook cells stay together on one worker (--dist loadfile).
 # The notebooks run twice: under this CPU's default kernels, then under torch's generic kernels
@@ -73,6 +77,17 @@ NBVAL := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -n 2 --dist load
 test: setup lint
 	$(VENV)/bin/pytest tests notebooks $(NBVAL)
 	ATEN_CPU_CAPABILITY=default DGMLIB_THREADS=1 $(VENV)/bin/pytest notebooks $(NBVAL)
+
+# The unit tests alone, for a quick answer while editing: no nbval, no book, no browser, and the
+# tests marked slow (fresh processes, memory measurements, code generation) deselected.
+FAST := -m "not slow and not book and not cuda" -n 2 -p no:cacheprovider
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest tests $(FAST) --ignore=tests/test_book.py --ignore=tests/test_browser.py
+
+# On a machine with a CUDA GPU: the CUDA-only tests, the GPU half of benchmarks/kernels.py and one
+# training epoch on the GPU, into benchmarks/results/gpu.json; elsewhere it says so and exits 0.
+gpu: setup
+	bash benchmarks/gpu.sh
 
 # nbval over the notebooks only, under both configurations (NB=notebooks/05_iwae.ipynb for one).
 test-notebooks: setup
@@ -98,7 +113,7 @@ lock: $(STAMP)
 	$(PY) tools/lock.py
 
 clean:
-	rm -rf book/_build student .pytest_cache .ruff_cache
+	rm -rf book/_build student .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
 distclean: clean

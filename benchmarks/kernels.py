@@ -7,15 +7,19 @@ Python process with ``torch.set_num_threads(2)``; peak memory is the growth of t
 high-water mark (``VmHWM`` in ``/proc/self/status``, reset through ``/proc/self/clear_refs`` after
 the inputs are built and a small warm-up call), so it counts every allocator, not only torch's.
 
-GPU (when CUDA and triton are available): Triton against the torch path, a dense torch version
-and ``torch.compile`` of it, timed with ``triton.testing.do_bench`` and set against a measured
-roofline (the float32 and TF32 matrix-product peaks and the copy bandwidth of the same GPU).
+GPU (:func:`gpu_suite`, run by ``benchmarks/gpu.sh``, which writes ``results/gpu.json``): every
+kernel's Triton path against its torch path and ``torch.compile`` (and, for the mixture, a dense
+torch version that stores the M x N matrix), timed with ``triton.testing.do_bench``, with the peak
+GPU memory and the largest error against a float64 reference, set against a measured roofline:
+the float32 and TF32 matrix-product peaks (the pairwise kernels) and the copy bandwidth (the
+row-wise kernels, which are memory-bound).
 
 Usage::
 
-    python benchmarks/kernels.py            # CPU, and GPU when present; writes results/*.json
-    python benchmarks/kernels.py --quick    # small sizes only
+    python benchmarks/kernels.py            # the CPU suite; writes results/cpu.json
+    python benchmarks/kernels.py --quick    # small sizes only (results/cpu_quick.json)
     python benchmarks/kernels.py --table    # print the Markdown tables from results/*.json
+    bash benchmarks/gpu.sh                  # the GPU half (with the CUDA tests, one epoch)
 
 Results are written atomically (a temporary file, then ``os.replace``).
 """
@@ -205,112 +209,257 @@ def cpu_suite(quick: bool) -> dict:
 # GPU suite
 # ----------------------------------------------------------------------------------------------
 
+# Problem sizes of the GPU half: the course's largest cases (``quick``: the smaller ones only) and,
+# for the dry run on the CPU (``benchmarks/gpu.py --dry-run``), sizes the Triton interpreter
+# runs in seconds.
+GPU_SIZES = {
+    "full": dict(
+        mixture=[(60000, 1000, 32), (60000, 10000, 32)],
+        vq=(65536, 512, 64),
+        lme=(4096, 4096),
+        rsample=(65536, 64),
+    ),
+    "quick": dict(
+        mixture=[(60000, 1000, 32)], vq=(65536, 512, 64), lme=(4096, 4096), rsample=(65536, 64)
+    ),
+    "dry": dict(mixture=[(300, 64, 8)], vq=(256, 32, 8), lme=(64, 128), rsample=(64, 16)),
+}
 
-def _roofline(torch, do_bench, dev) -> dict:  # pragma: no cover - needs a GPU
-    """Measured peaks of this GPU: float32 and TF32 matrix products, and copy bandwidth."""
-    a = torch.randn(8192, 8192, device=dev)
+
+def bench_ms(fn, device) -> float:
+    """Time of one call of ``fn`` in ms: ``triton.testing.do_bench`` on CUDA (median of many
+    runs, the L2 cache flushed between them); on the CPU (the dry run) the median of 3 calls."""
+    if device.type == "cuda":  # pragma: no cover - needs a GPU
+        from triton.testing import do_bench
+
+        return float(do_bench(fn))
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * sorted(times)[1]
+
+
+def peak_mb(fn, device) -> float | None:
+    """Peak GPU memory allocated by one call of ``fn`` beyond what was allocated before, MB
+    (None on the CPU)."""
+    if device.type != "cuda":
+        fn()
+        return None
+    import torch  # pragma: no cover - needs a GPU
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
+
+
+def roofline(device, dry_run: bool) -> dict:
+    """Measured peaks of this device: float32 and TF32 matrix products (TFLOP/s) and the copy
+    bandwidth (GB/s, bytes read plus bytes written)."""
+    import torch
+
+    n = 256 if dry_run else 8192
+    a = torch.randn(n, n, device=device)
     torch.backends.cuda.matmul.allow_tf32 = False
-    t_fp32 = do_bench(lambda: a @ a) * 1e-3
+    t_fp32 = bench_ms(lambda: a @ a, device) * 1e-3
     torch.backends.cuda.matmul.allow_tf32 = True
-    t_tf32 = do_bench(lambda: a @ a) * 1e-3
+    t_tf32 = bench_ms(lambda: a @ a, device) * 1e-3
     torch.backends.cuda.matmul.allow_tf32 = False
-    big = torch.empty(256 * 2**20, device=dev)
-    t_copy = do_bench(lambda: big.clone()) * 1e-3
+    big = torch.empty((2**16 if dry_run else 2**28), device=device)
+    t_copy = bench_ms(lambda: big.clone(), device) * 1e-3
     return dict(
-        fp32_tflops=round(2 * 8192**3 / t_fp32 / 1e12, 1),
-        tf32_tflops=round(2 * 8192**3 / t_tf32 / 1e12, 1),
-        copy_gb_s=round(2 * big.numel() * 4 / t_copy / 1e9, 0),
+        fp32_tflops=sig(2 * n**3 / t_fp32 / 1e12),
+        tf32_tflops=sig(2 * n**3 / t_tf32 / 1e12),
+        copy_gb_s=sig(2 * big.numel() * 4 / t_copy / 1e9),
     )
 
 
-def _mixture_methods(z, mu, logvar, dense, compiled) -> dict:  # pragma: no cover - needs a GPU
-    from dgmlib.kernels import mixture_logpdf
-
-    return {
-        "triton": lambda: mixture_logpdf(z, mu, logvar, backend="triton"),
-        "torch chunked": lambda: mixture_logpdf(z, mu, logvar, backend="torch"),
-        "torch dense": lambda: dense(z, mu, logvar),
-        "torch.compile dense": lambda: compiled(z, mu, logvar),
-    }
+def sig(value: float, digits: int = 3) -> float:
+    """``value`` rounded to ``digits`` significant digits."""
+    return float(f"{value:.{digits}g}")
 
 
-def gpu_suite(quick: bool) -> dict:  # pragma: no cover - needs a GPU
+def max_rel_err(out, ref) -> float:
+    """Largest ``|out - ref| / max(|ref|, 1)`` over finite reference entries (2 significant
+    digits)."""
+    import torch
+
+    ref = ref.double()
+    ok = torch.isfinite(ref)
+    err = ((out.double() - ref).abs() / ref.abs().clamp(min=1.0))[ok].max().item()
+    return float(f"{err:.2e}")
+
+
+def _timed_rows(common: dict, methods: dict, device, work: dict, roof: dict, errors) -> list:
+    """One row per method: time, achieved rate against the roofline, peak memory, error."""
+    rows = []
+    for name, fn in methods.items():
+        row = dict(common, method=name)
+        try:
+            out = fn()
+            row["ms"] = sig(bench_ms(fn, device), 4)
+            row["peak_mem_mb"] = peak_mb(fn, device)
+        except Exception as exc:  # e.g. out of memory for a dense version
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            continue
+        seconds = row["ms"] * 1e-3
+        if "flops" in work:
+            row["tflops"] = sig(work["flops"] / seconds / 1e12)
+            row["fraction_of_fp32_peak"] = sig(row["tflops"] / roof["fp32_tflops"])
+        if "bytes" in work:
+            row["gb_s"] = sig(work["bytes"] / seconds / 1e9)
+            row["fraction_of_copy_bandwidth"] = sig(row["gb_s"] / roof["copy_gb_s"])
+        row.update(errors(out))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def gpu_suite(quick: bool = False, device: str = "cuda", dry_run: bool = False) -> dict:
+    """The GPU half: every kernel's Triton path against its torch path and ``torch.compile``
+    (and a dense torch version for the pairwise kernels), timed, set against the measured
+    roofline, with the largest error against a float64 reference.
+
+    ``dry_run`` runs the same code on the CPU with tiny sizes, Triton in its interpreter and
+    ``torch.compile(backend="eager")`` (a check of this code, no measurement); the caller must
+    have set ``TRITON_INTERPRET=1`` before triton was imported.
+    """
     import torch
     import triton
-    from triton.testing import do_bench
 
-    from dgmlib.kernels import mixture_logpdf, vq_nearest
+    from dgmlib.kernels import (
+        gaussian_rsample_kl,
+        gaussian_rsample_kl_ref,
+        iwae_logmeanexp,
+        iwae_logmeanexp_ref,
+        mixture_logpdf,
+        vq_nearest,
+    )
     from dgmlib.kernels.mixture import expand_mixture
 
-    dev = torch.device("cuda")
-
-    roof = _roofline(torch, do_bench, dev)
+    dev = torch.device(device)
+    sizes = GPU_SIZES["dry" if dry_run else "quick" if quick else "full"]
+    compile_opts = dict(backend="eager") if dry_run else {}
+    roof = roofline(dev, dry_run)
+    print(json.dumps(dict(roofline=roof)), flush=True)
 
     def dense(z, mu, logvar):
         a_, b_, c_ = expand_mixture(z, mu, logvar, None)
         return torch.logsumexp(torch.addmm(c_, a_, b_.T), 1)
 
-    compiled = torch.compile(dense)
-    rows = []
-    cases = [(60000, 1000, 32)] if quick else [(60000, 1000, 32), (60000, 10000, 32)]
-    for n, m, d in cases:
+    compiled_dense = torch.compile(dense, **compile_opts)
+    mixture = []
+    for n, m, d in sizes["mixture"]:
         g = torch.Generator(device=dev).manual_seed(0)
         mu = torch.randn(n, d, device=dev, generator=g)
         logvar = 0.2 * torch.randn(n, d, device=dev, generator=g) - 1.0
         z = torch.randn(m, d, device=dev, generator=g)
-        flops = 2 * m * n * 2 * d  # the expanded product; plus one exp per pair
-        methods = _mixture_methods(z, mu, logvar, dense, compiled)
         ref = mixture_logpdf(z.double(), mu.double(), logvar.double(), backend="torch")
-        for name, fn in methods.items():
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            try:
-                out = fn()
-                ms = do_bench(fn)
-            except Exception as exc:  # e.g. out of memory for the dense version
-                rows.append(dict(N=n, M=m, D=d, method=name, error=type(exc).__name__))
-                continue
-            err = ((out.double() - ref).abs() / ref.abs()).max().item()
-            rows.append(
-                dict(
-                    N=n, M=m, D=d, method=name, ms=round(ms, 3),
-                    tflops=round(flops / ms / 1e9, 2),
-                    fraction_fp32_peak=round(flops / ms / 1e9 / roof["fp32_tflops"], 3),
-                    peak_mem_mb=round((torch.cuda.max_memory_allocated() - base) / 2**20, 1),
-                    max_rel_err=float(f"{err:.2e}"),
-                )
-            )  # fmt: skip
-            print(json.dumps(rows[-1]), flush=True)
+        args = (z, mu, logvar)
+        methods = {
+            "triton": lambda a=args: mixture_logpdf(*a, backend="triton"),
+            "torch chunked": lambda a=args: mixture_logpdf(*a, backend="torch"),
+            "torch dense": lambda a=args: dense(*a),
+            "torch.compile dense": lambda a=args: compiled_dense(*a),
+        }
+        work = dict(flops=2 * m * n * 2 * d)  # the expanded product; plus one exp per pair
+
+        def mixture_errors(out, ref=ref):
+            return dict(max_rel_err=max_rel_err(out, ref))
+
+        mixture += _timed_rows(dict(N=n, M=m, D=d), methods, dev, work, roof, mixture_errors)
         leaves = [t.clone().requires_grad_() for t in (z, mu, logvar)]
 
         def fwd_bwd(leaves=leaves):
             torch.autograd.grad(mixture_logpdf(*leaves, backend="triton").sum(), leaves)
 
-        ms = do_bench(fwd_bwd)
-        rows.append(dict(N=n, M=m, D=d, method="triton fwd+bwd", ms=round(ms, 3),
-                         tflops=round(3 * flops / ms / 1e9, 2)))  # fmt: skip
-        print(json.dumps(rows[-1]), flush=True)
+        mixture += _timed_rows(dict(N=n, M=m, D=d), {"triton fwd+bwd": fwd_bwd}, dev,
+                               dict(flops=3 * work["flops"]), roof, lambda out: {})  # fmt: skip
 
-    x = torch.randn(65536, 64, device=dev)
-    codebook = torch.randn(512, 64, device=dev)
-    vq_rows = []
-    for name, fn in {
-        "triton": lambda: vq_nearest(x, codebook, backend="triton"),
-        "torch chunked": lambda: vq_nearest(x, codebook, backend="torch"),
-        "cdist argmin": lambda: torch.cdist(x, codebook).argmin(1),
-    }.items():
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-        vq_rows.append(dict(method=name, ms=round(do_bench(fn), 3), peak_mem_mb=round(peak, 1)))
-        print(json.dumps(vq_rows[-1]), flush=True)
+    m, k, d = sizes["vq"]
+    x = torch.randn(m, d, device=dev)
+    codebook = torch.randn(k, d, device=dev)
+    ref_idx = torch.cdist(x.double(), codebook.double()).argmin(1)
+
+    def vq_errors(out):
+        idx = out[0] if isinstance(out, tuple) else out
+        return dict(index_agreement=round((idx == ref_idx).double().mean().item(), 6))
+
+    vq = _timed_rows(
+        dict(M=m, K=k, D=d),
+        {
+            "triton": lambda: vq_nearest(x, codebook, backend="triton"),
+            "torch chunked": lambda: vq_nearest(x, codebook, backend="torch"),
+            "cdist argmin": lambda: torch.cdist(x, codebook).argmin(1),
+        },
+        dev, dict(flops=2 * m * k * d), roof, vq_errors,
+    )  # fmt: skip
+
+    # Row-wise kernels: memory-bound, so set against the copy bandwidth.
+    rows, cols = sizes["lme"]
+    log_w = 10 * torch.randn(rows, cols, device=dev)
+    lme_ref, w_ref = iwae_logmeanexp_ref(log_w.double())
+    compiled_lme = torch.compile(iwae_logmeanexp_ref, **compile_opts)
+
+    def lme_errors(out):
+        w_err = (out[1].double() - w_ref).abs().max().item()
+        return dict(
+            max_rel_err=max_rel_err(out[0], lme_ref), max_abs_err_weights=float(f"{w_err:.2e}")
+        )
+
+    leaf = log_w.clone().requires_grad_()
+
+    def lme_fwd_bwd(backend):
+        return lambda: torch.autograd.grad(iwae_logmeanexp(leaf, backend=backend)[0].sum(), leaf)
+
+    lme = _timed_rows(
+        dict(op="iwae_logmeanexp", R=rows, K=cols),
+        {
+            "triton": lambda: iwae_logmeanexp(log_w, backend="triton"),
+            "torch": lambda: iwae_logmeanexp(log_w, backend="torch"),
+            "torch.compile": lambda: compiled_lme(log_w),
+        },
+        dev, dict(bytes=2 * log_w.numel() * 4), roof, lme_errors,
+    )  # fmt: skip
+    lme += _timed_rows(
+        dict(op="iwae_logmeanexp", R=rows, K=cols),
+        {"triton fwd+bwd": lme_fwd_bwd("triton"), "torch fwd+bwd": lme_fwd_bwd("torch")},
+        dev, dict(bytes=5 * log_w.numel() * 4), roof, lambda out: {},
+    )  # fmt: skip
+
+    rows, zdim = sizes["rsample"]
+    mu, logvar, eps = (torch.randn(rows, zdim, device=dev) for _ in range(3))
+    z_ref, kl_ref = gaussian_rsample_kl_ref(mu.double(), logvar.double(), eps.double())
+    compiled_rsample = torch.compile(gaussian_rsample_kl_ref, **compile_opts)
+
+    def rsample_errors(out):
+        return dict(
+            max_rel_err=max_rel_err(out[1], kl_ref), max_rel_err_z=max_rel_err(out[0], z_ref)
+        )
+
+    rsample = _timed_rows(
+        dict(op="gaussian_rsample_kl", R=rows, D=zdim),
+        {
+            "triton": lambda: gaussian_rsample_kl(mu, logvar, eps, backend="triton"),
+            "torch": lambda: gaussian_rsample_kl(mu, logvar, eps, backend="torch"),
+            "torch.compile": lambda: compiled_rsample(mu, logvar, eps),
+        },
+        dev, dict(bytes=4 * mu.numel() * 4), roof, rsample_errors,
+    )  # fmt: skip
     return dict(
-        device=torch.cuda.get_device_name(),
+        device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (dry run)",
+        torch=torch.__version__,
         triton=triton.__version__,
         roofline=roof,
-        mixture=rows,
-        vq=vq_rows,
+        mixture=mixture,
+        vq=vq,
+        rowwise=lme + rsample,
     )
 
 
@@ -386,30 +535,48 @@ def table(results: Path = RESULTS) -> str:
         ]
     gpu_path = results / "gpu.json"
     if gpu_path.exists():
-        gpu = json.loads(gpu_path.read_text())
-        roof = gpu["roofline"]
-        lines += [
-            "",
-            f"GPU: {gpu['device']}, triton {gpu['triton']}; measured roofline: "
-            f"{roof['fp32_tflops']} TFLOP/s float32, {roof['tf32_tflops']} TFLOP/s TF32, "
-            f"{roof['copy_gb_s']} GB/s copy.",
-            "",
-            "| N | M | D | method | ms | TFLOP/s | of fp32 peak | peak MB | max rel. err |",
-            "|---:|---:|---:|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in gpu["mixture"]:
-            lines.append(
-                f"| {r['N']} | {r['M']} | {r['D']} | {r['method']} | {r.get('ms', '-')} | "
-                f"{r.get('tflops', '-')} | {r.get('fraction_fp32_peak', '-')} | "
-                f"{r.get('peak_mem_mb', '-')} | {r.get('max_rel_err', r.get('error', '-'))} |"
-            )
+        lines += ["", gpu_table(json.loads(gpu_path.read_text()))]
+    return "\n".join(lines)
+
+
+GPU_COLUMNS = [  # (key, heading) of the GPU tables, in order; a row shows the keys it has
+    ("op", "op"), ("N", "N"), ("M", "M"), ("K", "K"), ("R", "R"), ("D", "D"),
+    ("method", "method"), ("ms", "ms"), ("tflops", "TFLOP/s"),
+    ("fraction_of_fp32_peak", "of fp32 peak"), ("gb_s", "GB/s"),
+    ("fraction_of_copy_bandwidth", "of copy bandwidth"), ("peak_mem_mb", "peak MB"),
+    ("max_rel_err", "max rel. err"), ("index_agreement", "same index"), ("error", "error"),
+]  # fmt: skip
+
+
+def gpu_table(gpu: dict) -> str:
+    """Markdown tables of ``results/gpu.json`` (written by ``benchmarks/gpu.sh``)."""
+    env, kern = gpu["environment"], gpu["kernels"]
+    roof = kern["roofline"]
+    lines = [
+        f"GPU: {env['device']}, torch {env['torch']}, triton {env['triton']}; measured roofline: "
+        f"{roof['fp32_tflops']} TFLOP/s float32, {roof['tf32_tflops']} TFLOP/s TF32, "
+        f"{roof['copy_gb_s']} GB/s copy. CUDA-only tests: {gpu['tests']['summary']}.",
+    ]
+    for section in ("mixture", "vq", "rowwise"):
+        rows = kern[section]
+        cols = [(k, h) for k, h in GPU_COLUMNS if any(k in r for r in rows)]
+        lines += ["", "| " + " | ".join(h for _, h in cols) + " |",
+                  "|" + "|".join("---" for _ in cols) + "|"]  # fmt: skip
+        for r in rows:
+            lines.append("| " + " | ".join(str(r.get(k, "-")) for k, _ in cols) + " |")
+    lines += ["", "| model | objective | backend | epoch (s) | mean loss | last logged loss |",
+              "|---|---|---|---:|---:|---:|"]  # fmt: skip
+    for r in gpu["epochs"]:
+        lines.append(
+            f"| {r['model']} | {r['objective']} | {r['backend']} | {r['epoch_seconds']} | "
+            f"{r['mean_loss']} | {r['last_logged_loss']} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only")
-    parser.add_argument("--cpu-only", action="store_true")
     parser.add_argument("--table", action="store_true", help="print the tables and exit")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -423,17 +590,8 @@ def main() -> None:
     cpu = cpu_suite(args.quick)
     name = "cpu_quick.json" if args.quick else "cpu.json"
     write_json(RESULTS / name, dict(environment=env, **cpu))
-    if not args.cpu_only:
-        import torch
-
-        from dgmlib.kernels import triton_available
-
-        if torch.cuda.is_available() and triton_available():
-            gpu = gpu_suite(args.quick)
-            write_json(RESULTS / ("gpu_quick.json" if args.quick else "gpu.json"), gpu)
-        else:
-            print("no CUDA GPU with triton: GPU suite skipped")
     print(table())
+    print("The GPU half (gpu_suite) runs from benchmarks/gpu.sh (make gpu) on a CUDA machine.")
 
 
 if __name__ == "__main__":

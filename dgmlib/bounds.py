@@ -11,7 +11,8 @@ Shape conventions, shared by every function here:
   caller takes ``.mean()`` for a mini-batch objective;
 * all values are natural logarithms, i.e. **nats**; :mod:`dgmlib.units` converts them.
 
-Inputs containing NaN, or of the wrong shape, raise a ``ValueError`` naming the argument.
+Inputs containing NaN, or of the wrong shape, raise a ``ValueError`` naming the argument (a wrong
+type, a ``TypeError``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from dgmlib.validation import check_tensor
+from dgmlib.validation import check_int, check_tensor
 
 __all__ = ["estimate_nll", "iwae_bound"]
 
@@ -60,10 +61,8 @@ def estimate_nll(
     ``K`` grows (the standard evaluation of Burda et al., 2016, with ``K = 5000``). Computed
     without gradients. :func:`dgmlib.units.nats_to_bits_per_dim` gives bits per dimension.
     """
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-        raise ValueError(f"estimate_nll: K must be an integer >= 1, got {K!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"estimate_nll: chunk must be an integer >= 1, got {chunk!r}")
+    check_int(K, "K", "estimate_nll")
+    check_int(chunk, "chunk", "estimate_nll")
     check_tensor(x, "x", "estimate_nll")
     B = x.shape[0]
     total: Tensor | None = None

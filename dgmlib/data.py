@@ -17,11 +17,9 @@ expected and actual hashes, and the fix.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import math
 import os
 import shutil
-import tempfile
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from dgmlib.io import atomic_path, sha256_bytes
+from dgmlib.validation import check_choice, check_int
 
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -119,7 +120,7 @@ def verified_bytes(path: str | os.PathLike, expected: DataFile) -> bytes:
     """Decompressed bytes of ``path`` after checking their SHA-256; raise naming both hashes."""
     path = Path(path)
     content = _read_decompressed(path)
-    actual = hashlib.sha256(content).hexdigest()
+    actual = sha256_bytes(content)
     if actual != expected.sha256:
         raise DataIntegrityError(
             f"{path}: SHA-256 of the decompressed content is {actual}, expected "
@@ -169,27 +170,21 @@ def download(
     The file is written to a temporary file in ``dest_dir``, verified, then renamed; on any
     failure the temporary file is removed, so nothing half-written is ever left behind.
     """
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    target = dest_dir / expected.name
+    target = Path(dest_dir) / expected.name
     if urls is None:
         env = os.environ.get("DGMLIB_DATA_URL")
         urls = (env,) if env else FASHION_MNIST_URLS
     errors = []
     for base in urls:
         url = base.rstrip("/") + "/" + expected.name
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{expected.name}.", suffix=".tmp", dir=dest_dir)
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                shutil.copyfileobj(resp, out)
-            verified_bytes(tmp, expected)
-            tmp.replace(target)
+            with atomic_path(target) as tmp:  # renamed into place only if verified
+                with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                    shutil.copyfileobj(resp, out)
+                verified_bytes(tmp, expected)
             return target
         except (OSError, DataIntegrityError) as e:
             errors.append(f"{url}: {e}")
-        finally:
-            tmp.unlink(missing_ok=True)
     raise DataNotFoundError(
         f"could not download {expected.name}:\n  " + "\n  ".join(errors) + "\nFix: install "
         "Debian's package (apt-get install dataset-fashion-mnist) or put the four Fashion-MNIST "
@@ -241,8 +236,7 @@ def _load_fashion_mnist_cached(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def load_fashion_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """Fashion-MNIST ``split`` ("train": 60k, "test": 10k) as (uint8 [N,28,28], int64 [N])."""
-    if split not in FASHION_MNIST:
-        raise ValueError(f"load_fashion_mnist: split must be 'train' or 'test', got {split!r}")
+    check_choice(split, "split", "load_fashion_mnist", tuple(FASHION_MNIST))
     images, labels = _load_fashion_mnist_cached(split)
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
 
@@ -310,10 +304,8 @@ def toy_2d(
     {-2,-1,0,1,2}^2 (std 0.05); ``moons``: two interleaved half circles; ``swiss_roll``: a 2-D
     spiral (label: which quarter of the roll). ``noise`` overrides the default spread.
     """
-    if name not in TOY_SETS:
-        raise ValueError(f"toy_2d: name must be one of {TOY_SETS}, got {name!r}")
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"toy_2d: n must be a positive int, got {n!r}")
+    check_choice(name, "name", "toy_2d", TOY_SETS)
+    check_int(n, "n", "toy_2d")
     g = torch.Generator().manual_seed(seed)
     if name == "ring":
         labels = torch.randint(0, 8, (n,), generator=g)
@@ -349,10 +341,8 @@ def bars_and_stripes(
     vertical: every column is constant) and switches each of its ``size`` lines on independently
     with probability 1/2. Its exact log-probability is :func:`bars_and_stripes_log_prob`.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"bars_and_stripes: n must be a positive int, got {n!r}")
-    if not isinstance(size, int) or size < 2:
-        raise ValueError(f"bars_and_stripes: size must be an int >= 2, got {size!r}")
+    check_int(n, "n", "bars_and_stripes")
+    check_int(size, "size", "bars_and_stripes", low=2)
     horizontal = torch.rand(n, generator=generator) < 0.5
     lines = (torch.rand(n, size, generator=generator) < 0.5).float()
     rows = lines[:, :, None].expand(n, size, size)  # line i fills row i
@@ -400,8 +390,7 @@ def batches(
     """
     if not tensors:
         raise ValueError("batches: give at least one tensor")
-    if batch_size < 1:
-        raise ValueError(f"batches: batch_size must be >= 1, got {batch_size}")
+    check_int(batch_size, "batch_size", "batches")
     n = tensors[0].shape[0]
     for i, t in enumerate(tensors):
         if t.shape[0] != n:

@@ -24,6 +24,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from dgmlib.validation import check_int
+
 Tensor = torch.Tensor
 
 
@@ -33,12 +35,12 @@ Tensor = torch.Tensor
 
 
 def _check_levels(x_int: Tensor, num_levels: int | None, where: str) -> None:
+    """Raise unless ``x_int`` holds integers, in ``{0, ..., num_levels - 1}`` when given."""
     if x_int.is_floating_point():
         if not torch.equal(x_int, x_int.floor()):
             raise ValueError(f"{where}: x_int must hold integer values, got non-integer floats")
     if num_levels is not None:
-        if not isinstance(num_levels, int) or num_levels < 2:
-            raise ValueError(f"{where}: num_levels must be an int >= 2, got {num_levels!r}")
+        check_int(num_levels, "num_levels", where, low=2)
         if x_int.numel() and (x_int.min() < 0 or x_int.max() > num_levels - 1):
             raise ValueError(
                 f"{where}: values must lie in {{0, ..., {num_levels - 1}}}, got range "
@@ -83,10 +85,7 @@ def dequantization_bound(
     draws of ``u`` (and their standard errors when ``return_stderr``). By Jensen's inequality the
     exact expectation is a lower bound on ``log P(x) = log of the integral of p over x + [0,1)^D``.
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(
-            f"dequantization_bound: num_samples must be an int >= 1, got {num_samples}"
-        )
+    check_int(num_samples, "num_samples", "dequantization_bound")
     x_int = torch.as_tensor(x_int)
     if x_int.dim() != 2:
         raise ValueError(f"dequantization_bound: x_int must be [N, D], got {tuple(x_int.shape)}")
@@ -115,10 +114,6 @@ def _log_sub_exp(a: Tensor, b: Tensor) -> Tensor:
     """``log(exp(a) - exp(b))`` for ``a >= b``, accurate when the two are close or ``b = -inf``."""
     d = (b - a).clamp(max=0.0)
     return a + torch.log(-torch.expm1(d))
-
-
-def _log_sigmoid(z: Tensor) -> Tensor:
-    return -F.softplus(-z)
 
 
 def _log_bin_mass(
@@ -174,17 +169,12 @@ def discretized_logistic_log_prob(
 ) -> Tensor:
     """Log of the mass that a logistic distribution ``(loc, scale)`` puts on ``[x, x + 1)``.
 
-    The logistic CDF is ``sigmoid((t - loc) / scale)``, whose log is ``-softplus(-(t - loc) /
-    scale)``. With ``num_levels = K`` the outer bins are open, ``(-inf, 1)`` and ``[K - 1, inf)``,
-    so the masses of ``0, ..., K - 1`` sum to one (the discretized logistic likelihood of
-    PixelCNN++, here in integer units).
+    The logistic CDF is ``sigmoid((t - loc) / scale)``, whose log is computed stably by
+    ``F.logsigmoid``. With ``num_levels = K`` the outer bins are open, ``(-inf, 1)`` and
+    ``[K - 1, inf)``, so the masses of ``0, ..., K - 1`` sum to one (the discretized logistic
+    likelihood of PixelCNN++, here in integer units).
     """
     x_int = torch.as_tensor(x_int)
     _check_levels(x_int, num_levels, "discretized_logistic_log_prob")
     loc, scale = torch.as_tensor(loc), torch.as_tensor(scale)
-    return _log_bin_mass(_log_sigmoid, x_int, loc, scale, num_levels)
-
-
-# --------------------------------------------------------------------------------------------
-# Units: nats, bits per dimension, rescaled data
-# --------------------------------------------------------------------------------------------
+    return _log_bin_mass(F.logsigmoid, x_int, loc, scale, num_levels)

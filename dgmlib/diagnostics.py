@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from dgmlib.distributions import kl_normal_std_normal
-from dgmlib.validation import check_tensor
+from dgmlib.validation import check_int, check_positive, check_tensor
 
 __all__ = [
     "ActiveUnits",
@@ -50,8 +50,7 @@ def active_units(mu: Tensor, threshold: float = 0.01) -> ActiveUnits:
         raise ValueError(
             f"active_units: mu must have shape [N, Z] with N >= 2, got {tuple(mu.shape)}"
         )
-    if not threshold >= 0:
-        raise ValueError(f"active_units: threshold must be >= 0, got {threshold}")
+    check_positive(threshold, "threshold", "active_units", allow_zero=True)
     variances = mu.detach().var(dim=0, correction=0)
     return ActiveUnits(int((variances > threshold).sum()), variances)
 
@@ -107,8 +106,7 @@ def gradient_samples(
     loss on a fixed batch); ``P`` is the total number of elements of ``params``.
     """
     params = list(params)
-    if n_samples < 2:
-        raise ValueError(f"gradient_samples: n_samples must be >= 2, got {n_samples}")
+    check_int(n_samples, "n_samples", "gradient_samples", low=2)
     if not params:
         raise ValueError("gradient_samples: params is empty")
     rows = []

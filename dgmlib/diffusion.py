@@ -18,9 +18,10 @@ Monte Carlo training estimator and the continuous-time limit against.
 
 The learned reverse process (trained and sampled by the functions of the last section) predicts
 the noise: a network ``eps_model(z_t, t) -> eps_hat`` (``t`` an int64 tensor ``[B]`` of steps in
-``1..T``) gives ``x_hat = (z_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)`` and the reverse step
-``p(z_{t-1} | z_t) = q(z_{t-1} | z_t, x = x_hat)`` with variance ``beta~_t`` (``t >= 2``); the
-decoder is ``p(x | z_1) = N(x_hat(z_1), sigma_1^2 I)``. With this parameterization
+``1..T``, on the device of ``z_t``) gives ``x_hat = (z_t - sqrt(1 - abar_t) eps_hat) /
+sqrt(abar_t)`` and the reverse step ``p(z_{t-1} | z_t) = q(z_{t-1} | z_t, x = x_hat)`` with
+variance ``beta~_t`` (``t >= 2``); the decoder is ``p(x | z_1) = N(x_hat(z_1), sigma_1^2 I)``.
+With this parameterization
 ``KL(q(z_{t-1} | z_t, x) || p(z_{t-1} | z_t)) = w_t ||eps - eps_hat||^2`` with the weights of
 :func:`eps_kl_weights`.
 """
@@ -32,7 +33,13 @@ import math
 import torch
 from torch import Tensor
 
-from dgmlib.validation import check_tensor
+from dgmlib.validation import (
+    check_choice,
+    check_int,
+    check_positive,
+    check_tensor,
+    validation_enabled,
+)
 
 __all__ = [
     "WEIGHTINGS",
@@ -40,7 +47,6 @@ __all__ = [
     "ddpm_loss",
     "ddpm_sample",
     "elbo_estimate",
-    "elbo_full",
     "eps_kl_weights",
     "linear_betas",
     "log_snr_betas",
@@ -57,20 +63,21 @@ _WHERE = "dgmlib.diffusion"
 
 
 def _check_betas(betas: Tensor, where: str) -> Tensor:
+    """``betas``: a float tensor ``[T]`` with every entry in ``(0, 1)``."""
     check_tensor(betas, "betas", where)
-    if betas.dim() != 1:
-        raise ValueError(f"{where}: betas must be 1-D [T], got shape {tuple(betas.shape)}")
-    if not bool(((betas > 0) & (betas < 1)).all()):
-        raise ValueError(f"{where}: every beta_t must lie in (0, 1), got {betas.tolist()[:8]}...")
+    if validation_enabled():
+        if betas.dim() != 1:
+            raise ValueError(f"{where}: betas must be 1-D [T], got shape {tuple(betas.shape)}")
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError(f"{where}: every beta_t must lie in (0, 1), got {betas.tolist()[:8]}")
     return betas
 
 
 def _check_t(t: int, T: int, where: str, low: int = 1) -> int:
-    if isinstance(t, bool) or not isinstance(t, int):
-        raise TypeError(f"{where}: t must be a Python int, got {type(t).__name__}")
-    if not low <= t <= T:
+    """``t``: a Python int in ``low..T`` (the range checked here, the type by ``check_int``)."""
+    if isinstance(t, int) and not low <= t <= T:
         raise ValueError(f"{where}: t must be an integer in {low}..{T} (T = len(betas)), got {t}")
-    return t
+    return check_int(t, "t", where, low=low)
 
 
 def alpha_bars(betas: Tensor) -> Tensor:
@@ -134,8 +141,10 @@ def forward_sample(z0: Tensor, betas: Tensor, generator: torch.Generator | None 
 
 
 def _gaussian_data_check(m: float, s2: float, where: str) -> None:
-    if not (math.isfinite(m) and math.isfinite(s2) and s2 > 0):
-        raise ValueError(f"{where}: need a finite mean m and a variance s2 > 0, got {m}, {s2}")
+    """A finite mean ``m`` and a variance ``s2 > 0``."""
+    if not math.isfinite(m):
+        raise ValueError(f"{where}: the mean m must be finite, got {m}")
+    check_positive(s2, "s2", where)
 
 
 def gaussian_data_elbo_terms(x: Tensor, m: float, s2: float, betas: Tensor) -> dict[str, Tensor]:
@@ -194,8 +203,9 @@ def gaussian_data_diffusion_limit(s2: float, snr_min: float, snr_max: float) -> 
     """
     where = f"{_WHERE}.gaussian_data_diffusion_limit"
     _gaussian_data_check(0.0, s2, where)
-    if not 0 <= snr_min <= snr_max:
-        raise ValueError(f"{where}: need 0 <= snr_min <= snr_max, got {snr_min}, {snr_max}")
+    check_positive(snr_min, "snr_min", where, allow_zero=True)
+    if not snr_min <= snr_max:
+        raise ValueError(f"{where}: need snr_min <= snr_max, got {snr_min}, {snr_max}")
     return 0.5 * math.log((1 + snr_max * s2) / (1 + snr_min * s2))
 
 
@@ -208,12 +218,10 @@ WEIGHTINGS = ("simple", "elbo", "elbo_is")
 
 def linear_betas(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> Tensor:
     """Ho et al.'s schedule: ``beta_t`` linear from ``beta_1`` to ``beta_T``, float64 ``[T]``."""
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"{_WHERE}.linear_betas: T must be a positive int, got {T!r}")
+    where = f"{_WHERE}.linear_betas"
+    check_int(T, "T", where)
     if not 0 < beta_1 <= beta_T < 1:
-        raise ValueError(
-            f"{_WHERE}.linear_betas: need 0 < beta_1 <= beta_T < 1, got {beta_1}, {beta_T}"
-        )
+        raise ValueError(f"{where}: need 0 < beta_1 <= beta_T < 1, got {beta_1}, {beta_T}")
     return torch.linspace(beta_1, beta_T, T, dtype=torch.float64)
 
 
@@ -224,10 +232,11 @@ def log_snr_betas(T: int, snr_max: float = 1e4, snr_min: float = 1e-4) -> Tensor
     float64 ``[T]``. The end points stay fixed as ``T`` grows: the schedule of a continuous-time
     limit.
     """
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"{_WHERE}.log_snr_betas: T must be a positive int, got {T!r}")
-    if not 0 < snr_min <= snr_max:
-        raise ValueError(f"{_WHERE}.log_snr_betas: need 0 < snr_min <= snr_max")
+    where = f"{_WHERE}.log_snr_betas"
+    check_int(T, "T", where)
+    check_positive(snr_min, "snr_min", where)
+    if not snr_min <= snr_max:
+        raise ValueError(f"{where}: need snr_min <= snr_max, got {snr_min}, {snr_max}")
     lam = torch.linspace(math.log(snr_max), math.log(snr_min), T, dtype=torch.float64)
     ab = torch.sigmoid(lam)
     prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
@@ -263,8 +272,9 @@ def _bcast(v: Tensor, like: Tensor) -> Tensor:
 
 
 def _check_batch(x: Tensor, name: str, where: str) -> Tensor:
+    """A batch ``[B, ...]`` of at least one example."""
     check_tensor(x, name, where, min_ndim=1)
-    if len(x) == 0:
+    if validation_enabled() and len(x) == 0:
         raise ValueError(f"{where}: {name} must hold at least one example")
     return x
 
@@ -299,10 +309,8 @@ def ddpm_loss(
     """
     where = f"{_WHERE}.ddpm_loss"
     _check_batch(x, "x", where)
-    _check_betas(betas, where)
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"{where}: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    T = len(betas)
+    T = len(_check_betas(betas, where))
+    check_choice(weighting, "weighting", where, WEIGHTINGS)
     ab = alpha_bars(betas).to(x.device)
     w = eps_kl_weights(betas).to(device=x.device)
     if weighting == "elbo_is":
@@ -328,14 +336,31 @@ def _prior_kl(x: Tensor, ab_T: Tensor) -> Tensor:
     return 0.5 * ((ab_T.to(x.dtype) * x.square()).flatten(1).sum(1) + d * (var - 1 - var.log()))
 
 
-def _recon(eps_model, x: Tensor, ab: Tensor, var1: float, generator) -> Tensor:
-    """``log N(x; x_hat(z_1), var1 I)`` with one ``z_1 ~ q(z_1 | x)`` per example: ``[B]``."""
+def _prior_and_reconstruction(
+    eps_model, x: Tensor, betas: Tensor, decoder_var: float | None, generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(abar [T + 1], w [T], prior KL [B], log N(x; x_hat(z_1), sigma_1^2 I) [B])``, the
+    reconstruction at one ``z_1 ~ q(z_1 | x)`` per example; ``sigma_1^2 = decoder_var``
+    (default ``beta_1``)."""
+    ab = alpha_bars(betas).to(x.device)
+    var1 = float(betas[0] if decoder_var is None else decoder_var)
+    w = eps_kl_weights(betas, var1).to(x.device)
     t1 = torch.ones(len(x), dtype=torch.long, device=x.device)
     eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     z1 = _noisy(x, t1, ab, eps)
     x_hat = _predict_x(z1, t1, ab, eps_model(z1, t1))
     d = x[0].numel()
-    return -0.5 * ((x - x_hat).square().flatten(1).sum(1) / var1 + d * math.log(2 * math.pi * var1))
+    recon = -0.5 * (
+        (x - x_hat).square().flatten(1).sum(1) / var1 + d * math.log(2 * math.pi * var1)
+    )
+    return ab, w, _prior_kl(x, ab[-1]), recon
+
+
+def _step_kl(eps_model, x: Tensor, t: Tensor, ab: Tensor, w: Tensor, generator) -> Tensor:
+    """``KL_t = w_t ||eps - eps_hat(z_t, t)||^2`` at one ``z_t ~ q(z_t | x)`` each: ``[B]``."""
+    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    eps_hat = eps_model(_noisy(x, t, ab, eps), t)
+    return w[t - 1].to(x.dtype) * (eps - eps_hat).square().flatten(1).sum(1)
 
 
 @torch.no_grad()
@@ -346,95 +371,56 @@ def elbo_estimate(
     decoder_var: float | None = None,
     generator: torch.Generator | None = None,
     t_probs: Tensor | None = None,
+    every_step: bool = False,
 ) -> dict[str, Tensor]:
-    """An unbiased estimate of the ELBO of each example with one random step: dict of ``[B]``.
+    """An unbiased estimate of the ELBO of each example: dict of ``[B]`` tensors, nats summed
+    over the dimensions of an example.
 
     ``"prior"`` = ``KL(q(z_T | x) || N(0, I))`` (exact); ``"reconstruction"`` = ``log p(x |
-    z_1)`` at one ``z_1 ~ q(z_1 | x)``; ``"diffusion"`` = ``(T - 1) KL_t`` at one ``t ~ U{2..T}``
-    and one ``z_t ~ q(z_t | x)``, an unbiased estimate of the sum of the ``T - 1`` KL terms;
-    ``"t"`` the steps drawn; ``"elbo"`` = reconstruction - diffusion - prior. Nats, summed over
-    the dimensions of an example. ``decoder_var``: ``sigma_1^2`` (default ``beta_1``).
+    z_1)`` at one ``z_1 ~ q(z_1 | x)`` (decoder variance ``sigma_1^2 = decoder_var``, default
+    ``beta_1``); ``"diffusion"`` estimates the sum of the ``T - 1`` KL terms; ``"elbo"`` =
+    reconstruction - diffusion - prior. The diffusion term:
 
-    ``t_probs``: a proposal ``[T - 1]`` over ``t = 2..T`` (positive, summing to 1) to draw the
-    step from instead of the uniform one (importance sampling); the estimate is then
-    ``KL_t / t_probs[t - 2]``, still unbiased, with a smaller variance when the proposal follows
-    the size of the terms.
+    * by default, ``(T - 1) KL_t`` at one ``t ~ U{2..T}`` and one ``z_t ~ q(z_t | x)``, with the
+      steps drawn in ``"t"``; with ``t_probs``, a proposal ``[T - 1]`` over ``t = 2..T``
+      (positive, summing to 1), the step is drawn from it and the estimate is
+      ``KL_t / t_probs[t - 2]`` (importance sampling: still unbiased, with a smaller variance
+      when the proposal follows the size of the terms);
+    * with ``every_step=True``, ``sum_{t=2}^T KL_t`` with one ``z_t ~ q(z_t | x)`` per step
+      (``T`` network calls, a smaller variance), the terms in ``"per_step"`` ``[T - 1, B]``.
     """
     where = f"{_WHERE}.elbo_estimate"
     _check_batch(x, "x", where)
-    _check_betas(betas, where)
-    T = len(betas)
-    if T < 2:
-        raise ValueError(f"{where}: needs T >= 2 steps, got {T}")
+    T = len(_check_betas(betas, where))
+    if T < 2 and not every_step:
+        raise ValueError(f"{where}: a random step needs T >= 2 steps, got {T}")
     if t_probs is not None:
         check_tensor(t_probs, "t_probs", where)
+        if every_step:
+            raise ValueError(f"{where}: t_probs draws one step; every_step=True takes them all")
         if t_probs.shape != (T - 1,) or not bool((t_probs > 0).all()):
             raise ValueError(f"{where}: t_probs must be positive with shape ({T - 1},)")
         if abs(float(t_probs.sum()) - 1.0) > 1e-6:
             raise ValueError(f"{where}: t_probs must sum to 1, got {float(t_probs.sum())}")
-    ab = alpha_bars(betas).to(x.device)
-    var1 = float(betas[0] if decoder_var is None else decoder_var)
-    w = eps_kl_weights(betas, var1).to(x.device)
-    prior = _prior_kl(x, ab[T])
-    recon = _recon(eps_model, x, ab, var1, generator)
-    if t_probs is None:
-        t = torch.randint(2, T + 1, (len(x),), generator=generator, device=x.device)
+    ab, w, prior, recon = _prior_and_reconstruction(eps_model, x, betas, decoder_var, generator)
+    out = {"reconstruction": recon, "prior": prior}
+    if every_step:
+        steps = [
+            torch.full((len(x),), s, dtype=torch.long, device=x.device) for s in range(2, T + 1)
+        ]
+        per = [_step_kl(eps_model, x, t, ab, w, generator) for t in steps]
+        out["per_step"] = torch.stack(per) if per else x.new_zeros((0, len(x)))
+        out["diffusion"] = out["per_step"].sum(0)
+    elif t_probs is None:
+        out["t"] = torch.randint(2, T + 1, (len(x),), generator=generator, device=x.device)
+        out["diffusion"] = (T - 1) * _step_kl(eps_model, x, out["t"], ab, w, generator)
     else:
-        t = 2 + torch.multinomial(t_probs.double(), len(x), replacement=True, generator=generator)
-    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    eps_hat = eps_model(_noisy(x, t, ab, eps), t)
-    kl = w[t - 1].to(x.dtype) * (eps - eps_hat).square().flatten(1).sum(1)
-    if t_probs is None:
-        diffusion = (T - 1) * kl
-    else:
-        diffusion = kl / t_probs.to(device=x.device, dtype=x.dtype)[t - 2]
-    return {
-        "elbo": recon - diffusion - prior,
-        "reconstruction": recon,
-        "diffusion": diffusion,
-        "prior": prior,
-        "t": t,
-    }
-
-
-@torch.no_grad()
-def elbo_full(
-    eps_model,
-    x: Tensor,
-    betas: Tensor,
-    decoder_var: float | None = None,
-    generator: torch.Generator | None = None,
-) -> dict[str, Tensor]:
-    """The ELBO of each example with every step's KL evaluated (``T`` network calls).
-
-    As :func:`elbo_estimate`, but ``"diffusion"`` is ``sum_{t=2}^T KL_t`` with one ``z_t ~
-    q(z_t | x)`` per step and example, and ``"per_step"`` ``[T - 1, B]`` holds the KL terms of
-    ``t = 2..T``. Unbiased for the same ELBO, with a smaller variance.
-    """
-    where = f"{_WHERE}.elbo_full"
-    _check_batch(x, "x", where)
-    _check_betas(betas, where)
-    T = len(betas)
-    ab = alpha_bars(betas).to(x.device)
-    var1 = float(betas[0] if decoder_var is None else decoder_var)
-    w = eps_kl_weights(betas, var1).to(x.device)
-    prior = _prior_kl(x, ab[T])
-    recon = _recon(eps_model, x, ab, var1, generator)
-    per_step = []
-    for step in range(2, T + 1):
-        t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
-        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        eps_hat = eps_model(_noisy(x, t, ab, eps), t)
-        per_step.append(w[step - 1].to(x.dtype) * (eps - eps_hat).square().flatten(1).sum(1))
-    per = torch.stack(per_step) if per_step else x.new_zeros((0, len(x)))
-    diffusion = per.sum(0)
-    return {
-        "elbo": recon - diffusion - prior,
-        "reconstruction": recon,
-        "diffusion": diffusion,
-        "prior": prior,
-        "per_step": per,
-    }
+        draw = torch.multinomial(t_probs.double(), len(x), replacement=True, generator=generator)
+        out["t"] = 2 + draw
+        kl = _step_kl(eps_model, x, out["t"], ab, w, generator)
+        out["diffusion"] = kl / t_probs.to(device=x.device, dtype=x.dtype)[out["t"] - 2]
+    out["elbo"] = recon - out["diffusion"] - prior
+    return out
 
 
 @torch.no_grad()
@@ -445,29 +431,31 @@ def ddpm_sample(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     keep: tuple[int, ...] = (),
+    device: str | torch.device | None = None,
 ) -> tuple[Tensor, dict[int, Tensor]]:
     """Ancestral sampling: ``z_T ~ N(0, I)``, ``z_{t-1} ~ p(z_{t-1} | z_t)`` down to ``z_1``.
 
     Each reverse step is ``N(mu_theta(z_t, t), beta~_t I)`` with ``mu_theta = (z_t - beta_t /
     sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t)``; the result is the decoder's mean
     ``x_hat(z_1)`` (shown without the decoder's noise, as is usual). Returns ``(x [shape],
-    {t: z_t for t in keep})``.
+    {t: z_t for t in keep})`` of ``dtype`` on ``device`` (default: the CPU; a ``generator`` must
+    live there too).
     """
     where = f"{_WHERE}.ddpm_sample"
-    _check_betas(betas, where)
-    T = len(betas)
+    T = len(_check_betas(betas, where))
+    device = torch.device("cpu") if device is None else torch.device(device)
     ab = alpha_bars(betas)
     post = posterior_variances(betas)
-    z = torch.randn(shape, generator=generator, dtype=dtype)
+    z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
     kept = {T: z.clone()} if T in keep else {}
     for step in range(T, 1, -1):
-        t = torch.full((shape[0],), step, dtype=torch.long)
+        t = torch.full((shape[0],), step, dtype=torch.long, device=device)
         eps_hat = eps_model(z, t)
         beta = float(betas[step - 1])
         mean = (z - beta / math.sqrt(1.0 - float(ab[step])) * eps_hat) / math.sqrt(1.0 - beta)
-        noise = torch.randn(shape, generator=generator, dtype=dtype)
+        noise = torch.randn(shape, generator=generator, dtype=dtype, device=device)
         z = mean + math.sqrt(float(post[step - 1])) * noise
         if step - 1 in keep:
             kept[step - 1] = z.clone()
-    t1 = torch.ones(shape[0], dtype=torch.long)
-    return _predict_x(z, t1, ab, eps_model(z, t1)), kept
+    t1 = torch.ones(shape[0], dtype=torch.long, device=device)
+    return _predict_x(z, t1, ab.to(device), eps_model(z, t1)), kept

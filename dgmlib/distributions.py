@@ -9,7 +9,8 @@ Conventions shared by every function here:
   covariance ``diag(exp(logvar))``), as an encoder network would output them;
 * all values are natural logarithms, i.e. in **nats**.
 
-Inputs containing NaN, or of incompatible shapes, raise a ``ValueError`` naming the argument.
+Inputs containing NaN, or of incompatible shapes, raise a ``ValueError`` naming the argument; an
+argument of the wrong type (not a floating tensor) a ``TypeError``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, MultivariateNormal, Normal
 
-from dgmlib.validation import check_tensor
+from dgmlib.validation import check_int, check_tensor
 
 __all__ = [
     "LOG_2PI",
@@ -99,11 +100,8 @@ def sample_mvn(
     differentiable in ``loc`` and ``L`` (the reparametrisation of Lecture 02).
     """
     if not isinstance(dist, MultivariateNormal):
-        raise ValueError(
-            f"sample_mvn: dist must be a MultivariateNormal, got {type(dist).__name__}"
-        )
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"sample_mvn: n must be a positive integer, got {n!r}")
+        raise TypeError(f"sample_mvn: dist must be a MultivariateNormal, got {type(dist).__name__}")
+    check_int(n, "n", "sample_mvn")
     shape = (n, *dist.batch_shape, *dist.event_shape)
     eps = torch.randn(shape, dtype=dist.loc.dtype, device=dist.loc.device, generator=generator)
     return dist.loc + (dist.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)

@@ -177,10 +177,23 @@ def load_weights(
         raise CheckpointError(f"{source}: does not fit {type(model).__name__}: {e}") from e
 
 
-def save_model(path: str | os.PathLike, model: nn.Module, **metadata: Any) -> str:
-    """Write ``model``'s weights with its build spec and ``metadata``; return the SHA-256."""
+def save_model(
+    path: str | os.PathLike,
+    model: nn.Module,
+    /,
+    tensors: Mapping[str, torch.Tensor] | None = None,
+    **metadata: Any,
+) -> str:
+    """Write ``model``'s weights with its build spec and ``metadata``, plus any named extra
+    ``tensors`` stored beside them (e.g. samples; read back with :func:`dgmlib.io.load_checkpoint`);
+    return the SHA-256."""
     meta = {"spec": spec_of(model), **metadata}
-    return save_checkpoint(path, model_tensors(model), meta)
+    stored = model_tensors(model)
+    for name, t in (tensors or {}).items():
+        if name.startswith(_WEIGHT_PREFIX) or name in stored:
+            raise ValueError(f"save_model: extra tensor name {name!r} collides with the weights")
+        stored[name] = t
+    return save_checkpoint(path, stored, meta)
 
 
 def load_model_file(path: str | os.PathLike, expected_sha256: str | None = None) -> nn.Module:

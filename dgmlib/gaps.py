@@ -23,34 +23,28 @@ from torch import Tensor
 
 from dgmlib.bounds import estimate_nll
 from dgmlib.distributions import gaussian_log_prob, kl_normal_std_normal, standard_normal_log_prob
-from dgmlib.validation import check_tensor
+from dgmlib.stats import mean_se
+from dgmlib.validation import check_choice, check_int, check_positive, check_tensor
 
 __all__ = [
     "InferenceGaps",
     "doubled_steps_change",
     "inference_gaps",
     "local_elbo",
-    "mean_and_se",
     "mixture_log_weights",
     "optimize_local_posterior",
 ]
 
 
 def _check_model(model: Any, where: str) -> None:
-    """Raise a ValueError unless ``model`` has ``encode`` and ``decoder.log_prob``."""
+    """Raise a TypeError unless ``model`` has ``encode`` and ``decoder.log_prob``."""
     if not callable(getattr(model, "encode", None)) or not callable(
         getattr(getattr(model, "decoder", None), "log_prob", None)
     ):
-        raise ValueError(
+        raise TypeError(
             f"{where}: model must have encode(x) and decoder.log_prob(x, z), got "
             f"{type(model).__name__}"
         )
-
-
-def _check_int(value: Any, name: str, where: str, low: int) -> None:
-    """Raise a ValueError unless ``value`` is an integer >= ``low``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{where}: {name} must be an integer >= {low}, got {value!r}")
 
 
 def local_elbo(
@@ -68,7 +62,7 @@ def local_elbo(
     """
     where = "local_elbo"
     _check_model(model, where)
-    _check_int(n_samples, "n_samples", where, 1)
+    check_int(n_samples, "n_samples", where)
     check_tensor(x, "x", where)
     check_tensor(mu, "mu", where)
     check_tensor(logvar, "logvar", where)
@@ -104,13 +98,11 @@ def optimize_local_posterior(
     where = "optimize_local_posterior"
     _check_model(model, where)
     check_tensor(x, "x", where)
-    _check_int(steps, "steps", where, 0)
-    _check_int(n_samples, "n_samples", where, 1)
-    _check_int(n_eval, "n_eval", where, 1)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or math.isinf(lr):
-        raise ValueError(f"{where}: lr must be a finite number > 0, got {lr!r}")
-    if init not in ("encoder", "prior"):
-        raise ValueError(f"{where}: init must be 'encoder' or 'prior', got {init!r}")
+    check_int(steps, "steps", where, low=0)
+    check_int(n_samples, "n_samples", where)
+    check_int(n_eval, "n_eval", where)
+    check_positive(lr, "lr", where)
+    check_choice(init, "init", where, ("encoder", "prior"))
     with torch.no_grad():
         mu0, logvar0 = model.encode(x)
     if init == "prior":
@@ -123,13 +115,16 @@ def optimize_local_posterior(
         p.requires_grad_(False)
     try:
         opt = torch.optim.Adam([mu, logvar], lr=lr)
-        for t in range(steps):
-            for group in opt.param_groups:  # cosine decay to lr / 20 quiets the gradient noise
-                group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t / steps)))
+        # cosine decay from lr to lr / 20 over the run quiets the gradient noise
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(steps, 1), eta_min=lr / 20
+        )
+        for _ in range(steps):
             loss = -local_elbo(model, x, mu, logvar, n_samples, generator).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
+            decay.step()
     finally:
         for p, r in zip(params, was, strict=True):
             p.requires_grad_(r)
@@ -155,7 +150,7 @@ def mixture_log_weights(
     """
     where = "mixture_log_weights"
     _check_model(model, where)
-    _check_int(K, "K", where, 1)
+    check_int(K, "K", where)
     (m1, lv1), (m2, lv2) = q1, q2
     k1 = (K + 1) // 2
     eps = torch.randn((K, *m1.shape), generator=generator, dtype=m1.dtype, device=m1.device)
@@ -165,17 +160,6 @@ def mixture_log_weights(
     log_r = torch.logaddexp(gaussian_log_prob(z, m1, lv1), gaussian_log_prob(z, m2, lv2))
     log_r = log_r - math.log(2.0)
     return model.decoder.log_prob(x, z) + standard_normal_log_prob(z) - log_r
-
-
-def mean_and_se(values: Tensor) -> tuple[float, float]:
-    """Mean of per-example values ``[B]`` and its standard error ``std / sqrt(B)`` (B >= 2)."""
-    check_tensor(values, "values", "mean_and_se")
-    if values.dim() != 1 or values.shape[0] < 2:
-        raise ValueError(
-            f"mean_and_se: values must have shape [B] with B >= 2, got {tuple(values.shape)}"
-        )
-    v = values.detach().to(torch.float64)
-    return v.mean().item(), (v.std(unbiased=True) / math.sqrt(v.shape[0])).item()
 
 
 @dataclass(frozen=True)
@@ -211,7 +195,7 @@ class InferenceGaps:
         """``{name: (mean, standard error)}`` over the examples for every value and gap."""
         names = ("log_p", "elbo_amortized", "elbo_optimized")
         names += ("approximation_gap", "amortization_gap", "total_gap")
-        return {n: mean_and_se(getattr(self, n)) for n in names}
+        return {n: mean_se(getattr(self, n)) for n in names}
 
 
 def inference_gaps(
@@ -236,7 +220,7 @@ def inference_gaps(
     where = "inference_gaps"
     _check_model(model, where)
     check_tensor(x, "x", where)
-    _check_int(K, "K", where, 1)
+    check_int(K, "K", where)
     if x.shape[0] < 2:
         raise ValueError(f"{where}: need at least 2 examples for standard errors, got {x.shape[0]}")
     local = optimize_local_posterior(model, x, steps, lr, generator, n_eval=n_eval)
@@ -283,17 +267,18 @@ def doubled_steps_change(
     most of the Monte Carlo noise cancels in their difference.
 
     Returns ``"elbo"`` and ``"elbo_doubled"`` (``[B]``), ``"change"`` = ``elbo_doubled - elbo``
-    (``[B]``, nats; :func:`mean_and_se` of it gives the mean change and its standard error), and
-    ``"mu"``, ``"logvar"``, ``"mu_doubled"``, ``"logvar_doubled"`` (``[B, Z]``). A mean change
-    that is small against the uncertainty of the quantity q* enters says that stopping after
-    ``steps`` biases it by little; a large one says q* is not yet optimal, so its ELBO, and hence
-    an amortization gap, is underestimated and an approximation gap overestimated.
+    (``[B]``, nats; :func:`dgmlib.stats.mean_se` of it gives the mean change and its standard
+    error), and ``"mu"``, ``"logvar"``, ``"mu_doubled"``, ``"logvar_doubled"`` (``[B, Z]``). A
+    mean change that is small against the uncertainty of the quantity q* enters says that
+    stopping after ``steps`` biases it by little; a large one says q* is not yet optimal, so its
+    ELBO, and hence an amortization gap, is underestimated and an approximation gap
+    overestimated.
     """
     where = "doubled_steps_change"
     _check_model(model, where)
     check_tensor(x, "x", where)
-    _check_int(steps, "steps", where, 1)
-    _check_int(n_eval, "n_eval", where, 1)
+    check_int(steps, "steps", where)
+    check_int(n_eval, "n_eval", where)
     if q is None:
         short = optimize_local_posterior(model, x, steps, lr, generator, n_eval=1)
         mu, logvar = short["mu"], short["logvar"]

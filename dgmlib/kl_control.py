@@ -21,30 +21,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dgmlib.validation import check_tensor
+from dgmlib.validation import check_int, check_positive, check_tensor
 
 __all__ = ["constant", "cyclical", "free_bits_kl", "linear_warmup", "scheduled"]
 
 Schedule = Callable[[int], float]
 
 
-def _check_step(step: int, where: str) -> None:
-    """Raise a ValueError unless ``step`` is an integer >= 0."""
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"{where}: step must be an integer >= 0, got {step!r}")
-
-
 def constant(step: int, beta: float = 1.0) -> float:
     """``beta`` at every step (no annealing)."""
-    _check_step(step, "constant")
+    check_int(step, "step", "constant", low=0)
     return float(beta)
 
 
 def linear_warmup(step: int, warmup_steps: int, start: float = 0.0) -> float:
     """``beta`` rising linearly from ``start`` at step 0 to 1 at ``warmup_steps``, then 1."""
-    _check_step(step, "linear_warmup")
-    if warmup_steps < 0:
-        raise ValueError(f"linear_warmup: warmup_steps must be >= 0, got {warmup_steps}")
+    check_int(step, "step", "linear_warmup", low=0)
+    check_int(warmup_steps, "warmup_steps", "linear_warmup", low=0)
     if not 0.0 <= start <= 1.0:
         raise ValueError(f"linear_warmup: start must lie in [0, 1], got {start}")
     if warmup_steps == 0 or step >= warmup_steps:
@@ -58,9 +51,8 @@ def cyclical(step: int, cycle_length: int, ratio: float = 0.5) -> float:
 
     ``tau = (step mod cycle_length) / cycle_length``; ``beta = min(1, tau / ratio)``.
     """
-    _check_step(step, "cyclical")
-    if cycle_length < 1:
-        raise ValueError(f"cyclical: cycle_length must be >= 1, got {cycle_length}")
+    check_int(step, "step", "cyclical", low=0)
+    check_int(cycle_length, "cycle_length", "cyclical")
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"cyclical: ratio must lie in (0, 1], got {ratio}")
     tau = (step % cycle_length) / cycle_length
@@ -106,12 +98,12 @@ def free_bits_kl(kl_per_dim: Tensor, free_bits: float, groups: int | None = None
         raise ValueError(
             f"free_bits_kl: kl_per_dim must have shape [B, Z], got {tuple(kl_per_dim.shape)}"
         )
-    if not free_bits >= 0:
-        raise ValueError(f"free_bits_kl: free_bits must be >= 0 nats, got {free_bits}")
+    check_positive(free_bits, "free_bits", "free_bits_kl", allow_zero=True)
     Z = kl_per_dim.shape[1]
     if groups is None:
         groups = Z
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or Z % groups:
+    check_int(groups, "groups", "free_bits_kl")
+    if Z % groups:
         raise ValueError(
             f"free_bits_kl: groups must be a positive integer dividing Z = {Z}, got {groups!r}"
         )

@@ -28,11 +28,15 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from dgmlib.validation import check_int, check_tensor
+
 __all__ = [
     "PROBES",
+    "adjoint_dynamics",
     "adjoint_gradients",
     "divergence_exact",
     "divergence_hutchinson",
+    "fixed_grid",
     "hutchinson_probes",
     "hutchinson_variance",
     "odeint_adjoint_by_hand",
@@ -50,11 +54,41 @@ Func = Callable[[Tensor, Tensor], Tensor]
 
 
 def _check_times(t: Tensor, where: str) -> None:
-    if not isinstance(t, Tensor) or t.dim() != 1 or len(t) < 2:
-        raise ValueError(f"{where}: t must be a 1-D tensor of at least two times, got {t!r}")
+    """``t``: a float tensor ``[N]``, ``N >= 2``, strictly monotone (see the module docstring)."""
+    check_tensor(t, "t", where)
+    if t.dim() != 1 or len(t) < 2:
+        raise ValueError(
+            f"{where}: t must be a 1-D tensor of at least two times, got shape {tuple(t.shape)}"
+        )
     steps = t[1:] - t[:-1]
     if not ((steps > 0).all() or (steps < 0).all()):
         raise ValueError(f"{where}: t must be strictly increasing or strictly decreasing")
+
+
+def fixed_grid(n_steps: int, method: str = "rk4") -> dict[str, Any]:
+    """``torchdiffeq.odeint`` settings for ``n_steps`` equal steps of ``method`` between the
+    first and the last output time (a fixed cost per solve, the same on every run)."""
+    check_int(n_steps, "n_steps", "fixed_grid")
+
+    def grid(func: Func, y0: Tensor, t: Tensor) -> Tensor:
+        return torch.linspace(float(t[0]), float(t[-1]), n_steps + 1, dtype=y0.dtype)
+
+    return {"method": method, "options": {"grid_constructor": grid}}
+
+
+def adjoint_dynamics(
+    func: Func, params: Sequence[Tensor], t: Tensor, z: Tensor, a: Tensor
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """The right-hand side of the augmented system at ``t``: ``(f(t, z), -a^T df/dz,
+    [-a^T df/dp for p in params])``; ``z`` and ``a`` of one shape, each parameter term summed
+    over the batch (a parameter ``f`` does not use gets zeros). Vector-Jacobian products only."""
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        fz = func(t, z)
+        grads = torch.autograd.grad(fz, (z, *params), a, allow_unused=True)
+    gz = torch.zeros_like(z) if grads[0] is None else grads[0]
+    gp = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1:], strict=True)]
+    return fz.detach(), -gz, [-g for g in gp]
 
 
 def adjoint_gradients(
@@ -94,27 +128,14 @@ def adjoint_gradients(
     params = tuple(params)
     n_p = len(params)
 
-    def vjp(ti: Tensor, z: Tensor, a: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """f(t, z) and the vector-Jacobian products a^T df/dz, a^T df/dp."""
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            fz = func(ti, z)
-            grads = torch.autograd.grad(fz, (z, *params), a, allow_unused=True)
-        gz = torch.zeros_like(z) if grads[0] is None else grads[0]
-        gp = [
-            torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1:], strict=True)
-        ]
-        return fz.detach(), gz, gp
-
     def augmented(ti: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        z, a = state[0], state[1]
-        fz, gz, gp = vjp(ti, z, a)
-        return (fz, -gz, *(-g for g in gp))
+        fz, da, dps = adjoint_dynamics(func, params, ti, state[0], state[1])
+        return (fz, da, *dps)
 
     with torch.no_grad():
         a = grad_ys[-1].clone()
         a_p = [torch.zeros_like(p) for p in params]
-        grad_t = torch.zeros_like(t) if time_gradients else None
+        grad_t = torch.zeros_like(t)  # filled only with time_gradients
         if time_gradients:
             grad_t[-1] = (grad_ys[-1] * func(t[-1], ys[-1])).sum()
         for i in range(len(t) - 1, 0, -1):
@@ -127,7 +148,7 @@ def adjoint_gradients(
         if time_gradients:
             # a(t_0) holds dL/dz(t_0) itself, which does not move with t_0: leave it out
             grad_t[0] = -((a - grad_ys[0]) * func(t[0], ys[0])).sum()
-    return a, grad_t, a_p
+    return a, grad_t if time_gradients else None, a_p
 
 
 class _HandAdjoint(torch.autograd.Function):

@@ -72,8 +72,9 @@ def plot_history(
     xlabel: str = "step",
     ylabel: str = "nats",
 ) -> plt.Axes:
-    """Plot named training curves (a trainer's ``history``) on one labelled axis."""
-    keys = list(keys) if keys is not None else [k for k in history if k != "step"]
+    """Plot named training curves (a trainer's ``history``) against its ``"step"`` on one
+    labelled axis; ``keys=None`` plots every term (not the ``"step"`` and ``"epoch"`` counters)."""
+    keys = list(keys) if keys is not None else [k for k in history if k not in ("step", "epoch")]
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
     x = history.get("step")
@@ -83,31 +84,4 @@ def plot_history(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend()
-    return ax
-
-
-def scatter_2d(
-    points: torch.Tensor | np.ndarray,
-    labels: torch.Tensor | np.ndarray | None = None,
-    ax: plt.Axes | None = None,
-    title: str | None = None,
-    s: float = 4.0,
-) -> plt.Axes:
-    """Scatter points [N,2], coloured by integer ``labels`` [N] with a legend when given."""
-    p = _to_numpy(points)
-    if p.ndim != 2 or p.shape[1] != 2:
-        raise ValueError(f"scatter_2d: points must have shape [N,2], got {p.shape}")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 5))
-    if labels is None:
-        ax.scatter(p[:, 0], p[:, 1], s=s, alpha=0.6)
-    else:
-        lab = _to_numpy(labels)
-        for k in np.unique(lab):
-            m = lab == k
-            ax.scatter(p[m, 0], p[m, 1], s=s, alpha=0.6, label=str(k))
-        ax.legend(markerscale=3, fontsize=8, loc="best")
-    ax.set_aspect("equal", adjustable="datalim")
-    if title:
-        ax.set_title(title)
     return ax

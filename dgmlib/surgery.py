@@ -13,22 +13,23 @@ the **aggregated posterior** is the mixture ``q(z) = (1/N) sum_n q(z|x_n)``. Wit
 
 Shapes and units shared by every function here: encoder outputs ``mu``, ``logvar`` are ``[N, Z]``
 (one row per data point), query points ``z`` are ``[M, Z]``; log-densities are **summed over the Z
-latent dimensions**; every result is in **nats**. Invalid inputs raise a ``ValueError`` that names
-the argument.
+latent dimensions**; every result is in **nats**. Invalid inputs raise a ``ValueError`` (a wrong
+value) or a ``TypeError`` (a wrong type) that names the argument.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from dgmlib.distributions import gaussian_log_prob, kl_normal_std_normal
 from dgmlib.kernels import mixture_logpdf
-from dgmlib.validation import check_tensor
+from dgmlib.stats import mean_se
+from dgmlib.validation import check_int, check_positive, check_tensor
 
 __all__ = [
     "PriorHoles",
@@ -65,12 +66,6 @@ def _check_posteriors(mu: Tensor, logvar: Tensor, where: str) -> tuple[int, int]
     return mu.shape[0], mu.shape[1]
 
 
-def _check_count(value: int, name: str, where: str) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{where}: {name} must be an integer >= 1, got {value!r}")
-
-
 def aggregate_posterior_log_prob(
     z: Tensor, mu: Tensor, logvar: Tensor, chunk: int = DEFAULT_CHUNK
 ) -> Tensor:
@@ -84,7 +79,7 @@ def aggregate_posterior_log_prob(
     check_tensor(z, "z", where, min_ndim=2)
     if z.dim() != 2 or z.shape[1] != d:
         raise ValueError(f"{where}: z must have shape [M, {d}] (Z from mu), got {tuple(z.shape)}")
-    _check_count(chunk, "chunk", where)
+    check_int(chunk, "chunk", where)
     mu, logvar = mu.to(z.dtype), logvar.to(z.dtype)
     return torch.cat([mixture_logpdf(zc, mu, logvar) for zc in z.split(chunk)])
 
@@ -98,7 +93,7 @@ def sample_aggregate_posterior(
     """
     where = "sample_aggregate_posterior"
     N, _ = _check_posteriors(mu, logvar, where)
-    _check_count(n, "n", where)
+    check_int(n, "n", where)
     idx = torch.randint(0, N, (n,), generator=generator)
     eps = torch.randn(n, mu.shape[1], generator=generator, dtype=mu.dtype)
     return mu[idx] + torch.exp(0.5 * logvar[idx]) * eps, idx
@@ -154,9 +149,11 @@ def surgery_samples(
     """
     where = "surgery_samples"
     _check_posteriors(mu, logvar, where)
-    _check_count(n_samples, "n_samples", where)
+    check_int(n_samples, "n_samples", where)
     if not callable(prior_log_prob):
-        raise ValueError(f"{where}: prior_log_prob must be callable, got {type(prior_log_prob)}")
+        raise TypeError(
+            f"{where}: prior_log_prob must be callable, got {type(prior_log_prob).__name__}"
+        )
     with torch.no_grad():
         z, idx = sample_aggregate_posterior(mu, logvar, n_samples, generator)
         log_q_cond = gaussian_log_prob(z, mu[idx], logvar[idx])
@@ -177,35 +174,25 @@ def surgery_samples(
 def summarize_surgery(s: SurgerySamples) -> SurgeryTerms:
     """Means and standard errors (``std / sqrt(M)``) of the per-draw terms of ``s``, nats:
     ``a_i = log q(z_i|x_{n_i}) - log p(z_i)`` (average KL), ``b_i = log q(z_i) - log p(z_i)``
-    (marginal KL) and ``c_i = log q(z_i|x_{n_i}) - log q(z_i)`` (mutual information)."""
+    (marginal KL) and ``c_i = log q(z_i|x_{n_i}) - log q(z_i)`` (mutual information); needs
+    ``M >= 2`` draws."""
+    if len(s.z) < 2:
+        raise ValueError(f"summarize_surgery: need >= 2 draws for standard errors, got {len(s.z)}")
     a, b, c = s.log_q_cond - s.log_p, s.log_q - s.log_p, s.log_q_cond - s.log_q
-
-    def mean_se(v: Tensor) -> tuple[float, float]:
-        se = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-        return float(v.mean()), se
-
     (am, ase), (bm, bse), (cm, cse) = mean_se(a), mean_se(b), mean_se(c)
     return SurgeryTerms(am, ase, bm, bse, cm, cse, math.log(s.n_data), s.n_data, len(a))
 
 
-def elbo_surgery(
-    mu: Tensor,
-    logvar: Tensor,
-    prior_log_prob: Callable[[Tensor], Tensor],
-    n_samples: int = 10_000,
-    generator: torch.Generator | None = None,
-    chunk: int = DEFAULT_CHUNK,
-) -> SurgeryTerms:
+def elbo_surgery(*args: Any, **kwargs: Any) -> SurgeryTerms:
     """Split the average KL of ``N`` Gaussian posteriors into ``KL(q(z) || p(z)) + I(n; z)``.
 
-    ``mu``, ``logvar``: ``[N, Z]``; ``prior_log_prob(z [M, Z]) -> [M]`` is ``log p(z)`` in nats.
-    Draws ``n_samples`` pairs ``(n_i, z_i) ~ q(n, z)`` (:func:`surgery_samples`) and averages the
-    three per-draw terms (:func:`summarize_surgery`). Every ``c_i <= log N`` because
-    ``q(z) >= q(z|x_n) / N`` (up to the rounding of the mixture kernel: pass float64 inputs to
-    test the bound tightly). Runs without gradients.
+    Takes the arguments of :func:`surgery_samples` (``mu``, ``logvar`` ``[N, Z]``,
+    ``prior_log_prob``, ``n_samples``, ``generator``, ``chunk``): draws ``n_samples`` pairs
+    ``(n_i, z_i) ~ q(n, z)`` and averages the three per-draw terms (:func:`summarize_surgery`).
+    Every ``c_i <= log N`` because ``q(z) >= q(z|x_n) / N`` (up to the rounding of the mixture
+    kernel: pass float64 inputs to test the bound tightly). Runs without gradients.
     """
-    samples = surgery_samples(mu, logvar, prior_log_prob, n_samples, generator, chunk)
-    return summarize_surgery(samples)
+    return summarize_surgery(surgery_samples(*args, **kwargs))
 
 
 class PriorHoles(NamedTuple):
@@ -233,11 +220,8 @@ def prior_holes(log_p: Tensor, log_q: Tensor, ratio: float = 10.0) -> PriorHoles
             f"{where}: log_p and log_q must both have shape [M] with M >= 2, got "
             f"{tuple(log_p.shape)} and {tuple(log_q.shape)}"
         )
-    if not (isinstance(ratio, (int, float)) and ratio > 1):
+    if check_positive(ratio, "ratio", where) <= 1:
         raise ValueError(f"{where}: ratio must be a number > 1, got {ratio!r}")
     d = (log_p - log_q).double()
-    holes = (d > math.log(ratio)).double()
-    m = math.sqrt(len(d))
-    return PriorHoles(
-        float(d.mean()), float(d.std() / m), float(holes.mean()), float(holes.std() / m), ratio
-    )
+    (kl, kl_se), (mass, mass_se) = mean_se(d), mean_se((d > math.log(ratio)).double())
+    return PriorHoles(kl, kl_se, mass, mass_se, ratio)

@@ -22,6 +22,8 @@ from dgmlib.experiment import load_weights, model_tensors
 from dgmlib.io import load_checkpoint, save_checkpoint
 from dgmlib.utils import get_device
 
+_RNG_KEY = "rng.torch"
+
 Objective = Callable[[torch.nn.Module, torch.Tensor], Mapping[str, torch.Tensor]]
 
 
@@ -62,9 +64,13 @@ class Trainer:
     """Train ``model`` on ``objective(model, x) -> {"loss": ..., other terms}`` by mini-batch
     steps (``objective=None``: the model's own ``loss(x)``), on ``device`` (default
     :func:`dgmlib.utils.get_device`: ``$DGMLIB_DEVICE`` or the CPU); the model is moved there.
+    A learning-rate ``scheduler`` is stepped after every optimiser step.
 
     ``history`` maps every term (and ``"step"``, ``"epoch"``) to a list with one entry per
-    logged step: the mean of the term over the last ``log_every`` steps.
+    logged step: the mean of the term over the last ``log_every`` steps. ``state`` is a dict of
+    JSON-able values a script keeps across epochs (e.g. per-epoch test curves); it is saved and
+    restored with the checkpoint, together with torch's global random state, so a resumed run
+    continues exactly as an uninterrupted one.
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class Trainer:
         progress: bool | None = None,
         grad_clip: float | None = None,
         device: str | torch.device | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     ) -> None:
         if log_every < 1:
             raise ValueError(f"Trainer: log_every must be >= 1, got {log_every}")
@@ -88,6 +95,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.objective = objective
         self.optimizer = optimizer
+        self.scheduler = scheduler
         self.log_every = log_every
         # progress=None: show a bar unless DGMLIB_PROGRESS=0 (tqdm.auto: widget in Lab, text else)
         if progress is None:
@@ -97,6 +105,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.history: dict[str, list[float]] = {}
+        self.state: dict[str, Any] = {}
         self._acc: dict[str, float] = {}
         self._acc_n = 0
 
@@ -124,6 +133,8 @@ class Trainer:
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         self.step += 1
         return {k: float(v.detach().mean()) for k, v in terms.items()}
 
@@ -172,23 +183,27 @@ class Trainer:
                 if self.progress and self.step % 10 == 0:
                     bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
             self.epoch += 1
-            if checkpoint is not None:
-                self.save(checkpoint)
             if on_epoch_end is not None:
                 on_epoch_end(self)
+            if checkpoint is not None:
+                self.save(checkpoint)
         return self.history
 
     # -- checkpoints ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> str:
-        """Save model, optimizer, counters and history (atomically, with a hash sidecar)."""
+        """Save model, optimizer, counters, history, ``state`` and torch's global random state
+        (atomically, with a hash sidecar)."""
         tensors = model_tensors(self.model)
         opt_tensors, groups = _optimizer_to_flat(self.optimizer)
         tensors.update(opt_tensors)
+        tensors[_RNG_KEY] = torch.get_rng_state()
         meta = {
             "step": self.step,
             "epoch": self.epoch,
             "history": self.history,
+            "state": self.state,
             "optimizer": groups,
+            **({"scheduler": self.scheduler.state_dict()} if self.scheduler is not None else {}),
             **(extra or {}),
         }
         return save_checkpoint(path, tensors, meta)
@@ -201,4 +216,9 @@ class Trainer:
             _optimizer_from_flat(self.optimizer, tensors, meta["optimizer"])
         self.step, self.epoch = int(meta.get("step", 0)), int(meta.get("epoch", 0))
         self.history = {k: list(v) for k, v in meta.get("history", {}).items()}
+        self.state = dict(meta.get("state", {}))
+        if self.scheduler is not None and "scheduler" in meta:
+            self.scheduler.load_state_dict(meta["scheduler"])
+        if _RNG_KEY in tensors:
+            torch.set_rng_state(tensors[_RNG_KEY])
         return meta

@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from dgmlib.validation import check_int
+
 DEFAULT_THREADS = 2
 
 
@@ -15,16 +17,14 @@ def set_threads(n: int | None = None) -> int:
     """Fix torch's intra-op thread count (``DGMLIB_THREADS`` or 2) so outputs are reproducible."""
     if n is None:
         n = int(os.environ.get("DGMLIB_THREADS", DEFAULT_THREADS))
-    if n < 1:
-        raise ValueError(f"set_threads: n must be >= 1, got {n}")
+    check_int(n, "n", "set_threads")
     torch.set_num_threads(n)
     return n
 
 
 def seed_everything(seed: int = 0, threads: int | None = None) -> torch.Generator:
     """Seed Python, NumPy and torch, fix the thread count; return a torch.Generator seeded alike."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed_everything: seed must be a non-negative int, got {seed!r}")
+    check_int(seed, "seed", "seed_everything", low=0)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -44,11 +44,12 @@ def get_device(name: str | None = None) -> torch.device:
     return device
 
 
-def notebook_setup(seed: int = 0) -> torch.device:
-    """A lecture's first cell: seed everything (fixing the thread count), use the course's plot
-    style, and return the device to compute on (:func:`get_device`: ``$DGMLIB_DEVICE`` or CPU)."""
+def notebook_setup(seed: int = 0, threads: int | None = None) -> torch.device:
+    """A lecture's first cell: seed everything and fix the thread count (``threads``, default
+    ``$DGMLIB_THREADS`` or 2), use the course's plot style, and return the device to compute on
+    (:func:`get_device`: ``$DGMLIB_DEVICE`` or CPU)."""
     from dgmlib.plot import use_style  # matplotlib only when a notebook asks for it
 
-    seed_everything(seed)
+    seed_everything(seed, threads)
     use_style()
     return get_device()

@@ -3,7 +3,8 @@
 A wrong *type* raises ``TypeError``, a wrong *value* (shape, range, NaN) raises ``ValueError``;
 both name the function and the argument. Validation costs a little on hot paths (a NaN scan is a
 full pass over a tensor), so, as ``torch.distributions.Distribution.set_default_validate_args``
-does, :func:`set_validation` turns the value checks off globally; type checks stay on.
+does, :func:`set_validation` turns the value checks off globally (those of dgmlib and, through
+that very switch, those of the torch distributions dgmlib computes with); type checks stay on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 __all__ = [
     "check_choice",
@@ -28,11 +30,13 @@ _ENABLED = True
 
 
 def set_validation(enabled: bool) -> None:
-    """Turn the value checks (shapes, ranges, NaN scans) on or off for the whole process."""
+    """Turn the value checks (shapes, ranges, NaN scans) on or off for the whole process, and
+    ``torch.distributions``' argument validation with them."""
     global _ENABLED
     if not isinstance(enabled, bool):
         raise TypeError(f"set_validation: enabled must be a bool, got {type(enabled).__name__}")
     _ENABLED = enabled
+    Distribution.set_default_validate_args(enabled)
 
 
 def validation_enabled() -> bool:

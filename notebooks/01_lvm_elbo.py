@@ -54,6 +54,7 @@
 
 # %%
 import math
+from functools import partial
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -61,22 +62,17 @@ import torch
 from sklearn.decomposition import PCA
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from dgmlib import checks, get_device, seed_everything
+import dgmlib
+from dgmlib import checks, set_threads, stats
 from dgmlib.data import load_digits
 from dgmlib.distributions import log_mean_exp, sample_mvn
 from dgmlib.models import PPCA
-from dgmlib.plot import image_grid, use_style
+from dgmlib.plot import image_grid
 
-# Every tensor in this lecture is tiny, so one CPU thread is fastest (no threading overhead).
-seed_everything(0, threads=1)
-use_style()
-device = get_device()  # unused: the closed-form checks below run on the CPU
+device = dgmlib.notebook_setup(0)  # unused: the closed-form checks below run on the CPU
+set_threads(1)  # every tensor in this lecture is tiny: one CPU thread is fastest
 torch.set_default_dtype(torch.float64)  # the checks compare closed forms to 1e-6 or better
-
-
-def fmt(v: float, digits: int = 4) -> str:
-    """A number rounded to ``digits`` decimals, printed without a spurious minus sign on zero."""
-    return f"{round(float(v), digits) + 0.0:.{digits}f}"
+fmt = partial(stats.fmt, decimals=True)  # fmt(v, digits=4): rounded to 4 decimals, never "-0"
 
 
 # %% [markdown]

@@ -51,7 +51,6 @@
 
 # %%
 import itertools
-import json
 import math
 
 import matplotlib.pyplot as plt
@@ -61,11 +60,11 @@ import torch.nn.functional as F
 from scipy.stats import norm
 from torch.func import grad, vmap
 
+from dgmlib import notebook_setup, pretrained
 from dgmlib.bounds import estimate_nll
 from dgmlib.checks import check_kl_standard_normal, check_reparam_sample
 from dgmlib.data import (
     FASHION_MNIST_CLASSES,
-    REPO_DATA_DIR,
     binarize_dynamic,
     binarize_fixed,
     load_fashion_mnist,
@@ -73,21 +72,15 @@ from dgmlib.data import (
 )
 from dgmlib.distributions import LOG_2PI, kl_normal_std_normal
 from dgmlib.models import VAE, GaussianDecoder
-from dgmlib.plot import image_grid, use_style
-from dgmlib.train import Trainer, load_model
-from dgmlib.utils import get_device, seed_everything
+from dgmlib.objectives import ELBO
+from dgmlib.plot import image_grid, plot_history
+from dgmlib.stats import fmt
+from dgmlib.train import Trainer
 
+device = notebook_setup(0)  # the live training of section 4 runs there; stored outputs: CPU
 # One thread: the same arithmetic as the checkpoint script, so that the short live training in
 # section 4 retraces the first steps of the stored models exactly.
-seed_everything(0, threads=1)
-use_style()
-device = get_device()  # unused: stored outputs come from the CPU run
-CHECKPOINTS = REPO_DATA_DIR / "checkpoints"  # the repository's data/checkpoints/
-
-
-def fmt(v: float) -> str:
-    """A number with 4 significant digits (stable across runs), without a '-0'."""
-    return f"{float(v) + 0.0:.4g}"
+torch.set_num_threads(1)
 
 
 # %% [markdown]
@@ -467,14 +460,15 @@ plt.show()
 # whose gradient is $\mu_j$ in $\mu_j$ and $\tfrac12(\sigma_j^2 - 1)$ in $\log\sigma_j^2$.
 #
 # **Check: the closed-form KL against a Monte Carlo average** of $\log q(\mathbf z) - \log
-# p(\mathbf z)$ over $10^6$ samples of $q$, within 4 standard errors.
+# p(\mathbf z)$ over $10^6$ samples of $q$ (the densities from `torch.distributions`), within 4
+# standard errors.
 
 # %%
 mu_q = torch.tensor([0.5, -1.2, 2.0], dtype=torch.float64)
 logvar_q = torch.tensor([-1.0, 0.3, -2.5], dtype=torch.float64)
 z = mu_q + torch.exp(0.5 * logvar_q) * torch.randn(M, 3, generator=gen, dtype=torch.float64)
-log_q = (-0.5 * (LOG_2PI + logvar_q + (z - mu_q) ** 2 / logvar_q.exp())).sum(-1)
-log_p = (-0.5 * (LOG_2PI + z**2)).sum(-1)
+log_q = torch.distributions.Normal(mu_q, torch.exp(0.5 * logvar_q)).log_prob(z).sum(-1)
+log_p = torch.distributions.Normal(torch.zeros_like(mu_q), 1.0).log_prob(z).sum(-1)
 kl_closed = 0.5 * (mu_q**2 + logvar_q.exp() - 1 - logvar_q).sum()
 kl_mc, kl_se = (log_q - log_p).mean(), (log_q - log_p).std() / math.sqrt(M)
 print(f"KL closed form {fmt(kl_closed)} | Monte Carlo {fmt(kl_mc)} +- {fmt(kl_se)} (1 s.e.)")
@@ -618,8 +612,9 @@ assert max(worst.values()) < 4
 #    of section 3 at once; take an optimizer step (Adam) on $-\hat{\mathcal L}$.
 #
 # Steps 1 and 3 make $\nabla\hat{\mathcal L}$ an unbiased estimate of the gradient of the average
-# ELBO over the training set. In code, steps 2–5 are a few lines; we check them against the
-# `loss` method of `dgmlib`'s `VAE`, value and gradients, with the same random numbers.
+# ELBO over the training set. In code, steps 2–5 are a few lines; we check them against
+# `dgmlib.objectives.ELBO`, the objective that `dgmlib`'s `Trainer` minimises, value and
+# gradients, with the same random numbers.
 
 # %%
 train_images, train_labels = load_fashion_mnist("train")
@@ -642,7 +637,7 @@ torch.manual_seed(0)
 demo = VAE.for_mnist(z_dim=Z)
 x_batch = binarize_dynamic(train_images[:100], torch.Generator().manual_seed(0)).unsqueeze(1)
 losses, grads = [], []
-for loss_fn in (vae_loss_by_hand, lambda m, x: m.loss(x)["loss"]):
+for loss_fn in (vae_loss_by_hand, lambda m, x: ELBO()(m, x)["loss"]):
     torch.manual_seed(123)  # the same epsilon for both
     demo.zero_grad()
     loss = loss_fn(demo, x_batch)
@@ -650,7 +645,7 @@ for loss_fn in (vae_loss_by_hand, lambda m, x: m.loss(x)["loss"]):
     losses.append(loss.item())
     grads.append(torch.cat([p.grad.flatten() for p in demo.parameters()]))
 rel_grad_gap = ((grads[0] - grads[1]).norm() / grads[1].norm()).item()
-print(f"loss by hand {fmt(losses[0])} nats | VAE.loss {fmt(losses[1])} nats")
+print(f"loss by hand {fmt(losses[0])} nats | ELBO objective {fmt(losses[1])} nats")
 # float32 (eps 1.2e-7): losses of ~550 nats agree to ~1e-4, gradients to ~1e-6 relative; a wrong
 # term (a missing KL, a sign, a factor 1/2) changes them by far more than these tolerances
 assert abs(losses[0] - losses[1]) < 1e-3 and rel_grad_gap < 1e-5
@@ -899,8 +894,11 @@ for label, s2 in (
 # a script, `python tools/train_lecture02.py` (`make checkpoints`), and are loaded from
 # `data/checkpoints/`. Here we run the script's recipe for its first 500 steps: the same
 # initialization, the same order of images and the same binarization noise, Adam with learning
-# rate $10^{-3}$, batches of 100 images, and `dgmlib`'s `Trainer`, which logs every term of
-# `VAE.loss` averaged over blocks of 100 steps.
+# rate $10^{-3}$, batches of 100 images, and `dgmlib`'s `Trainer` on the objective `ELBO()`. The
+# trainer logs every term of the objective averaged over blocks of 100 steps, each signed as its
+# name says: `elbo`, `kl`, and `log_px_z` $= \mathbb E_q \log p_\theta(\mathbf x\mid\mathbf z)$,
+# whose negative, the reconstruction loss, is plotted below. The script's log of the same steps
+# is stored with the checkpoints (`dgmlib.pretrained.results("l02")`).
 
 
 # %%
@@ -916,12 +914,13 @@ torch.manual_seed(0)
 live = VAE.for_mnist(z_dim=Z)
 with torch.no_grad():  # the KL term of the freshly initialized encoder, no sampling involved
     kl_at_init = kl_normal_std_normal(*live.encode(x_test)).mean().item()
-trainer = Trainer(live, torch.optim.Adam(live.parameters(), lr=1e-3), log_every=100, progress=False)
+opt_live = torch.optim.Adam(live.parameters(), lr=1e-3)
+trainer = Trainer(live, opt_live, ELBO(), log_every=100, progress=False, device=device)
 live_history = trainer.fit(
     lambda e: itertools.islice(epoch_batches(train_images, e), 500), epochs=1
 )
 
-results = json.loads((CHECKPOINTS / "l02_results.json").read_text())
+results = pretrained.results("l02")
 stored_history = results["models"]["z20"]["history"]
 n_live = len(live_history["elbo"])
 gap = max(
@@ -941,17 +940,17 @@ print("largest difference between the live and the stored ELBO: below 0.05 nats"
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
 steps = live_history["step"]
-axes[0].plot(steps, live_history["loss"], "o-", label=r"loss $= -$ELBO")
-axes[0].plot(
-    steps, live_history["recon"], "s-", label=r"$-\mathbb{E}_q \log p(x|z)$ (reconstruction)"
+curves = {
+    "step": steps,
+    r"loss $= -$ELBO": live_history["loss"],
+    r"$-\mathbb{E}_q \log p(x|z)$ (reconstruction)": [-v for v in live_history["log_px_z"]],
+}
+labels = {"xlabel": "training step (batch of 100)", "ylabel": "nats per image (mean of 100 steps)"}
+plot_history(curves, ax=axes[0], **labels)
+plot_history(
+    {"step": steps, r"KL$(q_\phi(z|x) \| p(z))$": live_history["kl"]}, ax=axes[1], **labels
 )
-axes[1].plot(steps, live_history["kl"], "^-", color="tab:green")
-for ax in axes:
-    ax.set_xlabel("training step (batch of 100)")
-axes[0].set_ylabel("nats per image (mean of 100 steps)")
 axes[0].set_title("The first 500 steps of a VAE (Z = 20)")
-axes[0].legend()
-axes[1].set_ylabel("nats per image (mean of 100 steps)")
 axes[1].set_title(r"The KL term KL$(q_\phi(z|x) \| p(z))$")
 plt.show()
 
@@ -965,17 +964,16 @@ plt.show()
 #
 # Two models, both trained for 30 epochs on all 60 000 training images by
 # `python tools/train_lecture02.py` (15 to 30 minutes on one CPU core): one with $Z = 20$ and one
-# with $Z = 2$, whose latent space we can draw. The script stores the weights with a SHA-256
-# sidecar that `load_model` verifies, and the training log and test figures in
-# `l02_results.json`.
+# with $Z = 2$, whose latent space we can draw. The script stores each model's weights together
+# with its architecture, so `dgmlib.pretrained.load("l02_vae_z20")` rebuilds it by name and
+# verifies the file's SHA-256; the training log and test figures are in `l02_results.json`
+# (`pretrained.results("l02")`, loaded above).
 
 # %%
 models = {}
-for name, z_dim in (("z20", 20), ("z2", 2)):
-    models[name] = VAE.for_mnist(z_dim=z_dim)
-    meta = load_model(models[name], CHECKPOINTS / f"l02_vae_{name}.safetensors")
-    models[name].eval().requires_grad_(False)
-    print(f"{name}: {meta['epochs']} epochs, made by `{meta['command']}`")
+for name in ("z20", "z2"):
+    models[name] = pretrained.load(f"l02_vae_{name}").requires_grad_(False)  # in eval mode
+    print(f"{name}: {results['settings']['epochs']} epochs, made by `{results['command']}`")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
 for name, color in (("z20", "tab:blue"), ("z2", "tab:green")):
@@ -986,8 +984,8 @@ for name, color in (("z20", "tab:blue"), ("z2", "tab:green")):
         epochs_axis, r["history"]["elbo"], color=color, alpha=0.7, label=f"{name}: training batches"
     )
     axes[0].plot(
-        np.arange(1, len(r["test_elbo_per_epoch"]) + 1),
-        r["test_elbo_per_epoch"],
+        [c["epoch"] for c in r["curves"]],
+        [c["test_elbo"] for c in r["curves"]],
         "o",
         ms=3,
         color=color,
@@ -1023,20 +1021,22 @@ for name, model in models.items():
     terms[name] = (elbo, elbo + kl, kl)
     lines.append(f"{name:<6}{elbo:>11.1f}{elbo + kl:>16.1f}{kl:>8.2f}")
     # the same float32 evaluation as the script's: 0.01 nats leaves room for kernel round-off only
-    assert abs(elbo - results["models"][name]["elbo"]) < 0.01, (name, elbo)
+    assert abs(elbo - results["models"][name]["test"]["elbo"]) < 0.01, (name, elbo)
 d_elbo, d_rec, d_kl = (a - b for a, b in zip(terms["z20"], terms["z2"], strict=True))
 lines.append(
     f"z20 - z2: ELBO {d_elbo:+.1f}, E_q log p(x|z) {d_rec:+.1f}, KL {d_kl:+.1f}; "
     f"KL ratio z20 / z2 = {terms['z20'][2] / terms['z2'][2]:.2f}"
 )
+cfg = results["settings"]
 lines.append(
-    "\nfirst 1000 test images, from the script: ELBO vs 1000-sample importance-weighted log p(x)"
+    f"\nfirst {cfg['nll_n']} test images, from the script: ELBO vs {cfg['nll_k']}-sample "
+    "importance-weighted log p(x)"
 )
 for name, r in results["models"].items():
-    gap_iw = r["iw_log_px_first_1000"] - r["elbo_first_1000"]
+    elbo_sub, iw_log_px = r["test"]["subset_elbo"], -r["test"]["subset_nll"]  # nll = -log p(x)
     lines.append(
-        f"{name:<6} ELBO {r['elbo_first_1000']:.1f}   IW estimate {r['iw_log_px_first_1000']:.1f}"
-        f"   difference {gap_iw:.2f}"
+        f"{name:<6} ELBO {elbo_sub:.1f}   IW estimate {iw_log_px:.1f}"
+        f"   difference {iw_log_px - elbo_sub:.2f}"
     )
 print("\n".join(lines))
 

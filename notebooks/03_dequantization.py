@@ -46,28 +46,23 @@ import numpy as np
 import torch
 from scipy import integrate, stats
 from scipy.special import logsumexp
+from torch.distributions import Normal
 
+import dgmlib
 from dgmlib.checks import check_dequantized_bpd, check_discretized_logistic
 from dgmlib.data import load_digits, load_fashion_mnist
 from dgmlib.dequantization import (
     dequantization_bound,
     discretized_logistic_log_prob,
     discretized_normal_log_prob,
-    log_density_to_integer_units,
-    nats_to_bits_per_dim,
     uniform_dequantize,
 )
-from dgmlib.plot import image_grid, use_style
-from dgmlib.utils import seed_everything
+from dgmlib.plot import image_grid
+from dgmlib.stats import fmt  # 4 significant digits: stable across runs
+from dgmlib.units import log_density_to_integer_units, nats_to_bits_per_dim
 
-seed_everything(0)
-use_style()
+dgmlib.notebook_setup(0)
 torch.set_default_dtype(torch.float64)  # the checks below compare numbers to ~1e-9
-
-
-def fmt(v: float) -> str:
-    """A number with 4 significant digits (stable across runs)."""
-    return f"{v:.4g}"
 
 
 # %% [markdown]
@@ -135,14 +130,11 @@ q_mean = float(np.sum(rest * levels[1:]))
 q_std = float(np.sqrt(np.sum(rest * (levels[1:] - q_mean) ** 2)))
 
 
-def norm_logpdf(y, mean, std):
-    return -0.5 * ((y - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
-
-
 def spike_logpdf(y, sigma):
     """log p_sigma(y): spike of weight w at 0 plus the broad Gaussian q (numpy, broadcasts)."""
     return np.logaddexp(
-        np.log(w) + norm_logpdf(y, 0.0, sigma), np.log1p(-w) + norm_logpdf(y, q_mean, q_std)
+        np.log(w) + stats.norm.logpdf(y, 0.0, sigma),
+        np.log1p(-w) + stats.norm.logpdf(y, q_mean, q_std),
     )
 
 
@@ -179,7 +171,7 @@ disc_ll = np.array([np.sum(freq * spike_log_mass(levels, s)) for s in sigmas])
 # %%
 slope = (raw_ll[0] - raw_ll[1]) / (np.log(sigmas[1]) - np.log(sigmas[0]))
 a_spike = w / math.sqrt(2 * math.pi)
-b_broad = (1 - w) * math.exp(norm_logpdf(0.0, q_mean, q_std))
+b_broad = (1 - w) * math.exp(stats.norm.logpdf(0.0, q_mean, q_std))
 slope_low = w / (1 + b_broad * sigmas[1] / a_spike)
 rng_u = np.random.default_rng(0)
 u_draws = rng_u.random(20_000)
@@ -239,8 +231,7 @@ plt.show()
 def diag_gmm_log_prob(params, y):
     """log density of a mixture of diagonal Gaussians at y [..., D] -> [...]."""
     log_pi, mu, std = params
-    z = (y[..., None, :] - mu) / std
-    comp = (-0.5 * z**2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    comp = Normal(mu, std).log_prob(y[..., None, :]).sum(-1)  # [..., C]
     return torch.logsumexp(log_pi + comp, dim=-1)
 
 
@@ -255,8 +246,7 @@ def fit_diag_gmm(data_fn, init_mu, init_std, num_iters, min_std, weights=None):
     history = []
     for _ in range(num_iters):
         y = data_fn()
-        z = (y[:, None, :] - mu) / std  # [N, C, D]
-        log_joint = log_pi + (-0.5 * z**2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_joint = log_pi + Normal(mu, std).log_prob(y[:, None, :]).sum(-1)  # [N, C]
         log_lik = torch.logsumexp(log_joint, dim=1)
         resp = torch.exp(log_joint - log_lik[:, None])  # E-step: posterior over components
         if weights is not None:
@@ -509,7 +499,7 @@ m_unit, s_unit = y_unit.mean(0), y_unit.std(0)  # the per-pixel Gaussian, in [0,
 
 
 def gauss_log_density(y, mean, std):
-    return (-0.5 * ((y - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return Normal(mean, std).log_prob(y).sum(-1)
 
 
 u_eval = torch.rand((4, *F_int.shape), generator=g_f)  # 4 noise draws per image, shared below
@@ -784,11 +774,7 @@ constant = torch.nonzero((X_train == 0).all(0)).flatten()
 others = torch.ones(D, dtype=torch.bool)
 others[constant] = False
 _, mu_floor, std_floor = gauss_raw  # the last diagonal Gaussian fitted above: floor 1e-6
-gauss_pixel_lp = (
-    -0.5 * ((X_test.double() - mu_floor) / std_floor) ** 2
-    - torch.log(std_floor)
-    - 0.5 * math.log(2 * math.pi)
-)  # [N, D] log-densities per pixel
+gauss_pixel_lp = Normal(mu_floor, std_floor).log_prob(X_test.double())  # [N, D] per pixel
 cat_pixel_lp = log_theta[torch.arange(D), X_test]  # [N, D] log-probabilities per pixel
 n_others = int(others.sum())
 print(

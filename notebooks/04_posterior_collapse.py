@@ -50,17 +50,16 @@
 # checks below are worked out independently.
 
 # %%
-import json
 import math
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from dgmlib import notebook_setup, pretrained
 from dgmlib.bounds import iwae_bound
 from dgmlib.checks import check_active_units, check_free_bits
 from dgmlib.data import (
-    REPO_DATA_DIR,
     bars_and_stripes,
     bars_and_stripes_log_prob,
     binarize_threshold,
@@ -69,18 +68,12 @@ from dgmlib.data import (
 from dgmlib.diagnostics import active_units, kl_per_dimension
 from dgmlib.distributions import kl_normal_std_normal
 from dgmlib.kl_control import free_bits_kl, linear_warmup
-from dgmlib.models import VAE, BernoulliDecoder, MLPGaussianEncoder, PixelCNNDecoder
-from dgmlib.plot import image_grid, use_style
-from dgmlib.train import load_model
-from dgmlib.utils import seed_everything
+from dgmlib.models import VAE
+from dgmlib.plot import image_grid
+from dgmlib.stats import fmt, mean_se
 
-seed_everything(0)
-use_style()
-
-
-def fmt(v: float) -> str:
-    """A number with 4 significant digits (stable across runs)."""
-    return f"{v:.4g}"
+# seeds, thread count, plot style; the models run on the CPU, as in the script
+_ = notebook_setup(0)
 
 
 # %% [markdown]
@@ -121,51 +114,28 @@ def fmt(v: float) -> str:
 # python tools/train_lecture04.py        # or: make checkpoints
 # ```
 #
-# which writes `data/checkpoints/l04_<variant>.safetensors` (with SHA-256 sidecars, verified on
-# loading) and `l04_results.json` (settings, training curves and test figures). The next cell
-# rebuilds the four models from the recorded settings and loads their weights.
+# which writes `data/checkpoints/l04_<variant>.safetensors` (each model's weights with its
+# architecture) and `l04_results.json` (settings, training curves and test figures). The next
+# cell loads the four models by name with `dgmlib.pretrained.load`, which rebuilds each
+# architecture from its checkpoint and verifies the file's SHA-256.
 
 # %%
-CKPT = REPO_DATA_DIR / "checkpoints"
-results = json.loads((CKPT / "l04_results.json").read_text())
-cfg = results["config"]
+results = pretrained.results("l04")
+cfg = results["settings"]["fashion"]
 VARIANTS = {
     "mlp": "MLP decoder",
     "pixelcnn": "PixelCNN",
     "pixelcnn_anneal": "PixelCNN + KL annealing",
     "pixelcnn_freebits": "PixelCNN + free bits",
 }
-
-
-def build(variant: str, c: dict, side: int = 28) -> VAE:
-    """The architecture of a variant, as in tools/train_lecture04.py (c: its recorded settings)."""
-    x_shape = (1, side, side)
-    encoder = MLPGaussianEncoder(side * side, c["hidden"], c["z_dim"])
-    if variant.endswith("mlp"):
-        decoder = BernoulliDecoder(c["z_dim"], c["hidden"], x_shape=x_shape)
-    else:
-        decoder = PixelCNNDecoder(c["z_dim"], **c["pixelcnn"], x_shape=x_shape)
-    return VAE(encoder, decoder)
-
-
-def load_variants(names, c: dict, side: int = 28) -> dict:
-    """The trained models of the variants ``names``, checkpoints verified, in eval mode."""
-    loaded = {}
-    for v in names:
-        loaded[v] = build(v, c, side)
-        load_model(loaded[v], CKPT / f"l04_{v}.safetensors")
-        loaded[v].eval()
-    return loaded
-
-
-models = load_variants(VARIANTS, cfg)
+models = {v: pretrained.load(f"l04_{v}") for v in VARIANTS}  # in eval mode
 print(
     f"latent dimension {cfg['z_dim']}; trained on the first {cfg['n_train']} training images, "
     f"{cfg['epochs']} epochs, batch {cfg['batch']}, Adam lr {cfg['lr']}"
 )
-print(f"PixelCNN decoder: {cfg['pixelcnn']}")
+PIXELCNN_ARGS = ("channels", "n_layers", "kernel_size", "hidden_kernel_size")  # PixelCNNDecoder's
+print(f"PixelCNN decoder: { {k: cfg['pixelcnn'][k] for k in PIXELCNN_ARGS} }")
 # test images, binarized like the training images (pixel on where the intensity exceeds 1/2)
-assert cfg["binarization"] == "threshold"
 test_images, _ = load_fashion_mnist("test")
 x_eval = binarize_threshold(test_images[: cfg["n_eval"]]).unsqueeze(1)  # [N, 1, 28, 28]
 for v, name in VARIANTS.items():
@@ -523,18 +493,15 @@ print(
 assert abs(p_exact.sum().item() - 1) < 1e-12 and z_freq < 4 and freq[~possible].sum() == 0
 
 # %%
-bas = json.loads((CKPT / "l04_bas_results.json").read_text())
-bcfg = bas["config"]
+bcfg = results["settings"]["bas"]
 BAS_VARIANTS = {f"bas_{v}": name for v, name in VARIANTS.items()}
-
-
-bas_models = load_variants(BAS_VARIANTS, bcfg, bcfg["size"])
+bas_models = {v: pretrained.load(f"l04_{v}") for v in BAS_VARIANTS}  # in eval mode
 print(
     f"latent dimension {bcfg['z_dim']}; {bcfg['epochs'] * bcfg['steps_per_epoch']} steps of "
     f"{bcfg['batch']} fresh images, Adam lr {bcfg['lr']}; annealing over the first "
     f"{bcfg['warmup_steps']} steps; free bits {bcfg['free_bits']} nats per dimension"
 )
-print(f"PixelCNN decoder: {bcfg['pixelcnn']}")
+print(f"PixelCNN decoder: { {k: bcfg['pixelcnn'][k] for k in PIXELCNN_ARGS} }")
 x_bas = bars_and_stripes(
     bcfg["n_eval"], S, torch.Generator().manual_seed(bcfg["eval_data_seed"])
 )  # the evaluation images of the training command
@@ -570,7 +537,12 @@ def evaluate(model: VAE, x: torch.Tensor, seed: int = 0) -> dict:
     kl = kl_normal_std_normal(mu, logvar)
     elbo = log_px_z - kl
     log_px_swapped = model.decoder.log_prob(x, z.roll(1, dims=0))  # the code of image i - 1
-    per_image = {"kl": kl, "elbo": elbo, "recon": log_px_z, "swap_loss": log_px_z - log_px_swapped}
+    per_image = {
+        "kl": kl,
+        "elbo": elbo,
+        "log_px_z": log_px_z,
+        "swap_loss": log_px_z - log_px_swapped,
+    }
     return {
         "kl": float(kl_dims.sum()),
         "active_units": au.count,
@@ -582,11 +554,6 @@ def evaluate(model: VAE, x: torch.Tensor, seed: int = 0) -> dict:
         "logvar": logvar,
         "per_image": {k: t.double() for k, t in per_image.items()},
     }
-
-
-def mean_se(t: torch.Tensor) -> tuple[float, float]:
-    """The mean of per-image values and its standard error, std / sqrt(N)."""
-    return t.mean().item(), (t.std() / len(t) ** 0.5).item()
 
 
 def variance_se(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -601,7 +568,7 @@ def variance_se(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 ev_bas = {v: evaluate(bas_models[v], x_bas, bcfg["eval_seed"]) for v in BAS_VARIANTS}
 for v in BAS_VARIANTS:  # the figures recorded by the training command
-    ref = bas["variants"][v]
+    ref = results["models"][v]["test"]
     assert ev_bas[v]["active_units"] == ref["active_units"], v
     assert abs(ev_bas[v]["kl"] - ref["kl"]) < 1e-3 * max(1.0, ref["kl"]), v
     assert abs(ev_bas[v]["elbo"] - ref["elbo"]) < 1e-3 * abs(ref["elbo"]), v
@@ -674,7 +641,7 @@ for v, name in BAS_VARIANTS.items():
     gap_v, gap_se = mean_se(log_px_bas - ev_bas[v]["per_image"]["elbo"])
     print(f"  {name:<26}{gap_v:>7.3f} +- {gap_se:.3f}  ({gap_v / gap_se:.1f} s.e.)")
     assert gap_v > -3 * gap_se, v
-misfit, misfit_se = mean_se(log_px_bas - col["per_image"]["recon"])
+misfit, misfit_se = mean_se(log_px_bas - col["per_image"]["log_px_z"])
 print(
     f"  collapsed PixelCNN: KL {col['kl']:.3f} + decoder misfit log p(x) - E_q log p(x|z) "
     f"{misfit:.3f} +- {misfit_se:.3f}"
@@ -703,18 +670,18 @@ assert elbo_mlp - no_code > 3 * elbo_mlp_se
 # %%
 print(f"After each epoch of {bcfg['steps_per_epoch']} steps (evaluation images), KL | ELBO, nats:")
 for v, name in BAS_VARIANTS.items():
-    pe = bas["variants"][v]["per_epoch"]
+    pe = results["models"][v]["curves"]
     print(
         f"  {name:<26}",
-        " ".join(f"{r['kl']:.3f}" for r in pe),
+        " ".join(f"{r['test_kl']:.3f}" for r in pe),
         "|",
-        " ".join(f"{r['elbo']:.3f}" for r in pe),
+        " ".join(f"{r['test_elbo']:.3f}" for r in pe),
     )
-pe_a = bas["variants"]["bas_pixelcnn_anneal"]["per_epoch"]
-h_bas_ann = bas["variants"]["bas_pixelcnn_anneal"]["history"]
+pe_a = results["models"]["bas_pixelcnn_anneal"]["curves"]
+h_bas_ann = results["models"]["bas_pixelcnn_anneal"]["history"]
 print(
     f"annealed model: largest KL during training {max(h_bas_ann['kl']):.1f} nats; "
-    f"KL change in the last epoch {100 * (pe_a[-1]['kl'] / pe_a[-2]['kl'] - 1):.0f} %"
+    f"KL change in the last epoch {100 * (pe_a[-1]['test_kl'] / pe_a[-2]['test_kl'] - 1):.0f} %"
 )
 kl_fb_b = ev_bas["bas_pixelcnn_freebits"]["kl_per_dim"]
 print(
@@ -762,7 +729,7 @@ fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [
 image_grid(x_bas[:32], nrow=8, ax=axes[0], title="bars and stripes: 32 evaluation images")
 bas_colors = dict(zip(BAS_VARIANTS, ["tab:gray", "tab:red", "tab:blue", "tab:green"], strict=True))
 for v, name in BAS_VARIANTS.items():
-    h = bas["variants"][v]["history"]
+    h = results["models"][v]["history"]
     axes[1].plot(h["step"], np.maximum(h["kl"], 1e-3), color=bas_colors[v], label=name)
 axes[1].axvline(bcfg["warmup_steps"], ls="--", color="tab:blue", lw=1)
 axes[1].axhline(bcfg["z_dim"] * bcfg["free_bits"], ls=":", color="tab:green", lw=1)
@@ -801,7 +768,7 @@ plt.show()
 # %%
 ev = {v: evaluate(models[v], x_eval, cfg["eval_seed"]) for v in VARIANTS}
 for v in VARIANTS:
-    ref = results["variants"][v]
+    ref = results["models"][v]["test"]
     assert ev[v]["active_units"] == ref["active_units"], v
     assert abs(ev[v]["kl"] - ref["kl"]) < 1e-3 * max(1.0, abs(ref["kl"])), v
     assert abs(ev[v]["elbo"] - ref["elbo"]) < 1e-3 * abs(ref["elbo"]), v
@@ -879,12 +846,12 @@ print(
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 colors = dict(zip(VARIANTS, ["tab:gray", "tab:red", "tab:blue", "tab:green"], strict=True))
 for v, name in VARIANTS.items():
-    h = results["variants"][v]["history"]
+    h = results["models"][v]["history"]
     axes[0].plot(h["step"], h["kl"], color=colors[v], label=name)
-    per_epoch = results["variants"][v]["per_epoch"]
+    per_epoch = results["models"][v]["curves"]
     axes[1].plot(
-        range(1, len(per_epoch) + 1),
-        [r["elbo"] for r in per_epoch],
+        [r["epoch"] for r in per_epoch],
+        [r["test_elbo"] for r in per_epoch],
         "o-",
         color=colors[v],
         label=name,
@@ -916,9 +883,9 @@ def at_step(h: dict, step: int) -> float:
     return next(k for s_, k in zip(h["step"], h["kl"], strict=True) if s_ >= step)
 
 
-h_plain = results["variants"]["pixelcnn"]["history"]
-h_ann = results["variants"]["pixelcnn_anneal"]["history"]
-h_fb = results["variants"]["pixelcnn_freebits"]["history"]
+h_plain = results["models"]["pixelcnn"]["history"]
+h_ann = results["models"]["pixelcnn_anneal"]["history"]
+h_fb = results["models"]["pixelcnn_freebits"]["history"]
 warm = cfg["warmup_epochs"] * steps_per_epoch
 early = [(k, s_) for s_, k in zip(h_plain["step"], h_plain["kl"], strict=True) if s_ <= 100]
 later = [(k, s_) for s_, k in zip(h_plain["step"], h_plain["kl"], strict=True) if 100 < s_ <= warm]
@@ -939,10 +906,10 @@ print(
 )
 print("\nchange in the last epoch (test images):")
 for v, name in VARIANTS.items():
-    pe = results["variants"][v]["per_epoch"]
+    pe = results["models"][v]["curves"]
     print(
-        f"  {name:<26} ELBO {pe[-1]['elbo'] - pe[-2]['elbo']:+.2f} nats, "
-        f"KL {pe[-1]['kl'] - pe[-2]['kl']:+.2f} nats"
+        f"  {name:<26} ELBO {pe[-1]['test_elbo'] - pe[-2]['test_elbo']:+.2f} nats, "
+        f"KL {pe[-1]['test_kl'] - pe[-2]['test_kl']:+.2f} nats"
     )
 
 

@@ -55,7 +55,6 @@
 # note's formulas carry misprints, §1 and §2 show numerically which version is right.
 
 # %%
-import json
 import math
 
 import matplotlib.pyplot as plt
@@ -64,14 +63,14 @@ import torch
 from scipy import stats
 from torch.distributions import Normal, kl_divergence
 
+from dgmlib import notebook_setup, pretrained, set_threads
 from dgmlib.checks import check_forward_posterior, check_marginal_sample
-from dgmlib.data import REPO_DATA_DIR, load_fashion_mnist, toy_2d
-from dgmlib.dequantization import log_density_to_integer_units, nats_to_bits_per_dim
+from dgmlib.cnf import ring_log_prob
+from dgmlib.data import load_fashion_mnist, toy_2d
 from dgmlib.diffusion import (
     alpha_bars,
     ddpm_sample,
     elbo_estimate,
-    elbo_full,
     eps_kl_weights,
     forward_marginal,
     forward_posterior,
@@ -83,21 +82,15 @@ from dgmlib.diffusion import (
     snr,
 )
 from dgmlib.gan import mode_coverage
-from dgmlib.models.denoiser import DDPM, MLPDenoiser, UNetDenoiser
-from dgmlib.plot import image_grid, use_style
-from dgmlib.train import load_checkpoint, load_model
-from dgmlib.utils import seed_everything
+from dgmlib.io import load_checkpoint
+from dgmlib.plot import image_grid
+from dgmlib.stats import fmt, mean_se
+from dgmlib.units import log_density_to_integer_units, nats_to_bits_per_dim
 
-seed_everything(0, threads=1)  # one thread: small tensor operations are fastest and reproducible
-use_style()
+notebook_setup(0)
+set_threads(1)  # one thread: small tensor operations are fastest and reproducible
 DT = torch.float64  # the checks run in double precision
-CKPT = REPO_DATA_DIR / "checkpoints"  # the repository's data/checkpoints/
-RESULTS = json.loads((CKPT / "l12_results.json").read_text())
-
-
-def fmt(v: float, digits: int = 4) -> str:
-    """A number with `digits` significant digits (stable across runs), without a '-0'."""
-    return f"{float(v) + 0.0:.{digits}g}"
+RESULTS = pretrained.results("l12")  # settings and figures of tools/train_lecture12.py
 
 
 # %% [markdown]
@@ -440,7 +433,7 @@ for t in range(1, 6):  # minus the encoder's steps
     log_ratio = log_ratio - Normal((1 - b5[t - 1]).sqrt() * zs[t - 1], b5[t - 1].sqrt()).log_prob(
         zs[t]
     )
-est_a, se_a = float(log_ratio.mean()), float(log_ratio.std()) / math.sqrt(n_mc)
+est_a, se_a = mean_se(log_ratio)
 
 
 # (b) the random-step estimator
@@ -462,7 +455,7 @@ def random_step_estimate(b, weight):
     )
     prior = kl_divergence(Normal(ab_[T_].sqrt() * x, (1 - ab_[T_]).sqrt()), Normal(0.0, 1.0))
     est = recon - weight(T_) * kl - prior
-    return float(est.mean()), float(est.std()) / math.sqrt(n_mc)
+    return mean_se(est)
 
 
 rows = [("(a) T = 5, log-ratio along trajectories", est_a, se_a, exact_elbo(b5))]
@@ -799,7 +792,8 @@ plt.show()
 # \hat{\boldsymbol\epsilon}\|^2$ with a uniform step; and the same ELBO estimated by drawing the
 # step with probability $\propto w_t$ (an importance-sampled estimate of the same objective whose
 # terms all have weight $\sum_s w_s$). It evaluated each model's ELBO on 4000 fresh points with
-# every step's KL (`elbo_full`, decoder variance $\beta_1$) and stored it.
+# every step's KL (`elbo_estimate(..., every_step=True)`, decoder variance $\beta_1$) and stored
+# it.
 #
 # **Check 6.** (a) Per-component means and standard deviations of 80 000 ring samples match
 # $\mathbf c_k$ and $\sigma$ within 4.5 standard errors. (b) The Monte Carlo entropy agrees with
@@ -817,13 +811,6 @@ plt.show()
 RING_SIGMA, RING_RADIUS = 0.05, 2.0
 angles = torch.arange(8, dtype=DT) * (2 * math.pi / 8)
 centres = RING_RADIUS * torch.stack([angles.cos(), angles.sin()], 1)  # [8, 2]
-
-
-def ring_log_prob(x: torch.Tensor) -> torch.Tensor:
-    """log p(x) of the ring: a mixture of 8 Gaussians N(c_k, sigma^2 I) with weights 1/8."""
-    d2 = (x[:, None, :] - centres[None]).square().sum(-1)
-    log_comp = -0.5 * d2 / RING_SIGMA**2 - math.log(2 * math.pi * RING_SIGMA**2)
-    return torch.logsumexp(log_comp, 1) - math.log(8)
 
 
 # (a) the stated parameters
@@ -844,8 +831,9 @@ print(f"(a) 8 components: largest |z| of their means and standard deviations: {z
 assert z_max < 4.5
 
 # (b) the entropy by Monte Carlo from the exact density
-lp = ring_log_prob(toy_2d("ring", 200_000, seed=98)[0].double())
-H_mc, H_se = float(-lp.mean()), float(lp.std()) / math.sqrt(len(lp))
+# the exact density: 8 Gaussians N(c_k, sigma^2 I) of weight 1/8 (dgmlib.cnf.ring_log_prob)
+lp = ring_log_prob(toy_2d("ring", 200_000, seed=98)[0].double(), RING_SIGMA)
+H_mc, H_se = mean_se(-lp)
 H_sep = math.log(8) + math.log(2 * math.pi * math.e * RING_SIGMA**2)
 print(
     f"(b) entropy H: Monte Carlo {fmt(H_mc, 5)} +- {fmt(H_se, 2)} nats; "
@@ -854,20 +842,13 @@ print(
 assert abs(H_mc - H_sep) < 4 * H_se
 
 # (c) the stored models, and our own one-step estimates on other points
-toy = RESULTS["toy"]
 toy_settings = RESULTS["settings"]["toy"]
 toy_betas = linear_betas(RESULTS["settings"]["T"])
 toy_ab = alpha_bars(toy_betas)
 VARIANTS = {"simple": "L_simple", "elbo": "ELBO, uniform t", "elbo_is": "ELBO, t ~ w_t"}
-
-
-def load_toy(weighting: str) -> DDPM:
-    model = DDPM(MLPDenoiser(**toy_settings["net"]), toy_betas, weighting=weighting)
-    load_model(model, CKPT / toy[weighting]["checkpoint"])  # verifies the SHA-256 sidecar
-    return model.double().eval()
-
-
-toy_models = {name: load_toy(name) for name in VARIANTS}
+toy = {name: RESULTS["models"][f"ring_{name}"]["test"] for name in VARIANTS}  # stored figures
+# the trained models by name (rebuilt from their specs, SHA-256 verified), in double precision
+toy_models = {name: pretrained.load(f"l12_ring_{name}").double() for name in VARIANTS}
 
 
 def optimal_eps(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -883,7 +864,9 @@ def optimal_eps(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 # the optimal network with every step's KL, on the points the script evaluated the models on
 eval_pts = toy_2d("ring", toy_settings["eval_points"], seed=toy_settings["eval_seed"])[0].double()
-opt_full = elbo_full(optimal_eps, eval_pts, toy_betas, generator=torch.Generator().manual_seed(6))
+opt_full = elbo_estimate(
+    optimal_eps, eval_pts, toy_betas, generator=torch.Generator().manual_seed(6), every_step=True
+)
 opt_per_step = opt_full["per_step"].mean(1)  # [T - 1]
 proposal_toy = opt_per_step / opt_per_step.sum()  # for importance sampling of the step
 
@@ -894,11 +877,10 @@ for name, net in nets.items():  # the same generator seed: the same steps and no
     one_step[name] = elbo_estimate(
         net, x_eval, toy_betas, generator=torch.Generator().manual_seed(5), t_probs=proposal_toy
     )["elbo"]
-n_eval = len(x_eval)
 print(f"(c) ELBO in nats: {'stored, all steps':>22} {'ours, one step':>18} {'z':>5}")
 for name, label in VARIANTS.items():
     r = toy[name]
-    mine, se = float(one_step[name].mean()), float(one_step[name].std()) / math.sqrt(n_eval)
+    mine, se = mean_se(one_step[name])
     zc = (mine - r["elbo"]) / math.hypot(se, r["elbo_se"])
     print(
         f"    {label:<15} {fmt(r['elbo'], 3):>9} +- {fmt(r['elbo_se'], 2):<6} {fmt(mine, 3):>9} +- "
@@ -911,15 +893,17 @@ uniform = elbo_estimate(
 )
 print(
     f"    standard error with a uniform step instead (L_simple): "
-    f"{fmt(float(uniform['elbo'].std()) / math.sqrt(n_eval), 2)}"
+    f"{fmt(mean_se(uniform['elbo'])[1], 2)}"
 )
 
 # (d) paired differences, common random numbers
 print("\n(d) paired differences (nats):")
 pairs = [(f"{VARIANTS[n]} - optimal", one_step[n] - one_step["optimal"]) for n in VARIANTS]
-pairs.append(("optimal (all steps) - log p(x)", opt_full["elbo"] - ring_log_prob(eval_pts)))
+pairs.append(
+    ("optimal (all steps) - log p(x)", opt_full["elbo"] - ring_log_prob(eval_pts, RING_SIGMA))
+)
 for label, d in pairs:
-    mean_d, se_d = float(d.mean()), float(d.std()) / math.sqrt(len(d))
+    mean_d, se_d = mean_se(d)
     print(f"    {label:<31} {fmt(mean_d, 3):>8} +- {fmt(se_d, 2):<7} (z = {mean_d / se_d:.1f})")
     assert mean_d < 4 * se_d  # no network may beat the optimal one, and no model the data
 frac = opt_per_step.cumsum(0) / opt_per_step.sum()
@@ -966,7 +950,7 @@ plt.show()
 fig, ax = plt.subplots(figsize=(7, 3.6))
 tt = np.arange(2, len(toy_betas) + 1)
 for name, label in VARIANTS.items():
-    ax.loglog(tt, toy[name]["per_step_kl"], label=label, lw=1)
+    ax.loglog(tt, toy[name]["kl_per_step"], label=label, lw=1)
 ax.loglog(tt, opt_per_step.numpy(), "k", lw=1.5, label="optimal network")
 ax.set_xlabel("step t")
 ax.set_ylabel("mean KL of step t (nats)")
@@ -1025,11 +1009,9 @@ plt.show()
 # `dgmlib.dequantization` (a sanity line: two writings of the same formula).
 
 # %%
-fm = RESULTS["fmnist"]
+fm = RESULTS["models"]["fmnist"]
 fm_settings = RESULTS["settings"]["fmnist"]
-fm_model = DDPM(UNetDenoiser(**fm_settings["net"]), linear_betas(RESULTS["settings"]["T"]))
-load_model(fm_model, CKPT / fm["checkpoint"])  # verifies the SHA-256 sidecar
-fm_model.eval()
+fm_model = pretrained.load("l12_fmnist")
 fm_betas = fm_model.betas
 D_IMG, LEVELS = 784, 256
 test_images, test_labels = load_fashion_mnist("test")
@@ -1069,8 +1051,8 @@ with torch.no_grad():
         t_probs=proposal.float(),
     )
 bpd_sub = to_bpd(est["elbo"].double())
-mine, se_mine = float(bpd_sub.mean()), float(bpd_sub.std()) / math.sqrt(len(bpd_sub))
-stored, se_stored = fm["test"]["bpd"], fm["test"]["bpd_se"]
+mine, se_mine = mean_se(bpd_sub)
+stored, se_stored = fm["test"]["neg_elbo_bpd"], fm["test"]["neg_elbo_bpd_se"]
 z_fm = (mine - stored) / math.hypot(se_mine, se_stored)
 print(
     f"test bound, stored (10000 images x {fm['test']['draws']} draws, uniform step): "
@@ -1124,8 +1106,9 @@ print(
     f"{'Fashion-MNIST test set, bits/dim (upper bounds)':<58}{'total':>7}{'prior':>8}{'rate':>8}{'distortion':>11}"
 )
 print(
-    f"{'this DDPM (T = 1000, L_simple), 10000 images':<58}{fmt(ft['bpd'], 3):>7}{fmt(ft['prior_bpd'], 1):>8}"
-    f"{fmt(ft['diffusion_bpd'], 3):>8}{fmt(ft['reconstruction_bpd'] + math.log2(128), 3):>11}"
+    f"{'this DDPM (T = 1000, L_simple), 10000 images':<58}{fmt(ft['neg_elbo_bpd'], 3):>7}"
+    f"{fmt(ft['kl_prior_bpd'], 1):>8}{fmt(ft['kl_diffusion_bpd'], 3):>8}"
+    f"{fmt(ft['neg_log_px_z1_bpd'] + math.log2(128), 3):>11}"
 )
 print(f"{'per-pixel Gaussian (Lecture 03), closed form, 10000 images':<58}{fmt(bpd_pix, 4):>7}")
 print(f"{'uniform distribution over 256 levels':<58}{8:>7}")
@@ -1149,10 +1132,11 @@ print(
     f"share of the rate spent in steps 2..10 (stored per-step curve): {fmt(proposal[:9].sum(), 2)}; "
     f"KL of step 2 alone: {fmt(kl_grid[0] / (D_IMG * math.log(2)), 2)} bits/dim"
 )
-assert ft["bpd"] < bpd_pix  # the diffusion model must beat independent pixels
-recon_check = ft["prior_bpd"] + ft["diffusion_bpd"] + ft["reconstruction_bpd"] + math.log2(128)
+assert ft["neg_elbo_bpd"] < bpd_pix  # the diffusion model must beat independent pixels
+parts = ("kl_prior_bpd", "kl_diffusion_bpd", "neg_log_px_z1_bpd")
+recon_check = sum(ft[k] for k in parts) + math.log2(128)
 # sanity line: the parts add up to the total (stored per-image terms are float32: 1e-5 bits/dim)
-assert abs(recon_check - ft["bpd"]) < 1e-5
+assert abs(recon_check - ft["neg_elbo_bpd"]) < 1e-5
 
 # %% [markdown]
 # The stored bound and our importance-sampled recomputation agree, and a single draw of our
@@ -1169,7 +1153,10 @@ assert abs(recon_check - ft["bpd"]) < 1e-5
 # the result of about 0.3 million parameters and ten epochs on one CPU thread.
 
 # %%
-samples_fm = load_checkpoint(CKPT / fm["samples"])[0]["samples"]
+# the 64 samples the script drew, stored with the weights (the file's SHA-256 checked again)
+fm_entry = pretrained.manifest()["l12_fmnist"]
+fm_file = pretrained.checkpoint_dir() / fm_entry["file"]
+samples_fm = load_checkpoint(fm_file, fm_entry["sha256"])[0][fm["samples"]]
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
 image_grid(
     (samples_fm[:64, 0] + 1) / 2,
@@ -1189,8 +1176,8 @@ axes[0].set_ylabel("mean KL of step t (bits/dim)")
 axes[0].set_title(f"Per-step KL on {fm_settings['curve_images']} test images")
 axes[1].errorbar(
     epochs_curve,
-    [r["test_bpd_curve"] for r in fm["curves"]],
-    yerr=[2 * r["test_bpd_curve_se"] for r in fm["curves"]],
+    [r["neg_elbo_bpd"] for r in fm["curves"]],
+    yerr=[2 * r["neg_elbo_bpd_se"] for r in fm["curves"]],
     fmt="o-",
     capsize=3,
 )
@@ -1334,7 +1321,7 @@ print(
 # 2. Train the toy model of §6 with $T = 100$ steps instead of 1000 (use the training script's
 #    functions with a shorter schedule) and compare its ELBO with the optimal network's for
 #    $T = 100$. How much of the gap to $-H$ is the discretization of §4?
-# 3. Replace the fixed reverse variance $\tilde\beta_t$ by $\beta_t$ in `elbo_full` and
+# 3. Replace the fixed reverse variance $\tilde\beta_t$ by $\beta_t$ in `elbo_estimate` and
 #    re-evaluate the toy models: which choice gives the better ELBO, and at which steps?
 #
 # ## Summary

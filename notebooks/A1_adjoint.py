@@ -55,7 +55,6 @@
 # independently, and §3 says which of the recap's formulas hold as written.
 
 # %%
-import json
 import math
 
 import matplotlib.pyplot as plt
@@ -67,30 +66,24 @@ from torch import nn
 from torch.distributions import MultivariateNormal
 from torchdiffeq import odeint, odeint_adjoint
 
+from dgmlib import notebook_setup, pretrained, set_threads
 from dgmlib.checks import check_adjoint_dynamics, check_hutchinson_divergence
 from dgmlib.cnf import CNF, ConcatMLP, ring_log_prob, standard_normal_log_prob
-from dgmlib.data import REPO_DATA_DIR, toy_2d
+from dgmlib.data import toy_2d
 from dgmlib.ode import (
     divergence_exact,
+    fixed_grid,
     hutchinson_probes,
     hutchinson_variance,
     odeint_adjoint_by_hand,
     saved_tensor_bytes,
 )
-from dgmlib.plot import use_style
-from dgmlib.train import load_model
-from dgmlib.utils import seed_everything
+from dgmlib.stats import fmt, mean_se
 
-seed_everything(0, threads=1)  # one thread: small tensor operations are fastest and reproducible
-use_style()
 DT = torch.float64  # every check runs in double precision
-CKPT = REPO_DATA_DIR / "checkpoints"  # the repository's data/checkpoints/
 TIGHT = {"rtol": 1e-9, "atol": 1e-12}  # the solver tolerances of torchdiffeq's gradient tests
-
-
-def fmt(v: float, digits: int = 4) -> str:
-    """A number with `digits` significant digits (stable across runs), without a '-0'."""
-    return f"{float(v) + 0.0:.{digits}g}"
+notebook_setup(0)
+set_threads(1)  # one thread: small tensor operations are fastest and reproducible
 
 
 class LinearField(nn.Module):
@@ -592,15 +585,6 @@ t4 = torch.tensor([0.0, 1.0], dtype=DT)
 steps = [4, 8, 16, 32, 64, 128]
 
 
-def rk4(n: int) -> dict:
-    """torchdiffeq settings: rk4 on n equal steps of the interval."""
-
-    def grid(func, y0, t):
-        return torch.linspace(float(t[0]), float(t[-1]), n + 1, dtype=y0.dtype)
-
-    return {"method": "rk4", "options": {"grid_constructor": grid}}
-
-
 class Counted(nn.Module):
     """A field that counts its evaluations."""
 
@@ -617,7 +601,9 @@ def measure(solve, field: Counted, n: int) -> tuple[int, int, int]:
     """Saved bytes (parameters left out) and evaluations of f, forward and backward."""
     field.nfe = 0
     params = list(field.parameters())
-    nbytes, _, out = saved_tensor_bytes(lambda: solve(field, z4, t4, **rk4(n)), exclude=params)
+    nbytes, _, out = saved_tensor_bytes(
+        lambda: solve(field, z4, t4, **fixed_grid(n)), exclude=params
+    )
     n_forward = field.nfe
     (out[-1] * w4).sum().backward()
     return nbytes, n_forward, field.nfe - n_forward
@@ -658,21 +644,11 @@ for label, net in [
 assert memory["linear"]["backprop"][0][0] == 4 * 8 * (4 * B4 * d4 + 1)  # s_f = B d for A z
 
 fig, ax = plt.subplots(figsize=(7, 3.8))
+curves = [("backprop", "o", "C0", "backpropagation"), ("hand adjoint", "s", "C3", "adjoint (both)")]
 for label, style in [("linear", "-"), ("network", "--")]:
-    ax.plot(
-        steps,
-        [m[0] / 1024 for m in memory[label]["backprop"]],
-        "o" + style,
-        color="C0",
-        label=f"backpropagation, {label} field",
-    )
-    ax.plot(
-        steps,
-        [m[0] / 1024 for m in memory[label]["hand adjoint"]],
-        "s" + style,
-        color="C3",
-        label=f"adjoint (both), {label} field",
-    )
+    for solver, marker, color, name in curves:
+        kib = [m[0] / 1024 for m in memory[label][solver]]
+        ax.plot(steps, kib, marker + style, color=color, label=f"{name}, {label} field")
 ax.set_xscale("log", base=2)
 ax.set_yscale("log")
 ax.set_xlabel("rk4 steps n")
@@ -787,20 +763,17 @@ for kind in ("gaussian", "rademacher"):
 # more than unit mass on the data and fail this).
 
 # %%
-results = json.loads((CKPT / "lA1_results.json").read_text())
-st = results["settings"]
-cnf = CNF(ConcatMLP(**st["net"]))
-load_model(cnf, CKPT / "lA1_cnf.safetensors")  # verifies the SHA-256 sidecar
-cnf = cnf.double().eval()
+results = pretrained.results("lA1")
+st, stored = results["settings"], results["models"]["cnf"]
+cnf = pretrained.load("lA1_cnf").double()  # rebuilt from its spec, SHA-256 verified
 EVAL = {"method": "dopri5", **st["eval_tol"]}
 x_test = toy_2d("ring", st["n_test"], seed=st["test_seed"], noise=st["ring_std"])[0].double()
 with torch.no_grad():
     lp_model = cnf.log_prob(x_test, **EVAL)
 lp_true = ring_log_prob(x_test, st["ring_std"])
-n_t = len(x_test)
-ce, ce_se = -lp_model.mean().item(), lp_model.std().item() / math.sqrt(n_t)
-ent, ent_se = -lp_true.mean().item(), lp_true.std().item() / math.sqrt(n_t)
-kl, kl_se = (lp_true - lp_model).mean().item(), (lp_true - lp_model).std().item() / math.sqrt(n_t)
+ce, ce_se = mean_se(-lp_model)
+ent, ent_se = mean_se(-lp_true)
+kl, kl_se = mean_se(lp_true - lp_model)
 
 h_q = 0.02
 gq = torch.arange(-4 + h_q / 2, 4, h_q, dtype=DT)
@@ -809,11 +782,11 @@ lq = ring_log_prob(pts_q, st["ring_std"])
 ent_quad = -(lq.exp() * lq).sum().item() * h_q**2
 mass_quad = lq.exp().sum().item() * h_q**2
 
-print(f"trained for {st['steps']} steps ({results['n_params']} parameters)")
+print(f"trained for {st['steps']} steps ({stored['n_params']} parameters)")
 print(
     f"cross-entropy E[-log q(x)]   {ce:.4f} +- {ce_se:.4f} nats  "
-    f"(stored: {results['test']['nll']:.4f}; with the 4-step rk4 of training: "
-    f"{results['test']['nll_train_solver']:.4f})"
+    f"(stored: {stored['test']['nll']:.4f}; with the 4-step rk4 of training: "
+    f"{stored['test']['nll_train_solver']:.4f})"
 )
 print(f"entropy H(p), Monte Carlo    {ent:.4f} +- {ent_se:.4f} nats")
 print(f"entropy H(p), quadrature     {ent_quad:.4f} nats (grid mass of p: {mass_quad:.6f})")
@@ -821,7 +794,7 @@ print(
     f"KL(p || q) = difference      {kl:.4f} +- {kl_se:.4f} nats (paired; "
     f"{kl / kl_se:.1f} standard errors above 0)"
 )
-assert abs(ce - results["test"]["nll"]) < 1e-5
+assert abs(ce - stored["test"]["nll"]) < 1e-5
 assert abs(ent - ent_quad) < 4 * ent_se and abs(mass_quad - 1) < 1e-6
 assert kl > -3 * kl_se
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from dgmlib.checks.gaps import _optimal_linear_encoder_reference, check_optimal_linear_encoder
+from dgmlib.checks.gaps import check_optimal_linear_encoder
 from dgmlib.models.ppca import PPCA
 
 
@@ -58,15 +58,33 @@ def test_typical_mistakes_are_rejected(fn, fragments):
         assert fragment in text, text
 
 
-def test_reference_is_the_kl_optimal_diagonal_gaussian():
-    """The check's reference against independent computations: its mean A x + c is the mean of
-    PPCA.posterior, and its variances are a stationary point (a minimum: KL is convex in the
-    variances) of torch's KL(q || p(z|x)), by autograd."""
+def from_the_ppca_posterior(W, b, sigma2):
+    """The same encoder computed independently: A and c read off the mean A x + c of
+    PPCA.posterior at x = b and x = b + e_i, and the KL-optimal diagonal variances
+    1 / diag(Sigma^{-1}) from its covariance Sigma."""
+    d = W.shape[0]
+    points = torch.cat([b[None], b + torch.eye(d, dtype=W.dtype)])  # [1 + D, D]
+    post = PPCA(W, b, sigma2).posterior(points)
+    A = (post.mean[1:] - post.mean[0]).T  # columns: A e_i
+    c = post.mean[0] - A @ b
+    var = 1.0 / torch.diagonal(torch.linalg.inv(post.covariance_matrix[0]))
+    return A, c, var
+
+
+def test_the_check_agrees_with_an_independent_computation(capsys):
+    check_optimal_linear_encoder(from_the_ppca_posterior)
+    assert capsys.readouterr().out == "check_optimal_linear_encoder: all 4 cases pass.\n"
+
+
+def test_the_diagonal_of_the_precision_is_kl_optimal():
+    """The variances the check expects are a stationary point (a minimum: KL is convex in the
+    variances) of torch's KL(q || p(z|x)), by autograd; the typical mistake, the diagonal of the
+    posterior covariance, is not."""
     g = torch.Generator().manual_seed(0)
     W = torch.randn(6, 3, generator=g, dtype=torch.float64)
     b = torch.randn(6, generator=g, dtype=torch.float64)
     x = torch.randn(4, 6, generator=g, dtype=torch.float64)
-    A, c, var = _optimal_linear_encoder_reference(W, b, 0.5)
+    A, c, var = from_the_ppca_posterior(W, b, 0.5)
     post = PPCA(W, b, 0.5).posterior(x)
     assert torch.allclose(x @ A.T + c, post.mean, atol=1e-10, rtol=0)
     v = var.clone().requires_grad_(True)
@@ -74,7 +92,6 @@ def test_reference_is_the_kl_optimal_diagonal_gaussian():
     kl = kl_divergence(q, post).sum()
     (grad,) = torch.autograd.grad(kl, v)
     assert grad.abs().max() < 1e-10, grad
-    # the diagonal of the posterior covariance, the typical mistake, is not stationary
     v_wrong = torch.diagonal(post.covariance_matrix[0]).clone().requires_grad_(True)
     q = MultivariateNormal(post.mean, scale_tril=torch.diag_embed(v_wrong.sqrt().expand(4, 3)))
     (grad,) = torch.autograd.grad(kl_divergence(q, post).sum(), v_wrong)

@@ -56,38 +56,34 @@ def aggregate_std_for_var(z, mu, logvar):
     return aggregate_posterior_log_prob(z, mu, 2 * logvar)
 
 
-@pytest.mark.parametrize(
-    ("wrong", "case", "hint"),
-    [
-        (mixture_unnormalized_logits, "equal logits", "log_softmax(logits) as log-weights"),
-        (mixture_naive_exp, "do not underflow", "logsumexp"),
-        (mixture_std_for_var, "one component", "a variance, not a"),
-        (mixture_mean_of_logs, "equal logits", "not the mean"),
-    ],
-)
-def test_mixture_check_rejects_typical_mistakes(wrong, case, hint):
-    with pytest.raises(AssertionError) as info:
-        checks.check_mixture_prior_log_prob(wrong)
-    msg = str(info.value)
-    assert msg.startswith("check_mixture_prior_log_prob, case ") and case in msg, msg
-    assert "Hint:" in msg and hint in msg, msg
+MIXTURE, AGGREGATE = checks.check_mixture_prior_log_prob, checks.check_aggregate_posterior_log_prob
 
 
 @pytest.mark.parametrize(
-    ("wrong", "case", "hint"),
+    ("check", "wrong", "case", "hint"),
     [
-        (aggregate_sum, "identical posteriors", "subtract log N"),
-        (aggregate_mean_of_logs, "40 apart", "Jensen"),
-        (aggregate_naive_exp, "no underflow", "logsumexp"),
-        (aggregate_std_for_var, "N = 1", "exp(logvar_d)"),
+        (
+            MIXTURE,
+            mixture_unnormalized_logits,
+            "equal logits",
+            "log_softmax(logits) as log-weights",
+        ),
+        (MIXTURE, mixture_naive_exp, "do not underflow", "logsumexp"),
+        (MIXTURE, mixture_std_for_var, "one component", "a variance, not a"),
+        (MIXTURE, mixture_mean_of_logs, "equal logits", "not the mean"),
+        (AGGREGATE, aggregate_sum, "identical posteriors", "subtract log N"),
+        (AGGREGATE, aggregate_mean_of_logs, "40 apart", "Jensen"),
+        (AGGREGATE, aggregate_naive_exp, "no underflow", "logsumexp"),
+        (AGGREGATE, aggregate_std_for_var, "N = 1", "exp(logvar_d)"),
     ],
 )
-def test_aggregate_check_rejects_typical_mistakes(wrong, case, hint):
+def test_typical_mistakes_are_rejected(check, wrong, case, hint):
+    """The message names the check and the case that catches the mistake, with its hint."""
     with pytest.raises(AssertionError) as info:
-        checks.check_aggregate_posterior_log_prob(wrong)
+        check(wrong)
     msg = str(info.value)
-    assert msg.startswith("check_aggregate_posterior_log_prob, case ") and case in msg, msg
-    assert "Hint:" in msg and hint in msg, msg
+    assert msg.startswith(f"{check.__name__}, case ") and case in msg.split("\n")[0], msg
+    assert hint in msg.split("Hint:")[1], msg
 
 
 def test_a_wrong_shape_and_a_crash_are_reported():

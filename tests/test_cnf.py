@@ -15,6 +15,7 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 
 from dgmlib.cnf import CNF, ConcatMLP, ring_log_prob, standard_normal_log_prob
 from dgmlib.data import toy_2d
+from dgmlib.ode import fixed_grid
 
 DT = torch.float64
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}
@@ -27,13 +28,6 @@ class LinearField(nn.Module):
 
     def forward(self, t, z):
         return z @ self.A.T
-
-
-def rk4(n):
-    def grid(func, y0, t):
-        return torch.linspace(float(t[0]), float(t[-1]), n + 1, dtype=y0.dtype)
-
-    return {"method": "rk4", "options": {"grid_constructor": grid}}
 
 
 def test_log_prob_of_a_linear_flow_is_the_pushed_forward_gaussian():
@@ -58,18 +52,18 @@ def test_hutchinson_over_all_sign_patterns_is_the_exact_trace():
     x = torch.randn(3, 2, generator=torch.Generator().manual_seed(2), dtype=DT)
     exact = CNF(net, "exact")
     with torch.no_grad():
-        ref = exact.log_prob(x, **rk4(6))
+        ref = exact.log_prob(x, **fixed_grid(6))
         est = CNF(net, "hutchinson")
         total = torch.zeros(3, dtype=DT)
         for s in itertools.product([-1.0, 1.0], repeat=2):
             est.eps = torch.tensor(s, dtype=DT).expand(3, 2)
-            total += est.log_prob(x, **rk4(6))
+            total += est.log_prob(x, **fixed_grid(6))
     assert (total / 4 - ref).abs().max() < 1e-12
     # a single pattern is not exact: the check above can fail
-    assert (est.log_prob(x, **rk4(6)) - ref).abs().max() > 1e-6
+    assert (est.log_prob(x, **fixed_grid(6)) - ref).abs().max() > 1e-6
     with pytest.raises(RuntimeError, match="set cnf.eps"):
         est.eps = None
-        est.log_prob(x, **rk4(2))
+        est.log_prob(x, **fixed_grid(2))
 
 
 def test_adjoint_gradient_of_the_log_density_matches_backprop():

@@ -71,7 +71,9 @@ def test_fashion_mnist_shapes_and_labels(split, n, monkeypatch):
 
 
 def test_load_fashion_mnist_rejects_unknown_split():
-    with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
+    with pytest.raises(
+        ValueError, match=r"load_fashion_mnist: split must be one of \('train', 'test'\)"
+    ):
         data.load_fashion_mnist("validation")
 
 
@@ -136,6 +138,12 @@ def test_download_of_corrupted_file_leaves_nothing(isolated, server):
         data.download(expected, isolated, urls=(url,))
     assert expected.sha256 in str(err.value)
     assert list(isolated.iterdir()) == []  # no file, no temp file
+    # a copy already in place is not replaced by an unverified download
+    (isolated / expected.name).write_bytes(b"the old copy")
+    with pytest.raises(DataNotFoundError):
+        data.download(expected, isolated, urls=(url,))
+    assert [p.name for p in isolated.iterdir()] == [expected.name]
+    assert (isolated / expected.name).read_bytes() == b"the old copy"
 
 
 def test_download_falls_back_to_next_mirror(isolated, server):
@@ -213,6 +221,10 @@ def test_batches():
     assert sorted(shuffled.tolist()) == list(range(10)) and shuffled.tolist() != list(range(10))
     with pytest.raises(ValueError, match="first dimension"):
         list(data.batches(x, torch.arange(3), batch_size=2))
+    with pytest.raises(ValueError, match="batches: batch_size must be an integer >= 1, got 0"):
+        list(data.batches(x, batch_size=0))
+    with pytest.raises(TypeError, match="batches: batch_size must be an integer >= 1, got 2.0"):
+        list(data.batches(x, batch_size=2.0))
 
 
 # --- bars and stripes ----------------------------------------------------------------------------
@@ -238,9 +250,11 @@ def test_bars_and_stripes_log_prob_is_normalised_and_matches_sampling():
 def test_bars_and_stripes_rejects_bad_arguments():
     from dgmlib.data import bars_and_stripes, bars_and_stripes_log_prob
 
-    with pytest.raises(ValueError, match="n must be a positive int"):
+    with pytest.raises(ValueError, match="bars_and_stripes: n must be an integer >= 1, got 0"):
         bars_and_stripes(0)
-    with pytest.raises(ValueError, match="size must be an int >= 2"):
+    with pytest.raises(ValueError, match="bars_and_stripes: size must be an integer >= 2, got 1"):
         bars_and_stripes(5, size=1)
+    with pytest.raises(TypeError, match="bars_and_stripes: n must be an integer >= 1, got 5.0"):
+        bars_and_stripes(5.0)
     with pytest.raises(ValueError, match=r"x must have shape \[n, 1, S, S\]"):
         bars_and_stripes_log_prob(torch.zeros(2, 3, 4))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dgmlib.diffusion import linear_betas
+from dgmlib.experiment import load_model_file, make, model_tensors, save_model
 from dgmlib.models.denoiser import (
     DDPM,
     EMATrainer,
@@ -76,3 +77,23 @@ def test_ema_update_and_trainer():
         DDPM(MLPDenoiser(), linear_betas(5), weighting="bad")
     with pytest.raises(ValueError, match="ema_decay"):
         DDPM(MLPDenoiser(), linear_betas(5), ema_decay=1.0)
+
+
+def test_ddpm_from_sizes_has_a_spec_and_reloads(tmp_path):
+    """Built with make from sizes alone, a DDPM holds the linear schedule and rebuilds itself
+    from its checkpoint with the same tensors (weights, EMA and betas)."""
+    torch.manual_seed(2)
+    net = make(MLPDenoiser, data_dim=2, hidden=8, n_hidden=1, emb_dim=4)
+    model = make(DDPM, net=net, T=30, beta_1=1e-3, beta_T=0.05, weighting="elbo")
+    assert torch.equal(model.betas, torch.linspace(1e-3, 0.05, 30, dtype=torch.float64))
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.add_(0.5)  # weights that differ from a fresh build's
+    model.update_ema()
+    save_model(tmp_path / "m.safetensors", model)
+    again = load_model_file(tmp_path / "m.safetensors")
+    assert again.weighting == "elbo" and again.T == 30
+    a, b = model_tensors(model), model_tensors(again)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the default schedule is Ho et al.'s, T = 1000 from 1e-4 to 0.02
+    assert torch.equal(DDPM(MLPDenoiser()).betas, linear_betas(1000, 1e-4, 0.02))

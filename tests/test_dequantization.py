@@ -1,4 +1,5 @@
-"""dgmlib.dequantization and its homework checks: dequantization, bin masses, bits per dim."""
+"""dgmlib.dequantization and its homework checks: dequantization, bin masses, bits per dim
+(the unit conversions themselves: tests/test_units.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,12 @@ from scipy import integrate, stats
 
 from dgmlib.checks import check_dequantized_bpd, check_discretized_logistic
 from dgmlib.dequantization import (
-    bits_per_dim_to_nats,
     dequantization_bound,
     discretized_logistic_log_prob,
     discretized_normal_log_prob,
-    log_density_to_integer_units,
-    nats_to_bits_per_dim,
     uniform_dequantize,
 )
+from dgmlib.units import log_density_to_integer_units, nats_to_bits_per_dim
 
 F64 = torch.float64
 
@@ -50,8 +49,10 @@ def test_uniform_dequantize_validates():
         uniform_dequantize(torch.tensor([0, 3]), scale=True)
     with pytest.raises(ValueError, match="integer values"):
         uniform_dequantize(torch.tensor([0.5, 1.0]), 17)
-    with pytest.raises(ValueError, match="num_levels must be an int >= 2"):
+    with pytest.raises(ValueError, match="uniform_dequantize: num_levels must be an integer >= 2"):
         uniform_dequantize(torch.tensor([0]), 1)
+    with pytest.raises(TypeError, match="uniform_dequantize: num_levels must be an integer >= 2"):
+        uniform_dequantize(torch.tensor([0]), 17.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,8 +111,10 @@ def test_dequantization_bound_is_below_exact_log_mass():
 
 def test_dequantization_bound_validates():
     f = _gauss_log_density(0.0, 1.0)
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="dequantization_bound: num_samples must be an integer"):
         dequantization_bound(f, torch.zeros(2, 3, dtype=torch.long), 0)
+    with pytest.raises(TypeError, match="dequantization_bound: num_samples must be an integer"):
+        dequantization_bound(f, torch.zeros(2, 3, dtype=torch.long), 10.0)
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         dequantization_bound(f, torch.zeros(3, dtype=torch.long), 2)
     with pytest.raises(ValueError, match=r"\[S, N\]"):
@@ -173,38 +176,6 @@ def test_bin_masses_validate_levels():
         discretized_logistic_log_prob(torch.tensor([17]), 0.0, 1.0, 17)
     with pytest.raises(ValueError, match="integer values"):
         discretized_normal_log_prob(torch.tensor([0.5]), 0.0, 1.0)
-
-
-# --------------------------------------------------------------------------------------------
-# Units
-# --------------------------------------------------------------------------------------------
-
-
-def test_bits_per_dim_conversions():
-    assert nats_to_bits_per_dim(64 * math.log(2.0), 64) == pytest.approx(1.0)
-    assert bits_per_dim_to_nats(nats_to_bits_per_dim(123.4, 784), 784) == pytest.approx(123.4)
-    t = torch.tensor([10.0, 20.0], dtype=F64)
-    assert torch.allclose(bits_per_dim_to_nats(nats_to_bits_per_dim(t, 3), 3), t)
-    with pytest.raises(ValueError, match="num_dims"):
-        nats_to_bits_per_dim(1.0, 0)
-    with pytest.raises(ValueError, match="num_dims"):
-        bits_per_dim_to_nats(1.0, 0)
-
-
-def test_change_of_variables_to_integer_units():
-    """The density of x + u = K y is p_Y(y) / K^D: compare with the rescaled Gaussian directly."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (4, 10), generator=g)
-    y = uniform_dequantize(x, 256, g, scale=True)
-    m, s = 0.4, 0.2
-    lp_unit = _gauss_log_density(m, s)(y)
-    lp_int = _gauss_log_density(256 * m, 256 * s)(y * 256)
-    assert torch.allclose(log_density_to_integer_units(lp_unit, 10, 256), lp_int, rtol=1e-12)
-    # a uniform density on [0,1)^D is exactly log2(K) bits per dimension in integer units
-    bpd = nats_to_bits_per_dim(-log_density_to_integer_units(0.0, 10, 256), 10)
-    assert bpd == pytest.approx(8.0)
-    with pytest.raises(ValueError, match="num_levels >= 2"):
-        log_density_to_integer_units(0.0, 10, 1)
 
 
 # --------------------------------------------------------------------------------------------

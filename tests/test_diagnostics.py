@@ -42,7 +42,7 @@ def test_active_units_validation():
         active_units(torch.zeros(1, 3))
     with pytest.raises(ValueError, match="mu contains NaN"):
         active_units(torch.tensor([[0.0], [float("nan")]]))
-    with pytest.raises(ValueError, match="threshold must be >= 0"):
+    with pytest.raises(ValueError, match="active_units: threshold must be finite and >= 0"):
         active_units(torch.zeros(3, 2), threshold=-1.0)
 
 
@@ -91,7 +91,7 @@ def test_gradient_samples_collects_flattened_gradients():
     # SNR 2 per element; a normal sample's |mean| / sd has standard error
     # sqrt((1 + SNR^2 / 2) / S), and the mean over 4 independent elements halves it: 4 s.e.
     assert mean_snr(samples[:, :4]) == pytest.approx(2.0, abs=4 * math.sqrt(3 / 3000 / 4))
-    with pytest.raises(ValueError, match="n_samples must be >= 2"):
+    with pytest.raises(ValueError, match="gradient_samples: n_samples must be an integer >= 2"):
         gradient_samples(loss_fn, [w], 1)
 
 

@@ -56,6 +56,8 @@ from dgmlib.kernels import (  # noqa: E402
     vq_nearest,
     vq_nearest_ref,
 )
+from dgmlib.models.vae import VAE  # noqa: E402
+from dgmlib.objectives import ELBO, IWAEBound  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 no_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
@@ -336,6 +338,74 @@ def test_rowwise_half_precision_and_generator():
 
 
 # ----------------------------------------------------------------------------------------------
+# The objectives of dgmlib.objectives on the kernels
+# ----------------------------------------------------------------------------------------------
+
+
+def autograd_nodes(t: torch.Tensor) -> set[str]:
+    """Class names of every node of the autograd graph that produced ``t``."""
+    seen, stack, names = set(), [t.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        stack.extend(f for f, _ in fn.next_functions)
+    return names
+
+
+# The autograd node of each fused kernel: proof that the kernel, not the torch code, ran.
+KERNEL_NODE = {"elbo": "RsampleKLBackward", "iwae": "LogSumExpSoftmaxBackward"}
+
+
+def objective_terms(kind: str, backend: str | None, dtype: torch.dtype, device: str = "cpu"):
+    """Terms and parameter gradients of an objective on a small VAE, noise seeded alike."""
+    torch.manual_seed(0)
+    model = VAE.for_mnist(z_dim=6, hidden=16).to(device=device, dtype=dtype)
+    x = torch.bernoulli(torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
+    x = x.to(device=device, dtype=dtype)
+    objective = ELBO(backend=backend) if kind == "elbo" else IWAEBound(K=5, backend=backend)
+    torch.manual_seed(2)  # the noise of the reparametrization
+    terms = objective(model, x)
+    grads = torch.autograd.grad(terms["loss"], list(model.parameters()))
+    return terms, grads
+
+
+def check_objective_on_kernels(kind: str, dtype: torch.dtype, device: str = "cpu", fused=None):
+    """The objective through the fused kernel (``fused``: the backend that selects it) equals the
+    torch code at the same noise, terms and gradients, within the kernel tolerances."""
+    got, got_grads = objective_terms(kind, fused, dtype, device)
+    ref, ref_grads = objective_terms(kind, "torch", dtype, device)
+    assert KERNEL_NODE[kind] in autograd_nodes(got["loss"])
+    assert KERNEL_NODE[kind] not in autograd_nodes(ref["loss"])
+    assert got.keys() == ref.keys()
+    for key in ref:
+        close(got[key].cpu(), ref[key].cpu(), TOL[dtype], scale=True)  # sums of 784 terms
+    for a, b in zip(got_grads, ref_grads, strict=True):
+        close(a.cpu(), b.cpu(), GRAD_TOL[dtype], scale=True)
+
+
+@interpreted
+@pytest.mark.parametrize("kind", ["elbo", "iwae"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_objectives_on_the_kernels(kind, dtype):
+    check_objective_on_kernels(kind, dtype, fused="triton")
+
+
+@interpreted
+def test_objectives_on_cpu_tensors_keep_the_torch_code(monkeypatch):
+    """backend=None on CPU tensors never calls a kernel, even with $DGMLIB_BACKEND=triton."""
+    monkeypatch.setenv("DGMLIB_BACKEND", "triton")
+    for kind in ("elbo", "iwae"):
+        auto, auto_grads = objective_terms(kind, None, torch.float32)
+        ref, ref_grads = objective_terms(kind, "torch", torch.float32)
+        assert KERNEL_NODE[kind] not in autograd_nodes(auto["loss"])
+        assert all(torch.equal(auto[k], ref[k]) for k in ref)
+        assert all(torch.equal(a, b) for a, b in zip(auto_grads, ref_grads, strict=True))
+
+
+# ----------------------------------------------------------------------------------------------
 # The same cases in a fresh process; the compiled kernels on a GPU; GPU code generation
 # ----------------------------------------------------------------------------------------------
 
@@ -355,7 +425,7 @@ def test_cases_in_fresh_process():
 AOT_SCRIPT = r"""
 import triton
 from triton.backends.compiler import GPUTarget
-from dgmlib.kernels._backend import triton_kernels
+from dgmlib.kernels.backend import triton_kernels
 
 tk = triton_kernels()
 INTS = {"M", "N", "K", "R", "C"}
@@ -375,12 +445,12 @@ def compile_for(fn, ptr, consts, arch, special=None):
     triton.compile(src, target=GPUTarget("cuda", arch, 32))
 
 pair = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, PRECISION="tf32x3")
-for fn in (tk._blse_fwd_kernel, tk._blse_bwd_a_kernel, tk._blse_bwd_b_kernel):
+for fn in (tk.blse_fwd_kernel, tk.blse_bwd_a_kernel, tk.blse_bwd_b_kernel):
     compile_for(fn, "*fp32", dict(pair), 90)
-compile_for(tk._vq_argmin_kernel, "*fp32", dict(pair), 90, {"IDX": "*i64"})
-compile_for(tk._blse_fwd_kernel, "*fp64", dict(pair, BLOCK_M=32, BLOCK_N=32, PRECISION="ieee"), 80)
+compile_for(tk.vq_argmin_kernel, "*fp32", dict(pair), 90, {"IDX": "*i64"})
+compile_for(tk.blse_fwd_kernel, "*fp64", dict(pair, BLOCK_M=32, BLOCK_N=32, PRECISION="ieee"), 80)
 rows = dict(BLOCK_R=16, BLOCK_C=128)
-for fn in (tk._lme_fwd_kernel, tk._lme_bwd_kernel, tk._reparam_fwd_kernel, tk._reparam_bwd_kernel):
+for fn in (tk.lme_fwd_kernel, tk.lme_bwd_kernel, tk.reparam_fwd_kernel, tk.reparam_bwd_kernel):
     compile_for(fn, "*fp32", dict(rows), 90)
 print("ok")
 """
@@ -397,6 +467,7 @@ def test_gpu_codegen_without_a_gpu():
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-6000:]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not CUDA or IN_PROCESS, reason="needs a CUDA GPU with compiled Triton")
 class TestCompiledOnGPU:
     def test_mixture(self):
@@ -419,3 +490,10 @@ class TestCompiledOnGPU:
             iwae_logmeanexp(log_w, backend="triton"), iwae_logmeanexp_ref(log_w), strict=True
         ):
             close(a, b, TOL[torch.float32])
+
+    @pytest.mark.parametrize("kind", ["elbo", "iwae"])
+    def test_objectives_use_the_kernels(self, kind, monkeypatch):
+        """On CUDA tensors the objectives' automatic choice is the fused kernel, which agrees
+        with the torch code at the same noise."""
+        monkeypatch.delenv("DGMLIB_BACKEND", raising=False)
+        check_objective_on_kernels(kind, torch.float32, "cuda", fused=None)

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from dgmlib.kl_control import constant, cyclical, free_bits_kl, linear_warmup, scheduled
+from dgmlib.models.vae import VAE, BernoulliDecoder, MLPGaussianEncoder
+from dgmlib.objectives import ELBO
 from dgmlib.train import Trainer
 
 
@@ -29,42 +31,69 @@ def test_cyclical_follows_fu_et_al():
 
 
 def test_schedule_validation():
-    with pytest.raises(ValueError, match="step must be an integer >= 0"):
+    with pytest.raises(ValueError, match="linear_warmup: step must be an integer >= 0, got -1"):
         linear_warmup(-1, 10)
-    with pytest.raises(ValueError, match="step must be an integer >= 0"):
+    with pytest.raises(TypeError, match="cyclical: step must be an integer >= 0, got 1.5"):
         cyclical(1.5, 10)
-    with pytest.raises(ValueError, match="cycle_length must be >= 1"):
+    with pytest.raises(ValueError, match="cyclical: cycle_length must be an integer >= 1"):
         cyclical(0, 0)
+    with pytest.raises(ValueError, match="linear_warmup: warmup_steps must be an integer >= 0"):
+        linear_warmup(0, -2)
     with pytest.raises(ValueError, match=r"ratio must lie in \(0, 1\]"):
         cyclical(0, 10, ratio=0.0)
     with pytest.raises(ValueError, match="start must lie in"):
         linear_warmup(0, 10, start=2.0)
 
 
-class Dummy(torch.nn.Module):
-    """A model with a kl_weight that records the weight seen by each loss call."""
+class RecordingObjective:
+    """An objective with a kl_weight that records the weight seen by each call."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
         self.kl_weight = 1.0
         self.seen: list[float] = []
 
-    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.seen.append(self.kl_weight)
-        return {"loss": (self.w - x.mean()).pow(2).sum()}
+        return {"loss": (model.weight - x.mean()).pow(2).sum()}
 
 
 def test_scheduled_sets_the_weight_from_the_trainer_step():
-    model = Dummy()
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), progress=False)
+    model, objective = torch.nn.Linear(1, 1), RecordingObjective()
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), objective, progress=False)
     batches = scheduled(
         lambda epoch: [torch.ones(2)] * 3, trainer, partial(linear_warmup, warmup_steps=4)
     )
     trainer.fit(batches, epochs=2)
-    assert model.seen == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert objective.seen == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     with pytest.raises(ValueError, match="no attribute 'beta'"):
         scheduled(lambda e: [], trainer, constant, attr="beta")
+
+
+def test_a_resumed_run_continues_the_schedule_of_an_elbo(tmp_path):
+    """The schedule reads the trainer's step, which the checkpoint stores: stopping after epoch 1
+    and resuming sets the same KL weights of dgmlib.objectives.ELBO as one run."""
+    x = torch.bernoulli(torch.full((8, 6), 0.4), generator=torch.Generator().manual_seed(0))
+
+    def run(epochs: int, checkpoint) -> list[float]:
+        torch.manual_seed(0)
+        model = VAE(MLPGaussianEncoder(6, 8, 2), BernoulliDecoder(2, 8, 6))
+        objective, seen = ELBO(), []
+        trainer = Trainer(model, torch.optim.Adam(model.parameters()), objective, progress=False)
+        warmup = scheduled(
+            lambda e: [x[:4], x[4:]], trainer, partial(linear_warmup, warmup_steps=5)
+        )
+
+        def batches(epoch):
+            for batch in warmup(epoch):
+                seen.append(objective.kl_weight)
+                yield batch
+
+        trainer.fit(batches, epochs, checkpoint=checkpoint)
+        return seen
+
+    assert run(4, None) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0]
+    assert run(1, tmp_path / "ck.safetensors") == [0.0, 0.2]
+    assert run(4, tmp_path / "ck.safetensors") == [0.4, 0.6, 0.8, 1.0, 1.0, 1.0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,5 +136,7 @@ def test_free_bits_validation():
         free_bits_kl(torch.tensor([[float("nan")]]), 0.5)
     with pytest.raises(ValueError, match="groups must be a positive integer dividing Z = 4"):
         free_bits_kl(torch.zeros(2, 4), 0.5, groups=3)
-    with pytest.raises(ValueError, match="free_bits must be >= 0"):
+    with pytest.raises(TypeError, match="free_bits_kl: groups must be an integer >= 1"):
+        free_bits_kl(torch.zeros(2, 4), 0.5, groups=2.0)
+    with pytest.raises(ValueError, match="free_bits_kl: free_bits must be finite and >= 0"):
         free_bits_kl(torch.zeros(2, 4), -1.0)

@@ -15,9 +15,11 @@ from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
 from dgmlib.ode import (
+    adjoint_dynamics,
     adjoint_gradients,
     divergence_exact,
     divergence_hutchinson,
+    fixed_grid,
     hutchinson_probes,
     hutchinson_variance,
     odeint_adjoint_by_hand,
@@ -117,12 +119,44 @@ def test_hand_adjoint_agrees_with_backprop_and_torchdiffeq_on_a_nonlinear_ode():
         assert (a - b).abs().max() < 1e-8
 
 
+def test_adjoint_dynamics_of_a_linear_field_in_closed_form():
+    """For f = A z (rows of z are states): f = z A^T, -a^T df/dz = -a A, -a^T df/dA = -a^T z
+    summed over the batch, and zeros for the parameters f does not use."""
+    A, _, g = linear_problem()
+    f = Linear(A)
+    z, a = torch.randn(4, 3, generator=g, dtype=DT), torch.randn(4, 3, generator=g, dtype=DT)
+    fz, da, (dA, dw, db) = adjoint_dynamics(f, list(f.parameters()), torch.tensor(0.0), z, a)
+    assert (fz - z @ A.T).abs().max() < 1e-14 and not fz.requires_grad
+    assert (da - -(a @ A)).abs().max() < 1e-14
+    assert (dA - -(a.T @ z)).abs().max() < 1e-14
+    assert torch.equal(dw, torch.zeros_like(dw)) and torch.equal(db, torch.zeros_like(db))
+
+
+def test_fixed_grid_rk4_is_the_taylor_polynomial_per_step():
+    """On dz/dt = z every 4-stage Runge-Kutta method of order 4 multiplies z by the Taylor
+    polynomial 1 + h + h^2/2 + h^3/6 + h^4/24 per step: n steps of h = 1/n give its n-th power,
+    exactly up to round-off (and not e, which the solver only approaches)."""
+    z0 = torch.ones(1, dtype=DT)
+    t = torch.tensor([0.0, 1.0], dtype=DT)
+    for n in (1, 3, 8):
+        h = 1.0 / n
+        end = odeint(lambda tt, z: z, z0, t, **fixed_grid(n))[-1].item()
+        assert abs(end - (1 + h + h**2 / 2 + h**3 / 6 + h**4 / 24) ** n) < 1e-14
+        assert abs(end - np.e) > 1e-9
+    with pytest.raises(ValueError, match="n_steps must be an integer >= 1"):
+        fixed_grid(0)
+
+
 def test_adjoint_gradients_rejects_bad_inputs():
     f = Linear(torch.eye(2, dtype=DT))
     with pytest.raises(ValueError, match="strictly increasing or strictly decreasing"):
         adjoint_gradients(f, torch.tensor([0.0, 1.0, 0.5]), torch.zeros(3, 2), torch.zeros(3, 2))
     with pytest.raises(ValueError, match="same shape"):
         adjoint_gradients(f, torch.tensor([0.0, 1.0]), torch.zeros(2, 2), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="at least two times"):
+        odeint_adjoint_by_hand(f, torch.zeros(2), torch.tensor([0.0]))
+    with pytest.raises(TypeError, match="t must be a torch.Tensor"):
+        odeint_adjoint_by_hand(f, torch.zeros(2), [0.0, 1.0])
 
 
 def test_divergences_match_explicit_jacobians():
@@ -195,13 +229,7 @@ def test_memory_of_backprop_grows_with_steps_and_adjoint_does_not():
     f = Linear(A)
     z = z0.expand(8, 4).clone().requires_grad_(True)
     t = torch.tensor([0.0, 1.0], dtype=DT)
-
-    def solver(n):
-        def grid(func, y0, tt):
-            return torch.linspace(float(tt[0]), float(tt[-1]), n + 1, dtype=DT)
-
-        return {"method": "rk4", "options": {"grid_constructor": grid}}
-
+    solver = fixed_grid
     bp = [saved_tensor_bytes(lambda n=n: odeint(f, z, t, **solver(n)))[0] for n in (2, 4, 8)]
     adj = [
         saved_tensor_bytes(lambda n=n: odeint_adjoint_by_hand(f, z, t, **solver(n)))[0]

@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Bernoulli
+from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from dgmlib.models.pixelcnn import MaskedConv2d, PixelCNNDecoder
 from dgmlib.models.vae import VAE, MLPGaussianEncoder
+from dgmlib.objectives import ELBO
 
 
 def small_decoder(x_shape=(1, 8, 8), **kwargs) -> PixelCNNDecoder:
@@ -25,10 +26,12 @@ def test_masks():
     torch.testing.assert_close(a, torch.tensor([[1.0, 1, 1], [1, 0, 0], [0, 0, 0]]))
     torch.testing.assert_close(b, torch.tensor([[1.0, 1, 1], [1, 1, 0], [0, 0, 0]]))
     assert "mask" not in MaskedConv2d(1, 1, 3, "A").state_dict()
-    with pytest.raises(ValueError, match="mask_type must be 'A' or 'B'"):
+    with pytest.raises(ValueError, match=r"mask_type must be one of \('A', 'B'\), got 'C'"):
         MaskedConv2d(1, 1, 3, "C")
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         MaskedConv2d(1, 1, 4, "A")
+    with pytest.raises(TypeError, match="MaskedConv2d: kernel_size must be an integer >= 1"):
+        MaskedConv2d(1, 1, 3.0, "A")
 
 
 def test_masked_conv_equals_conv_with_masked_weights():
@@ -129,9 +132,21 @@ def test_vae_with_pixelcnn_decoder():
     torch.manual_seed(0)
     model = VAE(MLPGaussianEncoder(64, 16, 3), PixelCNNDecoder(3, 8, 2, 5, x_shape=(1, 8, 8)))
     x = torch.bernoulli(torch.full((4, 1, 8, 8), 0.5), generator=torch.Generator().manual_seed(0))
-    t = model.loss(x)
-    assert set(t) == {"loss", "recon", "kl", "elbo"} and torch.isfinite(t["loss"])
+    torch.manual_seed(1)
+    t = ELBO()(model, x)
+    # replay: one reparametrized z, the decoder's log p(x|z) (checked above against
+    # torch.distributions) and the closed-form KL to N(0, I)
+    torch.manual_seed(1)
+    mu, logvar = model.encoder(x)
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    z = mu + q.scale * torch.randn(mu.shape)
+    log_px_z = model.decoder.log_prob(x, z).mean()
+    kl = kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(-1).mean()
+    torch.testing.assert_close(t["log_px_z"], log_px_z)
+    torch.testing.assert_close(t["kl"], kl)
+    torch.testing.assert_close(t["loss"], kl - log_px_z)
     t["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
     assert model.log_weights(x, 5).shape == (5, 4)
     assert model.reconstruct(x).shape == (4, 1, 8, 8)  # a sample: no closed-form mean
     assert model.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, 1, 8, 8)

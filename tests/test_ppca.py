@@ -186,9 +186,8 @@ def test_repr_is_short(model):
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda X: PPCA.mle(X, 0), r"1 <= q < d = 6, got 0"),
+        (lambda X: PPCA.mle(X, 0), r"PPCA.mle: q must be an integer >= 1, got 0"),
         (lambda X: PPCA.mle(X, 6), r"1 <= q < d = 6, got 6"),
-        (lambda X: PPCA.mle(X, 2.0), "q must be an integer"),
         (lambda X: PPCA.mle(X[0], 2), r"X must have shape \[N, d\]"),
         (lambda X: PPCA.mle(X[:1], 2), "at least 2 rows"),
         (lambda X: PPCA.mle(X[:3], 2), "vary in at most q = 2 directions"),
@@ -207,9 +206,28 @@ def test_repr_is_short(model):
         (lambda X: PPCA(torch.zeros(3, 1), torch.zeros(3), 0.0), "sigma2 must be"),
         (lambda X: PPCA(torch.zeros(3, 1), torch.zeros(3), float("nan")), "sigma2 must be"),
         (lambda X: PPCA(torch.full((3, 1), float("inf")), torch.zeros(3), 1.0), "W contains inf"),
-        (lambda X: make_model().sample(0), "positive integer"),
+        (lambda X: make_model().sample(0), "PPCA.sample: n must be an integer >= 1, got 0"),
+        (
+            lambda X: make_model().elbo(X, MultivariateNormal(torch.zeros(3), torch.eye(3))),
+            r"q must be a MultivariateNormal with event shape \[2\], got \[3\]",
+        ),
+        (lambda X: PPCA.fit_em(X, 2, steps=-1), "PPCA.fit_em: steps must be an integer >= 0"),
     ],
 )
 def test_errors(data, call, match):
     with pytest.raises(ValueError, match=match):
+        call(data)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda X: PPCA.mle(X, 2.0), "PPCA.mle: q must be an integer >= 1, got 2.0"),
+        (lambda X: PPCA.mle(X.tolist(), 2), "PPCA.mle: X must be a torch.Tensor, got list"),
+        (lambda X: make_model().sample(2.0), "PPCA.sample: n must be an integer >= 1"),
+        (lambda X: make_model().elbo(X, None), "PPCA.elbo: q must be a MultivariateNormal, got"),
+    ],
+)
+def test_wrong_types_raise_type_errors(data, call, match):
+    with pytest.raises(TypeError, match=match):
         call(data)

@@ -1,5 +1,6 @@
 """dgmlib.models.priors: every prior is a normalized density consistent with its sampler; the
-flow is invertible with an exact log-determinant; PriorVAE reproduces VAE under N(0, I)."""
+flow is invertible with an exact log-determinant; the VAE's terms with each prior replayed with
+torch.distributions; samples follow the prior's dtype; specs rebuild the VampPrior's binding."""
 
 from __future__ import annotations
 
@@ -17,19 +18,22 @@ from torch.distributions import (
 )
 
 from dgmlib.bounds import estimate_nll, iwae_bound
+from dgmlib.experiment import build
 from dgmlib.kernels import mixture_logpdf_ref
 from dgmlib.models import (
     VAE,
     FlowPrior,
     MixtureOfGaussiansPrior,
-    PriorVAE,
     StandardNormalPrior,
     VampPrior,
 )
 from dgmlib.models.priors import PRIORS, AffineCoupling, make_prior
-from dgmlib.models.vae import MLPGaussianEncoder
+from dgmlib.models.vae import BernoulliDecoder, MLPGaussianEncoder
+from dgmlib.objectives import ELBO
 
 DT = torch.float64
+#: small settings of the priors for the VAE tests
+SMALL = {"mog": {"n_components": 3}, "vamp": {"n_pseudo": 3}, "flow": {"n_layers": 2}}
 
 
 def randomize(module: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn.Module:
@@ -44,7 +48,9 @@ def randomize(module: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn.
 def small_vamp(z_dim: int = 2, n_pseudo: int = 5, x_dim: int = 6) -> VampPrior:
     torch.manual_seed(0)
     enc = randomize(MLPGaussianEncoder(x_dim, 8, z_dim, 1), 0.7).double()
-    return VampPrior(enc, n_pseudo=n_pseudo, x_shape=x_dim).double()
+    prior = VampPrior(z_dim, n_pseudo=n_pseudo, x_shape=x_dim).double()
+    prior.bind_encoder(enc)  # what a VAE does with its own encoder
+    return prior
 
 
 def priors_2d() -> dict[str, torch.nn.Module]:
@@ -116,14 +122,22 @@ def test_vamp_prior_is_the_mixture_of_the_encoders_posteriors():
 
 
 def test_vamp_prior_init_from_data_and_validation():
-    enc = MLPGaussianEncoder(4, 5, 2, 1)
     init = torch.rand(3, 4)
-    prior = VampPrior(enc, n_pseudo=3, x_shape=4, init=init)
+    prior = VampPrior(2, n_pseudo=3, x_shape=4, init=init)
     torch.testing.assert_close(prior.pseudo_inputs(), init.clamp(0.01, 0.99))
-    with pytest.raises(ValueError, match="init must have shape"):
-        VampPrior(enc, n_pseudo=2, x_shape=4, init=init)
+    u = torch.rand(3, 4, generator=torch.Generator().manual_seed(1))
+    prior.set_pseudo_inputs(u)  # e.g. training images
+    torch.testing.assert_close(prior.pseudo_inputs(), u.clamp(0.01, 0.99))
+    with pytest.raises(ValueError, match=r"pseudo-inputs must have shape \(2, 4\), got \(3, 4\)"):
+        VampPrior(2, n_pseudo=2, x_shape=4, init=init)
     with pytest.raises(ValueError, match="values in"):
-        VampPrior(enc, n_pseudo=3, x_shape=4, init=init + 1.0)
+        VampPrior(2, n_pseudo=3, x_shape=4, init=init + 1.0)
+    with pytest.raises(RuntimeError, match="no encoder bound; put the prior in a VAE first"):
+        prior.log_prob(torch.zeros(1, 2))
+    with pytest.raises(ValueError, match=r"encoder's z_dim \(3\) differs from the prior's \(2\)"):
+        prior.bind_encoder(MLPGaussianEncoder(4, 5, 3, 1))
+    with pytest.raises(TypeError, match="VampPrior: n_pseudo must be an integer >= 1"):
+        VampPrior(2, n_pseudo=2.0)
 
 
 def test_flow_is_invertible_with_the_autograd_log_determinant():
@@ -163,48 +177,53 @@ def test_prior_validation():
         StandardNormalPrior(2).log_prob(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="z contains NaN"):
         MixtureOfGaussiansPrior(2).log_prob(torch.full((1, 2), float("nan")))
-    with pytest.raises(ValueError, match="n must be an integer"):
+    with pytest.raises(ValueError, match="FlowPrior.sample: n must be an integer >= 1, got 0"):
         FlowPrior(2).sample(0)
-    with pytest.raises(ValueError, match="z_dim must be an integer >= 2"):
+    with pytest.raises(ValueError, match="FlowPrior: z_dim must be an integer >= 2, got 1"):
         FlowPrior(1)
+    with pytest.raises(TypeError, match="StandardNormalPrior: z_dim must be an integer >= 1"):
+        StandardNormalPrior(2.0)
     with pytest.raises(ValueError, match="kind must be one of"):
         make_prior("gamma", 2)
-    with pytest.raises(ValueError, match="needs the VAE's encoder"):
-        make_prior("vamp", 2)
     with pytest.raises(ValueError, match="prior's z_dim"):
-        vae = VAE.for_mnist(z_dim=3, hidden=8)
-        PriorVAE(vae.encoder, vae.decoder, StandardNormalPrior(2))
-
-
-def test_prior_vae_with_standard_normal_prior_equals_vae():
-    torch.manual_seed(0)
-    vae = VAE.for_mnist(z_dim=4, hidden=16)
-    pvae = PriorVAE.for_mnist(z_dim=4, hidden=16, prior="standard")
-    pvae.load_state_dict(vae.state_dict())
-    x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(0))
-    for method, args in (("loss", ()), ("elbo", (3,)), ("log_weights", (4,))):
-        torch.manual_seed(1)
-        a = getattr(vae, method)(x, *args)
-        torch.manual_seed(1)
-        b = getattr(pvae, method)(x, *args)
-        if method == "loss":
-            assert set(a) == set(b) == {"loss", "recon", "kl", "elbo"}
-            for k in a:
-                torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
-        else:
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
+        VAE(MLPGaussianEncoder(784, 8, 3), BernoulliDecoder(3, 8), StandardNormalPrior(2))
 
 
 @pytest.mark.parametrize("kind", PRIORS)
-def test_prior_vae_terms_are_consistent(kind):
-    """The loss terms, the ELBO and the log-weights against a replay written with
+def test_samples_follow_the_priors_dtype(kind):
+    """sample() draws in the dtype (and on the device) of the prior's parameters or buffers."""
+    torch.manual_seed(0)
+    model = VAE.for_mnist(z_dim=2, hidden=8, prior=kind, prior_kwargs=SMALL.get(kind))
+    for dtype in (torch.float32, torch.float64):
+        model.to(dtype)
+        with torch.no_grad():
+            z = model.prior.sample(3, generator=torch.Generator().manual_seed(0))
+            x = model.sample(3, generator=torch.Generator().manual_seed(0))
+        assert z.shape == (3, 2) and z.dtype == dtype
+        assert x.shape == (3, 1, 28, 28) and x.dtype == dtype
+
+
+def test_for_mnist_starts_from_the_same_networks_whatever_the_prior():
+    """The encoder and decoder are created before the prior, so they draw the same weights."""
+    states = []
+    for kind in PRIORS:
+        torch.manual_seed(0)
+        model = VAE.for_mnist(z_dim=2, hidden=8, prior=kind, prior_kwargs=SMALL.get(kind))
+        states.append({k: v for k, v in model.state_dict().items() if not k.startswith("prior.")})
+    for state in states[1:]:
+        assert all(torch.equal(state[k], states[0][k]) for k in states[0])
+
+
+@pytest.mark.parametrize("kind", PRIORS)
+def test_vae_terms_are_consistent(kind):
+    """The ELBO objective's terms, the ELBO and the log-weights against a replay written with
     torch.distributions at the same noise (drawn again from the same seed); the K = 300 estimate
     of estimate_nll against independent groups of 300 log-weights; every parameter (of the prior
     too) gets a gradient."""
     torch.manual_seed(0)
-    kwargs = {"mog": {"n_components": 3}, "vamp": {"n_pseudo": 3}, "flow": {"n_layers": 2}}
-    model = PriorVAE.for_mnist(z_dim=2, hidden=16, prior=kind, prior_kwargs=kwargs.get(kind))
+    model = VAE.for_mnist(z_dim=2, hidden=16, prior=kind, prior_kwargs=SMALL.get(kind))
     x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(0))
+    assert model.analytic_kl == (kind == "standard")
 
     def replay(eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """log p(x|z), log p(z), log q(z|x) at z = mu + sd * eps; the closed-form KL to N(0, I)."""
@@ -217,14 +236,14 @@ def test_prior_vae_terms_are_consistent(kind):
         return log_px_z, model.prior.log_prob(z), q.log_prob(z).sum(-1), kl
 
     torch.manual_seed(5)
-    t = model.loss(x)
+    t = ELBO()(model, x)
     torch.manual_seed(5)
     log_px_z, log_pz, log_qz, kl_exact = replay(torch.randn(4, 2))
-    torch.testing.assert_close(t["recon"], -log_px_z.mean())
+    torch.testing.assert_close(t["log_px_z"], log_px_z.mean())
     kl = kl_exact.mean() if kind == "standard" else (log_qz - log_pz).mean()
     torch.testing.assert_close(t["kl"], kl)
     # sanity lines: how the dictionary is assembled
-    torch.testing.assert_close(t["loss"], t["recon"] + t["kl"])
+    torch.testing.assert_close(t["loss"], t["kl"] - t["log_px_z"])
     torch.testing.assert_close(t["elbo"], -t["loss"])
     t["loss"].backward()
     assert all(p.grad is not None for p in model.parameters())
@@ -262,9 +281,17 @@ def test_prior_vae_terms_are_consistent(kind):
     assert samples.shape == (3, 1, 28, 28) and set(samples.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_prior_vae_state_dict_holds_the_encoder_once():
-    model = PriorVAE.for_mnist(z_dim=2, hidden=8, prior="vamp", prior_kwargs={"n_pseudo": 3})
+def test_vamp_vae_holds_the_encoder_once_and_its_spec_rebinds_it():
+    model = VAE.for_mnist(z_dim=2, hidden=8, prior="vamp", prior_kwargs={"n_pseudo": 3})
     keys = list(model.state_dict())
     assert "prior.pseudo_logits" in keys
     assert not any(k.startswith("prior.encoder") for k in keys)
     assert model.prior.encoder is model.encoder
+    rebuilt = build(model.build_spec)
+    assert rebuilt.prior.encoder is rebuilt.encoder
+    rebuilt.load_state_dict(model.state_dict())
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            rebuilt.prior.log_prob(z), model.prior.log_prob(z), rtol=0, atol=0
+        )

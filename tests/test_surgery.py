@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal, kl_divergence
 
-from dgmlib.distributions import kl_diag_gaussians, standard_normal_log_prob
+from dgmlib.distributions import standard_normal_log_prob
 from dgmlib.kernels import mixture_logpdf_ref
 from dgmlib.surgery import (
     aggregate_posterior_log_prob,
@@ -123,7 +123,8 @@ def test_identical_posteriors_give_a_closed_form_marginal_kl():
     m = torch.tensor([[1.0, -0.5, 2.0]], dtype=DT)
     lv = torch.tensor([[-1.0, 0.3, 0.0]], dtype=DT)
     s = elbo_surgery(m.repeat(30, 1), lv.repeat(30, 1), standard_normal_log_prob, 20_000, gen())
-    exact = kl_diag_gaussians(m, lv, torch.zeros_like(m), torch.zeros_like(lv)).item()
+    q = Independent(Normal(m, torch.exp(0.5 * lv)), 1)
+    exact = kl_divergence(q, Independent(Normal(torch.zeros_like(m), 1.0), 1)).item()
     assert abs(s.mutual_info) < 1e-9
     assert abs(s.marginal_kl - exact) < 4 * s.marginal_kl_se
 
@@ -175,20 +176,30 @@ def test_validation_errors_name_the_argument():
         aggregate_posterior_log_prob(z, mu, logvar[:, :1])
     with pytest.raises(ValueError, match=r"z must have shape \[M, 2\]"):
         aggregate_posterior_log_prob(torch.zeros(3, 4, dtype=DT), mu, logvar)
-    with pytest.raises(ValueError, match="chunk must be an integer"):
+    with pytest.raises(ValueError, match="aggregate_posterior_log_prob: chunk must be an integer"):
         aggregate_posterior_log_prob(z, mu, logvar, chunk=0)
+    with pytest.raises(TypeError, match="aggregate_posterior_log_prob: chunk must be an integer"):
+        aggregate_posterior_log_prob(z, mu, logvar, chunk=2.0)
+    with pytest.raises(TypeError, match="aggregate_posterior_log_prob: mu must be a torch.Tensor"):
+        aggregate_posterior_log_prob(z, mu.tolist(), logvar)
     with pytest.raises(ValueError, match="mu and logvar must be finite"):
         aggregate_posterior_log_prob(z, mu, logvar + float("inf"))
     with pytest.raises(ValueError, match="n_samples must be an integer"):
         elbo_surgery(mu, logvar, standard_normal_log_prob, 0)
     with pytest.raises(ValueError, match="surgery_samples: prior_log_prob must map"):
         elbo_surgery(mu, logvar, lambda z: z, 10)
-    with pytest.raises(ValueError, match="prior_log_prob must be callable"):
+    with pytest.raises(TypeError, match="surgery_samples: prior_log_prob must be callable"):
         elbo_surgery(mu, logvar, 3, 10)
-    with pytest.raises(ValueError, match="n must be an integer"):
+    with pytest.raises(
+        ValueError, match="summarize_surgery: need >= 2 draws for standard errors, got 1"
+    ):
+        elbo_surgery(mu, logvar, standard_normal_log_prob, 1)
+    with pytest.raises(ValueError, match="sample_aggregate_posterior: n must be an integer >= 1"):
         sample_aggregate_posterior(mu, logvar, -1)
     with pytest.raises(ValueError, match="ratio must be a number > 1"):
         prior_holes(torch.zeros(3), torch.zeros(3), ratio=0.5)
+    with pytest.raises(TypeError, match="prior_holes: ratio must be a real number"):
+        prior_holes(torch.zeros(3), torch.zeros(3), ratio="10")
     with pytest.raises(ValueError, match="log_p and log_q must both have shape"):
         prior_holes(torch.zeros(3), torch.zeros(4))
     with pytest.raises(ValueError, match="mu contains NaN"):

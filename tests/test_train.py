@@ -1,4 +1,5 @@
-"""dgmlib.train: one trainer step replayed by hand, history, checkpoints, resume, corruption."""
+"""dgmlib.train: one trainer step replayed by hand (with a model's own loss and with an
+objective), history, device, resume (the checkpoint files themselves: tests/test_io.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,9 @@ import copy
 import pytest
 import torch
 
-from dgmlib.train import (
-    CheckpointError,
-    Trainer,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-    sidecar_path,
-)
+from dgmlib.experiment import load_weights
+from dgmlib.io import CheckpointError, load_checkpoint
+from dgmlib.train import Trainer
 
 
 class GaussianFit(torch.nn.Module):
@@ -84,31 +80,55 @@ def test_loss_contract_errors():
         Trainer(m, torch.optim.SGD(m.parameters(), lr=0.1), progress=False).train_step(data())
 
 
-def test_checkpoint_round_trip(tmp_path):
-    path = tmp_path / "ck.safetensors"
-    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5)}
-    digest = save_checkpoint(path, tensors, {"note": "x", "k": [1, 2]})
-    got, meta = load_checkpoint(path)
-    assert set(got) == {"a", "b"} and all(torch.equal(got[k], tensors[k]) for k in tensors)
-    assert meta == {"note": "x", "k": [1, 2]}
-    assert sidecar_path(path).read_text().split() == [digest, path.name]
-    assert not list(tmp_path.glob("*.tmp"))
+def gaussian_nll(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """An objective kept outside the model: the same negative log-likelihood, in nats."""
+    return {"loss": model.loss(x)["nll"], "mu_mean": model.mu.mean()}
 
 
-def test_corrupted_or_missing_checkpoint(tmp_path):
-    path = tmp_path / "ck.safetensors"
-    save_checkpoint(path, {"a": torch.ones(10)})
-    raw = bytearray(path.read_bytes())
-    raw[-1] ^= 0x01
-    path.write_bytes(bytes(raw))
-    with pytest.raises(CheckpointError, match="corrupted checkpoint: SHA-256 is") as err:
-        load_checkpoint(path)
-    assert sidecar_path(path).read_text().split()[0] in str(err.value)
-    with pytest.raises(CheckpointError, match="checkpoint not found"):
-        load_checkpoint(tmp_path / "nope.safetensors")
-    sidecar_path(path).unlink()
-    with pytest.raises(CheckpointError, match="no hash sidecar"):
-        load_checkpoint(path)
+def test_train_step_with_an_objective_matches_plain_torch():
+    """objective(model, x)["loss"] is what the step minimises; every term is returned."""
+    torch.manual_seed(0)
+    a = GaussianFit()
+    b = copy.deepcopy(a)
+    x = data()
+    trainer = Trainer(a, torch.optim.SGD(a.parameters(), lr=0.1), gaussian_nll, progress=False)
+    values = trainer.train_step(x)
+    assert set(values) == {"loss", "mu_mean"}
+    nll = -torch.distributions.Normal(b.mu, b.log_sigma.exp()).log_prob(x).sum(1).mean()
+    nll.backward()
+    with torch.no_grad():
+        for p in b.parameters():
+            p -= 0.1 * p.grad
+    assert values["loss"] == pytest.approx(nll.item(), rel=1e-6)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_a_model_without_loss_needs_an_objective():
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(TypeError, match="Linear has no loss"):
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), progress=False)
+
+
+def test_device_comes_from_the_argument_or_dgmlib_device(monkeypatch):
+    model = GaussianFit()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monkeypatch.delenv("DGMLIB_DEVICE", raising=False)
+    assert Trainer(model, opt, progress=False).device == torch.device("cpu")
+    monkeypatch.setenv("DGMLIB_DEVICE", "cpu")
+    assert Trainer(model, opt, progress=False, device="cpu").device == torch.device("cpu")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("DGMLIB_DEVICE", "cuda")
+        with pytest.raises(RuntimeError, match="DGMLIB_DEVICE='cuda' asks for CUDA"):
+            Trainer(model, opt, progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_model_and_batches_move_to_the_gpu():
+    model = GaussianFit()
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), device="cuda")
+    values = trainer.train_step(data())  # a CPU batch
+    assert model.mu.device.type == "cuda" and values["loss"] > 0
 
 
 def test_resume_gives_the_same_result_as_one_run(tmp_path):
@@ -135,8 +155,13 @@ def test_resume_gives_the_same_result_as_one_run(tmp_path):
     for p, q in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-7)
     assert resumed.history["loss"] == pytest.approx(full.history["loss"])
+    # the trainer's checkpoint holds the weights under the keys load_weights reads
+    tensors, meta = load_checkpoint(tmp_path / "full.safetensors")
+    assert meta["epoch"] == 4 and meta["step"] == 16
     fresh = GaussianFit()
-    load_model(fresh, tmp_path / "full.safetensors")
-    assert torch.equal(fresh.mu, full.model.mu)
-    with pytest.raises(CheckpointError, match="does not fit"):
-        load_model(GaussianFit(d=4), tmp_path / "full.safetensors")
+    load_weights(fresh, tensors, tmp_path / "full.safetensors")
+    assert torch.equal(fresh.mu, full.model.mu) and torch.equal(
+        fresh.log_sigma, full.model.log_sigma
+    )
+    with pytest.raises(CheckpointError, match="full.safetensors: does not fit GaussianFit"):
+        load_weights(GaussianFit(d=4), tensors, tmp_path / "full.safetensors")

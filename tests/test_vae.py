@@ -1,5 +1,6 @@
-"""dgmlib.models.vae: every loss term replayed by hand with torch.distributions, shapes, the
-linear-Gaussian case where log p(x) is exact, training and checkpoints."""
+"""dgmlib.models.vae: the terms of every bound replayed by hand with torch.distributions, shapes,
+the linear-Gaussian case where log p(x) is exact, build specs, training and checkpoints (the
+objectives built on the terms: tests/test_objectives.py)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,16 @@ from torch import nn
 from torch.distributions import Bernoulli, MultivariateNormal, Normal, kl_divergence
 
 from dgmlib.bounds import estimate_nll
-from dgmlib.kl_control import free_bits_kl
+from dgmlib.experiment import build, load_model_file, make, save_model
 from dgmlib.models.vae import (
-    IWAE,
     VAE,
     BernoulliDecoder,
     ConvGaussianEncoder,
     GaussianDecoder,
     MLPGaussianEncoder,
-    reparameterize,
 )
-from dgmlib.train import Trainer, load_model
+from dgmlib.objectives import ELBO, IWAEBound
+from dgmlib.train import Trainer
 
 
 def binary_images(n: int = 6, seed: int = 0) -> torch.Tensor:
@@ -29,11 +29,12 @@ def binary_images(n: int = 6, seed: int = 0) -> torch.Tensor:
     return torch.bernoulli(torch.full((n, 1, 28, 28), 0.3), generator=g)
 
 
-def small_vae(cls=VAE, z_dim: int = 4, **kwargs) -> VAE:
+def small_vae(z_dim: int = 4) -> VAE:
+    """A small VAE for 28 x 28 binary images, made with its build spec."""
     torch.manual_seed(0)
-    enc = MLPGaussianEncoder(784, 32, z_dim)
-    dec = BernoulliDecoder(z_dim, 32, (1, 28, 28))
-    return cls(enc, dec, **kwargs)
+    enc = make(MLPGaussianEncoder, x_dim=784, hidden=32, z_dim=z_dim)
+    dec = make(BernoulliDecoder, z_dim=z_dim, hidden=32, x_shape=(1, 28, 28))
+    return make(VAE, encoder=enc, decoder=dec)
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,15 +61,6 @@ def test_encoder_rejects_wrong_size_and_nan():
         enc(torch.zeros(5, 700))
     with pytest.raises(ValueError, match="x contains NaN"):
         enc(torch.full((2, 784), float("nan")))
-
-
-def test_mlp_layer_sizes_and_linear_case():
-    enc = MLPGaussianEncoder(10, 7, 3, n_hidden_layers=0)
-    assert [type(m) for m in enc.net] == [nn.Linear]
-    enc = MLPGaussianEncoder(10, 7, 3, n_hidden_layers=3, activation=nn.ReLU)
-    sizes = [(m.in_features, m.out_features) for m in enc.net if isinstance(m, nn.Linear)]
-    assert sizes == [(10, 7), (7, 7), (7, 7), (7, 6)]
-    assert sum(isinstance(m, nn.ReLU) for m in enc.net) == 3
 
 
 def test_bernoulli_decoder_log_prob_matches_torch_distributions():
@@ -116,21 +108,8 @@ def test_gaussian_decoder_log_prob_matches_torch_distributions(variance):
         GaussianDecoder(2, 8, 6, variance="per-pixel")
 
 
-def test_reparameterize_shapes_and_moments():
-    mu, logvar = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.0, math.log(9.0)]])
-    g = torch.Generator().manual_seed(0)
-    assert reparameterize(mu, logvar).shape == (1, 2)
-    K = 40000
-    z = reparameterize(mu, logvar, K=K, generator=g)
-    assert z.shape == (K, 1, 2)
-    # 4 standard errors of a normal sample's mean (sd / sqrt(K)) and sd (sd / sqrt(2 K))
-    sd = torch.tensor([[1.0, 3.0]])
-    assert ((z.mean(0) - mu).abs() < 4 * sd / math.sqrt(K)).all(), z.mean(0)
-    assert ((z.std(0) - sd).abs() < 4 * sd / math.sqrt(2 * K)).all(), z.std(0)
-
-
 # --------------------------------------------------------------------------------------------
-# VAE.loss and IWAE.loss replayed by hand
+# VAE.terms, elbo and log_weights replayed by hand
 # --------------------------------------------------------------------------------------------
 
 
@@ -149,49 +128,24 @@ def hand_terms(model: VAE, x: torch.Tensor, K: int | None):
     return log_px_z, kl_dims, log_pz, log_qz
 
 
-def test_vae_loss_matches_hand_written_elbo():
+def test_terms_match_the_hand_written_densities():
+    """mu, logvar, z, log p(x|z), log p(z) - log q(z|x) and the analytic KL, per example."""
     model, x = small_vae(), binary_images()
-    torch.manual_seed(1)
-    terms = model.loss(x)
-    assert set(terms) == {"loss", "recon", "kl", "elbo"}
-    assert all(t.dim() == 0 for t in terms.values())
-    torch.manual_seed(1)
-    log_px_z, kl_dims, _, _ = hand_terms(model, x, None)
-    recon, kl = -log_px_z.mean(), kl_dims.sum(-1).mean()
-    torch.testing.assert_close(terms["recon"], recon)
-    torch.testing.assert_close(terms["kl"], kl)
-    torch.testing.assert_close(terms["elbo"], -(recon + kl))
-    torch.testing.assert_close(terms["loss"], recon + kl)
-    # and the gradients agree
-    g1 = torch.autograd.grad(terms["loss"], model.encoder.net[0].weight)[0]
-    g2 = torch.autograd.grad(recon + kl, model.encoder.net[0].weight)[0]
-    torch.testing.assert_close(g1, g2)
-
-
-def test_vae_loss_kl_weight_and_free_bits():
-    model, x = small_vae(kl_weight=0.3), binary_images()
-    torch.manual_seed(2)
-    t = model.loss(x)
-    torch.testing.assert_close(t["loss"], t["recon"] + 0.3 * t["kl"])
-    torch.testing.assert_close(t["elbo"], -(t["recon"] + t["kl"]))  # the true ELBO is reported
-    model.kl_weight, model.free_bits, model.free_bits_groups = 1.0, 0.5, 2
-    torch.manual_seed(2)
-    t = model.loss(x)
-    torch.manual_seed(2)
-    log_px_z, kl_dims, _, _ = hand_terms(model, x, None)
-    torch.testing.assert_close(t["loss"], -log_px_z.mean() + free_bits_kl(kl_dims, 0.5, 2))
-
-
-def test_vae_free_bits_stop_the_kl_gradient_below_the_threshold():
-    """With every dimension below lambda, the loss gradient is the reconstruction gradient."""
-    model, x = small_vae(free_bits=1e6), binary_images()
-    torch.manual_seed(3)
-    t = model.loss(x)
-    params = list(model.encoder.parameters())
-    g_loss = torch.autograd.grad(t["loss"], params, retain_graph=True)
-    g_recon = torch.autograd.grad(t["recon"], params)
-    for a, b in zip(g_loss, g_recon, strict=True):
-        torch.testing.assert_close(a, b)
+    for K in (None, 3):
+        torch.manual_seed(1)
+        t = model.terms(x, K)
+        torch.manual_seed(1)
+        log_px_z, kl_dims, log_pz, log_qz = hand_terms(model, x, K)
+        assert set(t) == {"mu", "logvar", "z", "log_px_z", "log_pz_minus_log_qz", "kl"}
+        assert t["z"].shape == ((6, 4) if K is None else (3, 6, 4))
+        torch.testing.assert_close(t["log_px_z"], log_px_z)
+        torch.testing.assert_close(t["log_pz_minus_log_qz"], log_pz - log_qz)
+        torch.testing.assert_close(t["kl"], kl_dims.sum(-1))  # analytic for N(0, I): [B]
+    assert model.analytic_kl
+    torch.testing.assert_close(model.kl_per_dim(t["mu"], t["logvar"]), kl_dims)
+    # gradients flow through z into the encoder from both terms
+    g = torch.autograd.grad(t["log_pz_minus_log_qz"].sum(), model.encoder.net[0].weight)[0]
+    assert g.abs().sum() > 0
 
 
 def test_vae_elbo_and_log_weights_match_hand_computation():
@@ -214,50 +168,27 @@ def test_vae_elbo_and_log_weights_match_hand_computation():
     assert model.elbo(x, n_samples=5).shape == (6,)
 
 
-def test_iwae_loss_matches_hand_written_bound():
-    model, x = small_vae(IWAE, K=5), binary_images()
-    torch.manual_seed(6)
-    t = model.loss(x)
-    assert set(t) == {"loss", "iwae", "elbo", "recon", "kl"}
-    torch.manual_seed(6)
-    log_px_z, kl_dims, log_pz, log_qz = hand_terms(model, x, 5)
-    log_w = log_px_z + log_pz - log_qz
-    iwae = (torch.logsumexp(log_w, 0) - math.log(5)).mean()
-    torch.testing.assert_close(t["iwae"], iwae)
-    torch.testing.assert_close(t["loss"], -iwae)
-    torch.testing.assert_close(t["recon"], -log_px_z.mean())
-    torch.testing.assert_close(t["kl"], kl_dims.sum(-1).mean())
-    torch.testing.assert_close(t["elbo"], -(t["recon"] + t["kl"]))
-
-
-def test_iwae_k1_is_the_monte_carlo_elbo():
-    model, x = small_vae(IWAE, K=1), binary_images()
-    torch.manual_seed(7)
-    t = model.loss(x)
-    torch.manual_seed(7)
-    log_px_z, _, log_pz, log_qz = hand_terms(model, x, 1)
-    torch.testing.assert_close(t["iwae"], (log_px_z + log_pz - log_qz).mean())
-
-
-@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
-def test_k_validation(bad):
+@pytest.mark.parametrize(
+    ("bad", "error"), [(0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError)]
+)
+def test_k_validation(bad, error):
     model, x = small_vae(), binary_images(2)
-    with pytest.raises(ValueError, match="K must be an integer >= 1"):
+    with pytest.raises(error, match="VAE.log_weights: K must be an integer >= 1"):
         model.log_weights(x, bad)
-    with pytest.raises(ValueError, match="K must be an integer >= 1"):
-        IWAE(model.encoder, model.decoder, K=bad)
-    with pytest.raises(ValueError, match="n_samples must be an integer >= 1"):
+    with pytest.raises(error, match="VAE.elbo: n_samples must be an integer >= 1"):
         model.elbo(x, n_samples=bad)
-    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+    with pytest.raises(error, match="VAE.sample: n must be an integer >= 1"):
         model.sample(bad)
 
 
 def test_vae_rejects_bad_x():
     model = small_vae()
     with pytest.raises(ValueError, match="x contains NaN"):
-        model.loss(torch.full((2, 1, 28, 28), float("nan")))
+        model.terms(torch.full((2, 1, 28, 28), float("nan")))
     with pytest.raises(ValueError, match="x must hold 784 values"):
-        model.loss(torch.zeros(2, 1, 27, 27))
+        model.elbo(torch.zeros(2, 1, 27, 27))
+    with pytest.raises(TypeError, match="VAE.encode: x must be a torch.Tensor, got list"):
+        model.encode([[0.0] * 784])
 
 
 def test_sample_reconstruct_encode_shapes():
@@ -278,9 +209,10 @@ def test_latent_sizes_must_agree():
         VAE(MLPGaussianEncoder(784, 8, 3), BernoulliDecoder(4, 8))
 
 
-def test_for_mnist_is_burdas_architecture():
-    model = IWAE.for_mnist(K=50)
-    assert model.K == 50 and model.z_dim == 50
+def test_for_mnist_is_burdas_architecture_with_a_build_spec():
+    torch.manual_seed(0)
+    model = VAE.for_mnist()
+    assert model.z_dim == 50 and model.analytic_kl
     enc = [(m.in_features, m.out_features) for m in model.encoder.net if isinstance(m, nn.Linear)]
     dec = [(m.in_features, m.out_features) for m in model.decoder.net if isinstance(m, nn.Linear)]
     assert enc == [(784, 200), (200, 200), (200, 100)]  # mu and log-variance: 50 + 50
@@ -288,7 +220,20 @@ def test_for_mnist_is_burdas_architecture():
     assert all(
         isinstance(m, (nn.Linear, nn.Tanh)) for m in [*model.encoder.net, *model.decoder.net]
     )
-    assert isinstance(VAE.for_mnist(z_dim=2, hidden=10), VAE)
+    # the spec rebuilds the same architecture from the same seed, bit for bit
+    spec = model.build_spec
+    assert spec["class"] == "dgmlib.models.vae:VAE"
+    assert spec["args"]["encoder"]["args"]["activation"] == {
+        "type": "torch.nn.modules.activation:Tanh"
+    }
+    torch.manual_seed(0)
+    again = build(spec)
+    for (k, a), (k2, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b), k
+    small = VAE.for_mnist(z_dim=2, hidden=10, activation=nn.ReLU)
+    assert small.z_dim == 2 and isinstance(small.encoder.net[1], nn.ReLU)
+    with pytest.raises(ValueError, match="prior must be one of"):
+        VAE.for_mnist(prior="laplace")
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,20 +270,21 @@ def test_linear_gaussian_vae_bounds_and_nll():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls,kwargs", [(VAE, {}), (IWAE, {"K": 3})])
-def test_trainer_fits_and_checkpoints(tmp_path, cls, kwargs):
-    model = small_vae(cls, **kwargs)
+@pytest.mark.parametrize("objective", [ELBO(), IWAEBound(3)], ids=["elbo", "iwae3"])
+def test_trainer_fits_and_the_saved_model_rebuilds_itself(tmp_path, objective):
+    model = small_vae()
     x = binary_images(32)
     trainer = Trainer(
-        model, torch.optim.Adam(model.parameters(), lr=1e-2), log_every=1, progress=False
+        model, torch.optim.Adam(model.parameters(), lr=1e-2), objective, log_every=1, progress=False
     )
     torch.manual_seed(0)
     history = trainer.fit(
         lambda epoch: [x[:16], x[16:]] * 5, epochs=1, checkpoint=tmp_path / "m.st"
     )
     assert history["loss"][-1] < history["loss"][0]
-    assert set(model.loss(x)) <= set(history)
-    fresh = small_vae(cls, **kwargs)
-    load_model(fresh, tmp_path / "m.st")
-    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b)
+    assert set(objective(model, x)) <= set(history)
+    digest = save_model(tmp_path / "final.safetensors", model, epochs=1)
+    fresh = load_model_file(tmp_path / "final.safetensors", expected_sha256=digest)
+    assert type(fresh) is VAE and not fresh.training
+    for (k, a), (k2, b) in zip(model.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b), k

@@ -1,30 +1,35 @@
 """Train the two VAEs of Lecture 02 (amortized inference and the VAE) and write their checkpoints.
 
-Usage: python tools/train_lecture02.py [--out data/checkpoints] [--models z2 z20] [--epochs N]
+Usage: python tools/train_lecture02.py [--out data/checkpoints] [--models z2 z20] [--device cpu]
+                                       [--quick]
 
 Both models are the one-stochastic-layer MLP VAE of Burda et al. (``VAE.for_mnist``: encoder
 784-200-200-(2Z), Bernoulli decoder Z-200-200-784, tanh) trained on the plain single-sample ELBO
-with Adam on all 60k dynamically binarized Fashion-MNIST training images:
-
-* ``z2``  -- a two-dimensional latent code, so the latent space can be drawn;
-* ``z20`` -- a twenty-dimensional latent code, the better generative model.
+(``dgmlib.objectives.ELBO``) with Adam on all 60k dynamically binarized Fashion-MNIST training
+images: ``z2`` has a two-dimensional latent code, so the latent space can be drawn; ``z20`` a
+twenty-dimensional one, the better generative model. About 30 minutes on one busy CPU core.
 
 Everything is deterministic: one CPU thread, fixed seeds, a fixed data order per epoch and the
-dynamic binarization drawn from the same seeded generator. For each model it writes
-``l02_<model>.safetensors`` (model weights only, loadable with ``dgmlib.train.load_model``) with
-its ``.sha256`` sidecar, and one ``l02_results.json`` with the configuration, the training curves,
-the test ELBO after every epoch, and the final test figures that the lecture recomputes: the
-single-sample ELBO (and its two terms) on all 10k test images, binarized once with a fixed seed.
-It also records a 1000-sample importance-weighted estimate of log p(x) on the first 1000 test
-images, which the lecture quotes to show how loose the ELBO is.
+dynamic binarization drawn from the same seeded generator as the order (the notebook retraces
+the first steps with the same batches, so this batching is kept as it is). Written into
+``--out``: ``l02_vae_<model>.safetensors`` (weights and build spec, with a ``.sha256`` sidecar;
+``dgmlib.pretrained.load("l02_vae_z20")``) and ``l02_results.json`` in the schema of
+``dgmlib.experiment``: per model the test figures that the lecture recomputes (``test``: the
+single-sample ELBO, ``log_px_z`` = E_q log p(x|z) and the KL on all test images, binarized once
+with a fixed seed; ``subset_elbo`` and ``subset_nll``, the ELBO and a ``NLL_K``-sample
+importance-weighted estimate of -log p(x) on the first ``NLL_N`` test images, which the lecture
+quotes to show how loose the ELBO is), the test ELBO after every epoch (``curves``) and the
+training history of the Trainer (``history``: means over ``LOG_EVERY`` steps of ``elbo``, ``kl``
+and ``log_px_z``, all signed as named, nats per image). ``--quick`` is a smoke test of the
+pipeline on a few images (its files are not the lecture's, so it needs another ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -34,129 +39,170 @@ sys.path.insert(0, str(ROOT))
 
 from dgmlib.bounds import estimate_nll  # noqa: E402
 from dgmlib.data import binarize_dynamic, binarize_fixed, load_fashion_mnist  # noqa: E402
+from dgmlib.experiment import save_model, write_results  # noqa: E402
+from dgmlib.io import read_json  # noqa: E402
 from dgmlib.models import VAE  # noqa: E402
-from dgmlib.train import Trainer, atomic_write_bytes, save_checkpoint  # noqa: E402
+from dgmlib.objectives import ELBO  # noqa: E402
+from dgmlib.train import Trainer  # noqa: E402
+from dgmlib.utils import get_device, set_threads  # noqa: E402
 
+# --- configuration ---------------------------------------------------------------------------
 COMMAND = "python tools/train_lecture02.py"
-SEED = 0
-HIDDEN = 200
-MODELS = {"z2": 2, "z20": 20}  # name -> latent dimension
-BATCH = 100
-EPOCHS = 30
-LR = 1e-3
-LOG_EVERY = 100
-TEST_BINARIZATION_SEED = 0
+LECTURE = "02_amortized_vae"
+SEED = 0  # torch seed of the initial weights; also seeds the epochs' order and binarization
+THREADS = 1  # CPU threads: one, so that the arithmetic (and the files) are reproducible
+HIDDEN = 200  # width of the two hidden layers of the encoder and of the decoder
+MODELS = {"z2": 2, "z20": 20}  # model name -> latent dimension
+BATCH = 100  # images per step
+EPOCHS = 30  # passes over the training images
+LR = 1e-3  # Adam's learning rate
+LOG_EVERY = 100  # steps per entry of the training history (the mean over those steps)
+N_TRAIN = 60_000  # training images used (all)
+N_TEST = 10_000  # test images of the reported figures (all)
+TEST_BINARIZATION_SEED = 0  # the test images are binarized once, with this seed
 EVAL_SEED = 0  # generator of the single-sample test ELBO
-NLL_K = 1000  # importance samples of the log-likelihood estimate
+NLL_K = 1000  # importance samples of the log-likelihood estimate ...
 NLL_N = 1000  # ... on the first NLL_N test images
-NLL_SEED = 1
+NLL_SEED = 1  # generator of that estimate
+# --quick: the settings it replaces, for a smoke test of the pipeline
+QUICK = {"epochs": 1, "n_train": 1000, "n_test": 500, "log_every": 2, "nll_k": 20, "nll_n": 100}
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_OUT = ROOT / "data" / "checkpoints"
 
 
-def build(z_dim: int) -> VAE:
-    """A fresh model, initialised from the global seed (the lecture does the same)."""
-    torch.manual_seed(SEED)
-    return VAE.for_mnist(z_dim=z_dim, hidden=HIDDEN)
-
-
-def epoch_batches(train_images: torch.Tensor, epoch: int, batch: int = BATCH):
-    """The mini-batches of one epoch: a seeded permutation, then a seeded dynamic binarization.
-
-    ``train_images``: uint8 [N, 28, 28]; yields float {0, 1} tensors [batch, 1, 28, 28].
-    """
-    g = torch.Generator().manual_seed(1000 * (SEED + 1) + epoch)
-    order = torch.randperm(len(train_images), generator=g)
-    for start in range(0, len(order), batch):
-        idx = order[start : start + batch]
-        yield binarize_dynamic(train_images[idx], generator=g).unsqueeze(1)
-
-
-def test_data() -> torch.Tensor:
-    """All 10k test images, binarized once with a fixed seed: [10000, 1, 28, 28]."""
-    images, _ = load_fashion_mnist("test")
-    return binarize_fixed(images, seed=TEST_BINARIZATION_SEED).unsqueeze(1)
-
-
-@torch.no_grad()
-def evaluate(model: VAE, x: torch.Tensor) -> dict:
-    """Single-sample test ELBO and its terms (generator seeded EVAL_SEED), averaged, in nats.
-
-    ``"recon"`` is ``E_q log p(x|z)`` here; the training history's ``"recon"`` is its negative,
-    as ``VAE.loss`` logs it.
-    """
-    model.eval()
-    mu, logvar = model.encode(x)
-    kl = float((0.5 * (mu**2 + logvar.exp() - 1.0 - logvar)).sum(-1).mean())
-    elbo = float(model.elbo(x, generator=torch.Generator().manual_seed(EVAL_SEED)).mean())
-    return {"elbo": elbo, "kl": kl, "recon": elbo + kl}
-
-
-def train(name: str, train_images: torch.Tensor, x_test: torch.Tensor, out: Path, epochs: int):
-    """Train one model; save its weights; return its results."""
-    model = build(MODELS[name])
-    trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=LR), LOG_EVERY, False)
-    per_epoch: list[float] = []
-
-    def on_epoch_end(tr: Trainer) -> None:
-        r = evaluate(model, x_test)
-        per_epoch.append(r["elbo"])
-        print(f"  {name} epoch {tr.epoch}: test ELBO {r['elbo']:.2f}", flush=True)
-
-    history = trainer.fit(
-        lambda epoch: epoch_batches(train_images, epoch), epochs, on_epoch_end=on_epoch_end
-    )
-    results = evaluate(model, x_test)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(NLL_SEED)
-        nll = estimate_nll(lambda x, k: model.log_weights(x, k, g), x_test[:NLL_N], K=NLL_K)
-        g_elbo = torch.Generator().manual_seed(EVAL_SEED)
-        elbo_sub = model.elbo(x_test[:NLL_N], generator=g_elbo)
-    results["iw_log_px_first_1000"] = float(-nll.mean())
-    results["elbo_first_1000"] = float(elbo_sub.mean())
-    results["test_elbo_per_epoch"] = per_epoch
-    results["history"] = {k: history[k] for k in ("step", "elbo", "kl", "recon")}
-    results["n_params"] = sum(p.numel() for p in model.parameters())
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    meta = {"model": name, "z_dim": MODELS[name], "epochs": epochs, "command": COMMAND}
-    save_checkpoint(out / f"l02_vae_{name}.safetensors", tensors, meta)
-    return results
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "data" / "checkpoints")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    parser.add_argument("--epochs", type=int, default=EPOCHS, help="for quick trials only")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    train_images, _ = load_fashion_mnist("train")
-    x_test = test_data()
-    json_path = args.out / "l02_results.json"
-    config = {
-        "command": COMMAND,
+def settings(quick: bool = False) -> dict:
+    """The settings recorded in ``l02_results.json`` (``quick``: those of the smoke test)."""
+    s = {
         "seed": SEED,
+        "threads": THREADS,
         "hidden": HIDDEN,
         "models": MODELS,
         "batch": BATCH,
-        "epochs": args.epochs,
+        "epochs": EPOCHS,
         "lr": LR,
         "log_every": LOG_EVERY,
+        "n_train": N_TRAIN,
+        "n_test": N_TEST,
         "test_binarization_seed": TEST_BINARIZATION_SEED,
         "eval_seed": EVAL_SEED,
         "nll_k": NLL_K,
         "nll_n": NLL_N,
         "nll_seed": NLL_SEED,
     }
+    return {**s, **QUICK} if quick else s
+
+
+def build(z_dim: int) -> VAE:
+    """A fresh model (with its build spec), initialised from the global seed as in the lecture."""
+    torch.manual_seed(SEED)
+    return VAE.for_mnist(z_dim=z_dim, hidden=HIDDEN)
+
+
+def epoch_batches(train_images: torch.Tensor, epoch: int) -> Iterator[torch.Tensor]:
+    """The mini-batches of one epoch: a seeded permutation, then a dynamic binarization drawn from
+    the same generator. ``train_images``: uint8 ``[N, 28, 28]``; yields float {0, 1} tensors
+    ``[BATCH, 1, 28, 28]``."""
+    g = torch.Generator().manual_seed(1000 * (SEED + 1) + epoch)
+    order = torch.randperm(len(train_images), generator=g)
+    for start in range(0, len(order), BATCH):
+        idx = order[start : start + BATCH]
+        yield binarize_dynamic(train_images[idx], generator=g).unsqueeze(1)
+
+
+def test_data(n: int) -> torch.Tensor:
+    """The first ``n`` test images, binarized once with a fixed seed: ``[n, 1, 28, 28]``."""
+    images, _ = load_fashion_mnist("test")
+    return binarize_fixed(images, seed=TEST_BINARIZATION_SEED)[:n].unsqueeze(1)
+
+
+@torch.no_grad()
+def evaluate(model: VAE, x: torch.Tensor) -> dict[str, float]:
+    """The single-sample ELBO (generator seeded ``EVAL_SEED``), ``log_px_z`` = E_q log p(x|z)
+    and the analytic KL, each averaged over the images ``x [N, 1, 28, 28]``, nats."""
+    model.eval()
+    mu, logvar = model.encode(x)
+    kl = float(model.kl_per_dim(mu, logvar).sum(-1).mean())
+    g = torch.Generator(x.device).manual_seed(EVAL_SEED)
+    elbo = float(model.elbo(x, generator=g).mean())
+    return {"elbo": elbo, "log_px_z": elbo + kl, "kl": kl}
+
+
+@torch.no_grad()
+def nll_subset(model: VAE, x: torch.Tensor, k: int) -> dict[str, float]:
+    """On ``x``: the single-sample ELBO and the ``k``-sample importance-weighted estimate of
+    -log p(x) (``dgmlib.bounds.estimate_nll``), averaged over the images, nats."""
+    g = torch.Generator(x.device).manual_seed(NLL_SEED)
+    nll = estimate_nll(lambda xb, kb: model.log_weights(xb, kb, g), x, K=k)
+    elbo = model.elbo(x, generator=torch.Generator(x.device).manual_seed(EVAL_SEED))
+    return {"subset_elbo": float(elbo.mean()), "subset_nll": float(nll.mean())}
+
+
+def train(
+    name: str,
+    train_images: torch.Tensor,
+    x_test: torch.Tensor,
+    out: Path,
+    cfg: dict,
+    device: torch.device,
+) -> dict:
+    """Train model ``name``, save its checkpoint into ``out``; return its results entry."""
+    model = build(MODELS[name])
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    trainer = Trainer(model, opt, ELBO(), log_every=cfg["log_every"], progress=False, device=device)
+    curves: list[dict] = []
+
+    def on_epoch_end(tr: Trainer) -> None:
+        r = evaluate(model, x_test)
+        curves.append({"epoch": tr.epoch, "test_elbo": r["elbo"]})
+        print(f"  {name} epoch {tr.epoch}: test ELBO {r['elbo']:.2f}", flush=True)
+
+    t0 = time.perf_counter()
+    history = trainer.fit(
+        lambda epoch: epoch_batches(train_images, epoch), cfg["epochs"], on_epoch_end=on_epoch_end
+    )
+    seconds = time.perf_counter() - t0
+    test = evaluate(model, x_test)
+    test.update(nll_subset(model, x_test[: cfg["nll_n"]], cfg["nll_k"]))
+    path = out / f"l02_vae_{name}.safetensors"
+    meta = {"name": name, "z_dim": MODELS[name], "epochs": cfg["epochs"], "command": COMMAND}
+    return {
+        "checkpoint": path.name,
+        "sha256": save_model(path, model, **meta),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(seconds),
+        "z_dim": MODELS[name],
+        "test": test,
+        "curves": curves,
+        "history": {k: history[k] for k in ("step", "elbo", "kl", "log_px_z")},
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--device", default=None, help="default: $DGMLIB_DEVICE, else cpu")
+    parser.add_argument("--quick", action="store_true", help="a smoke test (not the lecture's)")
+    args = parser.parse_args(argv)
+    if args.quick and args.out.resolve() == DEFAULT_OUT.resolve():
+        parser.error("--quick writes smoke-test files; give another folder with --out")
+    device = get_device(args.device)
+    set_threads(THREADS)
+    cfg = settings(args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    train_images = load_fashion_mnist("train")[0][: cfg["n_train"]]
+    x_test = test_data(cfg["n_test"]).to(device)
     # keep the results of models not re-trained now, if they were made with the same settings
-    old = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    summary = {"config": config, "models": old.get("models", {})}
-    if old.get("config") != config:
-        summary["models"] = {}
+    path = args.out / "l02_results.json"
+    old = read_json(path) if path.is_file() else {}
+    same = old.get("settings") == cfg and old.get("quick") == args.quick
+    models = dict(old["models"]) if same else {}
     for name in args.models:
-        t0 = time.perf_counter()
-        summary["models"][name] = train(name, train_images, x_test, args.out, args.epochs)
-        print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
-        summary["models"] = {m: summary["models"][m] for m in MODELS if m in summary["models"]}
-        atomic_write_bytes(json_path, (json.dumps(summary, indent=1) + "\n").encode())
+        models[name] = train(name, train_images, x_test, args.out, cfg, device)
+        print(f"{name}: done in {models[name]['train_seconds']} s of training", flush=True)
+        ordered = {m: models[m] for m in MODELS if m in models}
+        write_results(args.out, "l02", LECTURE, COMMAND, cfg, ordered, quick=args.quick)
     return 0
 
 

@@ -8,6 +8,7 @@ Success is the single line ``"{check}: all {n} cases pass."``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
 import torch
@@ -119,6 +120,15 @@ def compare(
             f"  (max abs error {err:.3g}; allowed {allowed})",
             hint,
         )
+
+
+def compare_cases(
+    check: str, fn: Any, cases: Iterable[tuple[str, tuple[Any, ...], Any, str]], **options: Any
+) -> None:
+    """For every case ``(name, args, expected, hint)``, :func:`compare` ``fn(*args)`` with
+    ``expected``; ``options`` are the rest of compare's keywords (``rtol``, ``atol``, ``what``)."""
+    for case, args, expected, hint in cases:
+        compare(check, case, call_student(check, case, fn, *args), expected, hint=hint, **options)
 
 
 def passed(check: str, n_cases: int) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributions import Normal
 
 from dgmlib.checks._common import as_float64, call_student, compare, fail, passed
 from dgmlib.dequantization import discretized_logistic_log_prob
@@ -21,76 +22,45 @@ __all__ = ["check_dequantized_bpd", "check_discretized_logistic"]
 # --------------------------------------------------------------------------------------------
 
 
+def _logistic_case(
+    name: str, x_int: Tensor, loc: Any, scale: Any, num_levels: int | None, hint: str
+) -> tuple[str, dict[str, Any], str]:
+    """One case of :func:`check_discretized_logistic`: ``loc`` and ``scale`` become float64."""
+    f64 = torch.float64
+    kwargs = dict(
+        x_int=x_int,
+        loc=torch.tensor(loc, dtype=f64),
+        scale=torch.tensor(scale, dtype=f64),
+        num_levels=num_levels,
+    )
+    return name, kwargs, hint
+
+
 def _logistic_cases() -> list[tuple[str, dict[str, Any], str]]:
     """The (name, keyword arguments, hint) cases of :func:`check_discretized_logistic`."""
     k = torch.arange(17)
-    f64 = torch.float64
-    return [
-        (
-            "interior bins 1..15, loc=7.3, scale=1.5, K=17",
-            dict(
-                x_int=k[1:-1],
-                loc=torch.tensor(7.3, dtype=f64),
-                scale=torch.tensor(1.5, dtype=f64),
-                num_levels=17,
-            ),
-            "an interior bin [x, x+1) has mass sigmoid((x+1-loc)/scale) - sigmoid((x-loc)/scale).",
-        ),
-        (
-            "open outer bins, loc=0.2, scale=3.0, K=17",
-            dict(
-                x_int=torch.tensor([0, 16]),
-                loc=torch.tensor(0.2, dtype=f64),
-                scale=torch.tensor(3.0, dtype=f64),
-                num_levels=17,
-            ),
-            "the bin of 0 is (-inf, 1) and the bin of K-1 is [K-1, inf): use CDF values 0 and 1 "
-            "there, so that the K masses sum to one.",
-        ),
-        (
-            "broadcasting: x [4, 3] against loc, scale [3]",
-            dict(
-                x_int=torch.tensor([[0, 5, 255], [128, 3, 254], [1, 0, 100], [200, 7, 9]]),
-                loc=torch.tensor([10.0, 4.2, 250.0], dtype=f64),
-                scale=torch.tensor([20.0, 0.7, 3.0], dtype=f64),
-                num_levels=256,
-            ),
-            "compute elementwise with torch operations so that shapes broadcast.",
-        ),
-        (
-            "far tail: x=255, loc=0, scale=1, K=256",
-            dict(
-                x_int=torch.tensor([254, 255]),
-                loc=torch.tensor(0.0, dtype=f64),
-                scale=torch.tensor(1.0, dtype=f64),
-                num_levels=256,
-            ),
-            "the mass is about exp(-254), which underflows if you subtract probabilities; work "
-            "with log-CDFs: log sigmoid(z) = -softplus(-z), and log(e^a - e^b) = "
-            "a + log(-expm1(b - a)).",
-        ),
-        (
-            "upper tail: x=20..22, loc=0, scale=1, no open bins",
-            dict(
-                x_int=torch.tensor([20, 21, 22]),
-                loc=torch.tensor(0.0, dtype=f64),
-                scale=torch.tensor(1.0, dtype=f64),
-                num_levels=None,
-            ),
-            "above loc both CDF values are close to 1 and their difference cancels; use the "
-            "symmetry sigmoid(b) - sigmoid(a) = sigmoid(-a) - sigmoid(-b).",
-        ),
-        (
-            "sharp peak: loc=8.5, scale=1e-3, K=17",
-            dict(
-                x_int=k,
-                loc=torch.tensor(8.5, dtype=f64),
-                scale=torch.tensor(1e-3, dtype=f64),
-                num_levels=17,
-            ),
-            "the bin holding loc must get probability ~1 (log-probability ~0) without NaN.",
-        ),
-    ]
+    wide = torch.tensor([[0, 5, 255], [128, 3, 254], [1, 0, 100], [200, 7, 9]])
+    rows = [
+        ("interior bins 1..15, loc=7.3, scale=1.5, K=17", k[1:-1], 7.3, 1.5, 17,
+         "an interior bin [x, x+1) has mass sigmoid((x+1-loc)/scale) - sigmoid((x-loc)/scale)."),
+        ("open outer bins, loc=0.2, scale=3.0, K=17", torch.tensor([0, 16]), 0.2, 3.0, 17,
+         "the bin of 0 is (-inf, 1) and the bin of K-1 is [K-1, inf): use CDF values 0 and 1 "
+         "there, so that the K masses sum to one."),
+        ("broadcasting: x [4, 3] against loc, scale [3]", wide, [10.0, 4.2, 250.0],
+         [20.0, 0.7, 3.0], 256,
+         "compute elementwise with torch operations so that shapes broadcast."),
+        ("far tail: x=255, loc=0, scale=1, K=256", torch.tensor([254, 255]), 0.0, 1.0, 256,
+         "the mass is about exp(-254), which underflows if you subtract probabilities; work "
+         "with log-CDFs: log sigmoid(z) = -softplus(-z), and log(e^a - e^b) = "
+         "a + log(-expm1(b - a))."),
+        ("upper tail: x=20..22, loc=0, scale=1, no open bins", torch.tensor([20, 21, 22]), 0.0,
+         1.0, None,
+         "above loc both CDF values are close to 1 and their difference cancels; use the "
+         "symmetry sigmoid(b) - sigmoid(a) = sigmoid(-a) - sigmoid(-b)."),
+        ("sharp peak: loc=8.5, scale=1e-3, K=17", k, 8.5, 1e-3, 17,
+         "the bin holding loc must get probability ~1 (log-probability ~0) without NaN."),
+    ]  # fmt: skip
+    return [_logistic_case(*row) for row in rows]
 
 
 def check_discretized_logistic(fn: Callable[..., Tensor], atol: float = 1e-6) -> None:
@@ -152,8 +122,8 @@ def _gaussian_unit_density(mean: float, std: float) -> Callable[[Tensor], Tensor
 
     def log_density(y: Tensor) -> Tensor:
         """Log-density of ``y [..., D]``, one value per example."""
-        z = (y - mean) / std
-        return (-0.5 * z**2 - math.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+        m, s = torch.tensor(mean, dtype=y.dtype), torch.tensor(std, dtype=y.dtype)
+        return Normal(m, s).log_prob(y).sum(-1)
 
     return log_density
 

@@ -135,12 +135,14 @@ def _posterior_parts(betas: Tensor, t: int, prev: int, cur: int) -> tuple[Tensor
     return c0, ct, (1 - ab_p) / (1 - ab_c) * beta
 
 
-def _posterior_mistakes(z0: Tensor, zt: Tensor, t: int, betas: Tensor):
+def _posterior_mistakes(
+    z0: Tensor, zt: Tensor, t: int, betas: Tensor
+) -> list[tuple[Tensor | None, Tensor | None, str]]:
     """Typical wrong (mean, var) pairs, each with its hint: [(mean, var, hint)]."""
     c0, ct, var = _posterior_parts(betas, t, t - 1, t)
     ab_prev, ab_t = _abar(betas, t - 1), _abar(betas, t)
     beta = betas[t - 1]
-    out = []
+    out: list[tuple[Tensor | None, Tensor | None, str]] = []
     # the variance with 1 - abar_{t+1} in the numerator
     var_next = (1 - _abar(betas, t + 1)) / (1 - ab_t) * beta
     out.append(

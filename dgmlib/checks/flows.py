@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -174,7 +174,10 @@ def check_adjoint_dynamics(
 # Hutchinson's estimate eps^T (df/dz) eps of the divergence
 
 
-def _seeded(g: torch.Generator, build: Callable[[], nn.Module]) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def _seeded(g: torch.Generator, build: Callable[[], M]) -> M:
     """``build()`` with torch's global generator seeded from ``g``, then restored."""
     torch_state = torch.random.get_rng_state()
     try:
@@ -219,6 +222,11 @@ def check_hutchinson_divergence(fn: Callable[[Tensor, Tensor, Tensor], Any]) -> 
     g = torch.Generator().manual_seed(5)
     n_cases = 0
 
+    def agree(case: str, got: Tensor, ref: Tensor, what: str, hint: str, **tol: float) -> None:
+        """The case passes if ``got`` matches ``ref`` (default tolerances RTOL, ATOL)."""
+        tol = {"rtol": RTOL, "atol": ATOL, **tol}
+        compare(check, case, got, ref, what=what, hint=hint, **tol)
+
     def run(case: str, net: nn.Module, z0: Tensor, eps: Tensor) -> Tensor:
         z = z0.clone().requires_grad_(True)
         got = call_student(check, case, fn, net(z), z, eps.clone())
@@ -232,7 +240,7 @@ def check_hutchinson_divergence(fn: Callable[[Tensor, Tensor, Tensor], Any]) -> 
                 if _close(got_t, wrong):
                     hint = message
                     break
-            compare(check, case, got_t, ref, what="the estimate", hint=hint, rtol=RTOL, atol=ATOL)
+            agree(case, got_t, ref, "the estimate", hint)
         return got
 
     for case, d, kind in [("Gaussian probes, d = 3", 3, "g"), ("Rademacher probes, d = 4", 4, "r")]:
@@ -249,16 +257,8 @@ def check_hutchinson_divergence(fn: Callable[[Tensor, Tensor, Tensor], Any]) -> 
         lin.weight.copy_(A)
     eps = torch.tensor([[1.0, -1.0], [0.5, 2.0]], dtype=DT)
     got = as_float64(check, case, run(case, lin, torch.zeros(2, 2, dtype=DT), eps), "estimate")
-    compare(
-        check,
-        case,
-        got,
-        torch.einsum("bi,ij,bj->b", eps, A, eps),
-        what="the estimate",
-        hint="eps^T A eps for the linear map z -> A z.",
-        rtol=RTOL,
-        atol=ATOL,
-    )
+    ref = torch.einsum("bi,ij,bj->b", eps, A, eps)
+    agree(case, got, ref, "the estimate", "eps^T A eps for the linear map z -> A z.")
     n_cases += 1
 
     case = "the 4 sign patterns in 2-D average to the exact divergence"
@@ -267,16 +267,8 @@ def check_hutchinson_divergence(fn: Callable[[Tensor, Tensor, Tensor], Any]) -> 
     signs = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=2)), dtype=DT)
     got = as_float64(check, case, run(case, net, z0, signs), "estimate").mean()
     z = z0.clone().requires_grad_(True)
-    compare(
-        check,
-        case,
-        got,
-        divergence_exact(net(z), z)[0],
-        what="the mean estimate",
-        hint="with probes of E[eps eps^T] = I the estimate is unbiased for tr(df/dz).",
-        rtol=RTOL,
-        atol=ATOL,
-    )
+    hint = "with probes of E[eps eps^T] = I the estimate is unbiased for tr(df/dz)."
+    agree(case, got, divergence_exact(net(z), z)[0], "the mean estimate", hint)
     n_cases += 1
 
     case = "differentiable with respect to the parameters"
@@ -298,14 +290,13 @@ def check_hutchinson_divergence(fn: Callable[[Tensor, Tensor, Tensor], Any]) -> 
     z = z0.clone().requires_grad_(True)
     ref = divergence_hutchinson(net(z), z, eps, create_graph=True)
     (g_ref,) = torch.autograd.grad(ref.sum(), w)
-    compare(
-        check,
+    agree(
         case,
         torch.zeros_like(g_ref) if g_got is None else g_got,
         g_ref,
-        what="the gradient of the estimate",
-        hint="differentiate through the vector-Jacobian product (create_graph=True).",
-        rtol=1e-6,
+        "the gradient of the estimate",
+        "differentiate through the vector-Jacobian product (create_graph=True).",
+        rtol=1e-6,  # a second derivative: looser than the estimate itself
         atol=1e-9,
     )
     n_cases += 1

@@ -40,6 +40,14 @@ def _hint_for(case: Case, got: Tensor, default: str) -> str:
     return case.hint or default
 
 
+def _compare_diagnosed(
+    check: str, case: Case, got: Tensor, expected: Tensor, what: str, default: str
+) -> None:
+    """:func:`compare` ``got`` with ``expected``; the hint names the known mistake it matches."""
+    hint = _hint_for(case, got, default)
+    compare(check, case.name, got, expected, what=what, hint=hint, rtol=RTOL, atol=ATOL)
+
+
 # ---------------------------------------------------------------------------------------------
 # The ELBO of a Gaussian q(z) under probabilistic PCA
 
@@ -126,16 +134,7 @@ def check_elbo_gaussian(fn: Callable[[PPCA, Tensor, Tensor, Tensor], Any]) -> No
     ]
     for case in cases:
         got = as_float64(check, case.name, call_student(check, case.name, fn, *case.args))
-        compare(
-            check,
-            case.name,
-            got,
-            _elbo_reference(*case.args),
-            what="the ELBO",
-            hint=_hint_for(case, got, general),
-            rtol=RTOL,
-            atol=ATOL,
-        )
+        _compare_diagnosed(check, case, got, _elbo_reference(*case.args), "the ELBO", general)
     passed(check, len(cases))
 
 
@@ -220,16 +219,7 @@ def check_log_importance_estimate(fn: Callable[[Tensor, Tensor, Tensor], Any]) -
                 f"the estimate is infinite (expected {fmt(expected)}).",
                 case.hint or stable,
             )
-        compare(
-            check,
-            case.name,
-            got,
-            expected,
-            what="the estimate",
-            hint=_hint_for(case, got, general),
-            rtol=RTOL,
-            atol=ATOL,
-        )
+        _compare_diagnosed(check, case, got, expected, "the estimate", general)
     passed(check, len(cases))
 
 
@@ -290,16 +280,7 @@ def check_em_step(fn: Callable[[Tensor, Tensor, Tensor, float], Any]) -> None:
         W_exp, s_exp = _em_reference(*case.args)
         W_got = as_float64(check, case.name, out[0], "W_new")
         s_got = as_float64(check, case.name, out[1], "sigma2_new")
-        compare(
-            check,
-            case.name,
-            W_got,
-            W_exp,
-            what="W_new",
-            hint=_hint_for(case, W_got, general),
-            rtol=RTOL,
-            atol=ATOL,
-        )
+        _compare_diagnosed(check, case, W_got, W_exp, "W_new", general)
         compare(
             check, case.name, s_got, s_exp, what="sigma2_new", hint=general, rtol=RTOL, atol=ATOL
         )

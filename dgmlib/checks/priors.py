@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from dgmlib.checks._common import call_student, compare, passed
+from dgmlib.checks._common import compare_cases, passed
 
 __all__ = ["check_aggregate_posterior_log_prob", "check_mixture_prior_log_prob"]
 
@@ -72,17 +72,8 @@ def check_mixture_prior_log_prob(fn: Callable[[Tensor, Tensor, Tensor, Tensor], 
             "components with torch.logsumexp in log space.",
         ),
     ]
-    for case, args, hint in cases:
-        compare(
-            check,
-            case,
-            call_student(check, case, fn, *args),
-            _mixture_reference(*args),
-            what="log p(z)",
-            hint=hint,
-            rtol=RTOL,
-            atol=ATOL,
-        )
+    rows = [(case, args, _mixture_reference(*args), hint) for case, args, hint in cases]
+    compare_cases(check, fn, rows, what="log p(z)", rtol=RTOL, atol=ATOL)
     passed(check, len(cases))
 
 
@@ -136,15 +127,6 @@ def check_aggregate_posterior_log_prob(fn: Callable[[Tensor, Tensor, Tensor], Te
             "the log-densities are around -1e5: exp() underflows to 0. Use torch.logsumexp.",
         ),
     ]
-    for case, args, hint in cases:
-        compare(
-            check,
-            case,
-            call_student(check, case, fn, *args),
-            _aggregate_reference(*args),
-            what="log q(z)",
-            hint=hint,
-            rtol=RTOL,
-            atol=ATOL,
-        )
+    rows = [(case, args, _aggregate_reference(*args), hint) for case, args, hint in cases]
+    compare_cases(check, fn, rows, what="log q(z)", rtol=RTOL, atol=ATOL)
     passed(check, len(cases))

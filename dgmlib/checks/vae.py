@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributions import Normal, kl_divergence
 
-from dgmlib.checks._common import call_student, compare, fail, passed
+from dgmlib.checks._common import call_student, compare, compare_cases, fail, passed
 
 __all__ = [
     "check_active_units",
@@ -141,23 +142,19 @@ def check_kl_standard_normal(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         ("unit mean, variance e (KL = (e - 2) / 2 per dim)", torch.zeros(1, 2), torch.ones(1, 2)),
         ("random mu and logvar, 4 examples x 5 dims", mu_r, lv_r),
     ]
-    for case, mu, logvar in cases:
-        expected = torch.distributions.kl_divergence(
-            torch.distributions.Normal(mu, torch.exp(0.5 * logvar)),
-            torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu)),
-        ).sum(-1)
-        compare(
-            check,
-            case,
-            call_student(check, case, fn, mu, logvar),
-            expected,
-            what="the KL",
-            hint="KL = 0.5 * sum_j (exp(logvar_j) + mu_j^2 - 1 - logvar_j), summed over the "
-            "last dimension only (one value per example).",
-            rtol=RTOL,
-            atol=ATOL,
-        )
+    hint = (
+        "KL = 0.5 * sum_j (exp(logvar_j) + mu_j^2 - 1 - logvar_j), summed over the last "
+        "dimension only (one value per example)."
+    )
+    rows = [(case, (mu, lv), _kl_to_standard_normal(mu, lv), hint) for case, mu, lv in cases]
+    compare_cases(check, fn, rows, what="the KL", rtol=RTOL, atol=ATOL)
     passed(check, len(cases))
+
+
+def _kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    """The reference ``KL(N(mu, diag e^logvar) || N(0, I))``, ``[B]``, from torch.distributions."""
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    return kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,11 +178,8 @@ def check_free_bits(fn: Callable[[Tensor, float], Tensor]) -> None:
         ("clamp the batch mean, not each example", torch.tensor([[0.0], [2.0]]), 0.5, 1.0),
         ("free_bits = 0 gives the mean KL", torch.tensor([[0.2, 0.3], [0.4, 0.1]]), 0.0, 0.5),
     ]
-    for case, kl, lam, expected in cases:
-        got = call_student(check, case, fn, kl, lam)
-        compare(
-            check, case, got, expected, what="the free-bits KL", hint=hint, rtol=RTOL, atol=ATOL
-        )
+    rows = [(case, (kl, lam), expected, hint) for case, kl, lam, expected in cases]
+    compare_cases(check, fn, rows, what="the free-bits KL", rtol=RTOL, atol=ATOL)
 
     case = "gradient: zero below the threshold, 1/B above"
     kl = torch.tensor([[0.1, 2.0], [0.3, 4.0]], requires_grad=True)
@@ -281,16 +275,10 @@ def check_iwae_bound(fn: Callable[[Tensor], Tensor]) -> None:
             torch.tensor([-1000.0 + math.log((1 + math.exp(-1.0)) / 2)], dtype=torch.float64),
         ),
     ]
-    for case, log_w, expected in cases:
-        compare(
-            check,
-            case,
-            call_student(check, case, fn, log_w),
-            expected,
-            what="the bound",
-            hint="average the weights over dim 0 (the K samples) in log space: "
-            "torch.logsumexp(log_w, dim=0) - log(K); exp() of -1000 underflows to 0.",
-            rtol=RTOL,
-            atol=ATOL,
-        )
+    hint = (
+        "average the weights over dim 0 (the K samples) in log space: "
+        "torch.logsumexp(log_w, dim=0) - log(K); exp() of -1000 underflows to 0."
+    )
+    rows = [(case, (log_w,), expected, hint) for case, log_w, expected in cases]
+    compare_cases(check, fn, rows, what="the bound", rtol=RTOL, atol=ATOL)
     passed(check, len(cases))

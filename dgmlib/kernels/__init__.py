@@ -12,7 +12,7 @@ overrides the automatic choice). Importing this package imports neither triton n
 - :func:`gaussian_rsample_kl`: reparametrized Gaussian sample with the analytic KL to N(0, I).
 """
 
-from dgmlib.kernels._backend import resolve_backend, triton_available
+from dgmlib.kernels.backend import resolve_backend, triton_available
 from dgmlib.kernels.mixture import bilinear_logsumexp, mixture_logpdf, mixture_logpdf_ref
 from dgmlib.kernels.rowwise import (
     gaussian_rsample_kl,

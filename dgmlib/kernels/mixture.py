@@ -45,13 +45,13 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from dgmlib.kernels._backend import resolve_backend, triton_kernels
-from dgmlib.kernels._checks import (
+from dgmlib.kernels.arguments import (
     check_finite,
     check_same,
     check_tensor,
     compute_dtype,
 )
+from dgmlib.kernels.backend import resolve_backend, triton_kernels
 
 LOG_2PI = math.log(2.0 * math.pi)
 MAX_TRITON_D = 256  # the Triton path holds the 2D-wide expanded features in one register tile
@@ -247,7 +247,7 @@ def _blse_backward_torch(
 
 class _BilinearLogSumExp(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, b, c, backend):  # type: ignore[override]
+    def forward(ctx, a, b, c, backend):
         a, b, c = a.detach().contiguous(), b.detach().contiguous(), c.detach().contiguous()
         if backend == "triton":
             out = triton_kernels().blse_forward(a, b, c)
@@ -259,7 +259,7 @@ class _BilinearLogSumExp(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx, g):
         a, b, c, out = ctx.saved_tensors
         needs = tuple(ctx.needs_input_grad[:3])
         if not any(needs):

@@ -12,8 +12,8 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from dgmlib.kernels._backend import resolve_backend, triton_kernels
-from dgmlib.kernels._checks import check_same, check_tensor, compute_dtype
+from dgmlib.kernels.arguments import check_same, check_tensor, compute_dtype
+from dgmlib.kernels.backend import resolve_backend, triton_kernels
 
 # ----------------------------------------------------------------------------------------------
 # IWAE log-mean-exp
@@ -64,22 +64,22 @@ def iwae_logmeanexp(
     k = log_w.shape[dim]
     moved = log_w.movedim(dim, -1)
     x2d = moved.reshape(-1, k).to(compute_dtype(log_w.dtype)).contiguous()
-    lse, w = _LogSumExpSoftmax.apply(x2d)
+    lse, w = LogSumExpSoftmax.apply(x2d)
     lme = (lse - math.log(k)).reshape(moved.shape[:-1]).to(log_w.dtype)
     weights = w.reshape(moved.shape).movedim(-1, dim).to(log_w.dtype)
     return lme, weights
 
 
-class _LogSumExpSoftmax(torch.autograd.Function):
+class LogSumExpSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):  # type: ignore[override]
+    def forward(ctx, x):
         lse, w = triton_kernels().lse_forward(x.detach())
         ctx.save_for_backward(w)
         return lse, w
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_lse, g_w):  # type: ignore[override]
+    def backward(ctx, g_lse, g_w):
         (w,) = ctx.saved_tensors
         return triton_kernels().lse_backward(w, g_lse, g_w)
 
@@ -146,13 +146,13 @@ def gaussian_rsample_kl(
     d = mu.shape[-1]
     cdt = compute_dtype(mu.dtype)
     args = [t.reshape(-1, d).to(cdt).contiguous() for t in (mu, logvar, eps)]
-    z, kl = _RsampleKL.apply(*args)
+    z, kl = RsampleKL.apply(*args)
     return z.reshape(mu.shape).to(mu.dtype), kl.reshape(mu.shape[:-1]).to(mu.dtype)
 
 
-class _RsampleKL(torch.autograd.Function):
+class RsampleKL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, mu, logvar, eps):  # type: ignore[override]
+    def forward(ctx, mu, logvar, eps):
         mu, logvar, eps = mu.detach(), logvar.detach(), eps.detach()
         z, kl = triton_kernels().reparam_forward(mu, logvar, eps)
         ctx.save_for_backward(mu, logvar, eps)
@@ -160,7 +160,7 @@ class _RsampleKL(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_z, g_kl):  # type: ignore[override]
+    def backward(ctx, g_z, g_kl):
         mu, logvar, eps = ctx.saved_tensors
         g_mu, g_lv, g_eps = triton_kernels().reparam_backward(mu, logvar, eps, g_z, g_kl)
         needs = ctx.needs_input_grad

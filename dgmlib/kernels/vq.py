@@ -30,8 +30,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from dgmlib.kernels._backend import resolve_backend, triton_kernels
-from dgmlib.kernels._checks import check_finite, check_same, check_tensor, compute_dtype
+from dgmlib.kernels.arguments import check_finite, check_same, check_tensor, compute_dtype
+from dgmlib.kernels.backend import resolve_backend, triton_kernels
 
 MAX_TRITON_D = 512
 CHUNK_ELEMENTS = 1 << 20  # torch path: the [rows x BLOCK_K] score tile has at most this many
@@ -117,17 +117,19 @@ def _vq_search_torch(
     for rows in _row_chunks(m, min(k, BLOCK_K)):
         xr = x[rows].to(e.dtype)
         xs = xr - centre
-        best = best_idx = None
-        for k0 in range(0, k, BLOCK_K):
+
+        def tile(k0: int, xs: torch.Tensor = xs) -> tuple[torch.Tensor, torch.Tensor]:
+            """The best score and its index among codes k0 .. k0 + BLOCK_K - 1."""
             score = torch.addmm(h[k0 : k0 + BLOCK_K], xs, ec[k0 : k0 + BLOCK_K].T, alpha=-1.0)
             tile_idx = score.argmin(1)  # documented to return the first minimum
-            tile_best = score.gather(1, tile_idx[:, None])[:, 0]
-            if best is None:
-                best, best_idx = tile_best, tile_idx + k0
-            else:
-                better = tile_best < best
-                best = torch.where(better, tile_best, best)
-                best_idx = torch.where(better, tile_idx + k0, best_idx)
+            return score.gather(1, tile_idx[:, None])[:, 0], tile_idx + k0
+
+        best, best_idx = tile(0)
+        for k0 in range(BLOCK_K, k, BLOCK_K):
+            tile_best, tile_idx = tile(k0)
+            better = tile_best < best
+            best = torch.where(better, tile_best, best)
+            best_idx = torch.where(better, tile_idx, best_idx)
         idx[rows] = best_idx
         sq[rows] = (xr - e[best_idx]).square_().sum(1)
     return idx, sq
@@ -139,7 +141,7 @@ class _SquaredDistance(torch.autograd.Function):
     search computed it already."""
 
     @staticmethod
-    def forward(ctx, x, codebook, idx, sq):  # type: ignore[override]
+    def forward(ctx, x, codebook, idx, sq):
         cdt = compute_dtype(x.dtype)
         if sq is None:
             sq = torch.empty(x.shape[0], dtype=cdt, device=x.device)
@@ -150,7 +152,7 @@ class _SquaredDistance(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx, g):
         x, codebook, idx = ctx.saved_tensors
         need_x, need_e = ctx.needs_input_grad[:2]
         cdt = compute_dtype(x.dtype)

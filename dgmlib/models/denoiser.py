@@ -11,8 +11,10 @@ by all steps: it predicts the noise ``eps`` in ``z_t = sqrt(abar_t) x + sqrt(1 -
 * :class:`DDPM`: the network, a copy of it holding an exponential moving average (EMA) of its
   weights (the copy used for evaluation and sampling), and the noise schedule; its ``loss(x)``
   is the training objective of :func:`dgmlib.diffusion.ddpm_loss`, so that
-  :class:`dgmlib.train.Trainer` can train it (:class:`EMATrainer` updates the average after
-  every step).
+  :class:`dgmlib.train.Trainer` trains it with ``objective=None`` (:class:`EMATrainer` updates
+  the average after every step). Built with :func:`dgmlib.experiment.make` from sizes alone
+  (the linear schedule's ``T``, ``beta_1``, ``beta_T``), it is saved and reloaded by name
+  (:func:`dgmlib.pretrained.load`).
 
 Everything is float32 unless the caller converts the module.
 """
@@ -21,12 +23,14 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
-from dgmlib.diffusion import WEIGHTINGS, alpha_bars, ddpm_loss
+from dgmlib.diffusion import WEIGHTINGS, alpha_bars, ddpm_loss, linear_betas
 from dgmlib.train import Trainer
+from dgmlib.validation import check_choice
 
 __all__ = [
     "DDPM",
@@ -130,8 +134,8 @@ class UNetDenoiser(nn.Module):
         self.norm = nn.GroupNorm(min(8, c1), c1)
         self.out = nn.Conv2d(c1, 4, 3, padding=1)
         self.act = nn.SiLU()
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        for p in self.out.parameters():
+            nn.init.zeros_(p)
 
     def forward(self, z: Tensor, t: Tensor) -> Tensor:
         if z.dim() != 4 or tuple(z.shape[1:]) != (1, 28, 28):
@@ -148,20 +152,33 @@ class UNetDenoiser(nn.Module):
 class DDPM(nn.Module):
     """A noise-prediction network with its EMA copy and its noise schedule.
 
-    ``net``: any module ``net(z, t) -> eps`` (``t`` int64 in ``1..T``); ``betas``: float tensor
-    ``[T]`` (stored in float64 as a buffer). ``loss(x)`` draws ``t`` and the noise from the
-    global RNG (seed it per epoch for reproducible training) and returns ``{"loss", "mse"}``:
-    the objective of :func:`dgmlib.diffusion.ddpm_loss` with this ``weighting``.
+    ``net``: any module ``net(z, t) -> eps`` (``t`` int64 in ``1..T``). The schedule: ``betas``,
+    a float tensor ``[T]``, or, when it is ``None``, Ho et al.'s linear schedule
+    ``dgmlib.diffusion.linear_betas(T, beta_1, beta_T)`` (sizes only, so that the model has a
+    build spec); stored in float64 as the buffer ``betas``. ``loss(x)`` draws ``t`` and the
+    noise from the global RNG (seed it per epoch for reproducible training) and returns
+    ``{"loss", "mse"}``: the objective of :func:`dgmlib.diffusion.ddpm_loss` with this
+    ``weighting``.
     """
 
+    betas: Tensor
+
     def __init__(
-        self, net: nn.Module, betas: Tensor, weighting: str = "simple", ema_decay: float = 0.999
+        self,
+        net: nn.Module,
+        betas: Tensor | None = None,
+        weighting: str = "simple",
+        ema_decay: float = 0.999,
+        T: int = 1000,
+        beta_1: float = 1e-4,
+        beta_T: float = 0.02,
     ):
         super().__init__()
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"DDPM: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        check_choice(weighting, "weighting", "DDPM", WEIGHTINGS)
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"DDPM: ema_decay must lie in [0, 1), got {ema_decay}")
+        if betas is None:
+            betas = linear_betas(T, beta_1, beta_T)
         alpha_bars(betas)
         self.net = net
         self.ema = copy.deepcopy(net)
@@ -173,9 +190,11 @@ class DDPM(nn.Module):
 
     @property
     def T(self) -> int:
+        """The number of diffusion steps."""
         return len(self.betas)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
+        """The training objective on a batch ``x [B, ...]``: ``{"loss", "mse"}`` (scalars)."""
         return ddpm_loss(self.net, x, self.betas, weighting=self.weighting)
 
     @torch.no_grad()
@@ -192,5 +211,5 @@ class EMATrainer(Trainer):
 
     def train_step(self, x: Tensor) -> dict[str, float]:
         out = super().train_step(x)
-        self.model.update_ema()
+        cast(DDPM, self.model).update_ema()
         return out

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgmlib.validation import check_tensor
+from dgmlib.validation import check_choice, check_int, check_tensor
 
 __all__ = ["MaskedConv2d", "PixelCNNDecoder"]
 
@@ -41,9 +41,8 @@ class MaskedConv2d(nn.Conv2d):
         mask_type: str,
         bias: bool = True,
     ) -> None:
-        if mask_type not in ("A", "B"):
-            raise ValueError(f"MaskedConv2d: mask_type must be 'A' or 'B', got {mask_type!r}")
-        if kernel_size < 1 or kernel_size % 2 == 0:
+        check_choice(mask_type, "mask_type", "MaskedConv2d", ("A", "B"))
+        if check_int(kernel_size, "kernel_size", "MaskedConv2d") % 2 == 0:
             raise ValueError(f"MaskedConv2d: kernel_size must be odd and >= 1, got {kernel_size}")
         super().__init__(
             in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias
@@ -65,11 +64,19 @@ class PixelCNNDecoder(nn.Module):
 
     Architecture: a mask-A convolution (``kernel_size``) from the image to ``channels`` maps, then
     ``n_layers - 1`` residual mask-B convolutions (``hidden_kernel_size``) with ReLU, then two 1x1
-    convolutions to one logit map. The latent ``z`` is projected by a linear layer to one ``H x W``
-    map, and every layer adds a 1x1 convolution of that map (a spatially varying, ``z``-dependent
-    bias); the map does not depend on ``x``, so the autoregressive property is kept.
-    The receptive field reaches ``kernel_size // 2 + (n_layers - 1) * (hidden_kernel_size // 2)``
-    rows up: fewer layers make a weaker decoder.
+    convolutions to one logit map. The receptive field reaches
+    ``kernel_size // 2 + (n_layers - 1) * (hidden_kernel_size // 2)`` rows up (``rows_up``) and as
+    many columns to either side: fewer layers or smaller kernels make a weaker decoder
+    (``hidden_kernel_size=1`` keeps the field at the first kernel's window).
+
+    How ``z`` enters: a network maps it to a conditioning map ``s(z)`` of ``cond_channels x H x W``
+    and every layer adds a 1x1 convolution of that map, a ``z``-dependent input that may differ at
+    every position, channel and layer (the spatial conditioning of the conditional PixelCNN,
+    van den Oord et al., 2016). ``s`` does not depend on ``x``, so the autoregressive property is
+    kept. The default (``cond_channels=1``, ``cond_hidden=0``) is the narrow path: one linear map
+    to one ``H x W`` map, so each layer sees ``z`` only through one number per position;
+    ``cond_channels > 1`` widens the map and ``cond_hidden > 0`` puts a hidden ReLU layer of that
+    width between ``z`` and the map.
     """
 
     def __init__(
@@ -80,21 +87,33 @@ class PixelCNNDecoder(nn.Module):
         kernel_size: int = 7,
         hidden_kernel_size: int = 3,
         x_shape: Sequence[int] = (1, 28, 28),
+        cond_channels: int = 1,
+        cond_hidden: int = 0,
     ) -> None:
         super().__init__()
         x_shape = tuple(int(s) for s in x_shape)
         if len(x_shape) != 3 or x_shape[0] != 1:
             raise ValueError(f"PixelCNNDecoder: x_shape must be (1, H, W), got {x_shape}")
-        if n_layers < 1:
-            raise ValueError(f"PixelCNNDecoder: n_layers must be >= 1, got {n_layers}")
-        self.z_dim, self.x_shape = z_dim, x_shape
+        check_int(n_layers, "n_layers", "PixelCNNDecoder")
+        check_int(cond_channels, "cond_channels", "PixelCNNDecoder")
+        check_int(cond_hidden, "cond_hidden", "PixelCNNDecoder", low=0)
+        self.z_dim, self.x_shape, self.cond_channels = z_dim, x_shape, cond_channels
         H, W = x_shape[1:]
-        self.cond = nn.Linear(z_dim, H * W)
+        if cond_hidden == 0:
+            self.cond = nn.Linear(z_dim, cond_channels * H * W)
+        else:
+            self.cond = nn.Sequential(
+                nn.Linear(z_dim, cond_hidden),
+                nn.ReLU(),
+                nn.Linear(cond_hidden, cond_channels * H * W),
+            )
         self.input = MaskedConv2d(1, channels, kernel_size, "A")
         self.hidden = nn.ModuleList(
             MaskedConv2d(channels, channels, hidden_kernel_size, "B") for _ in range(n_layers - 1)
         )
-        self.cond_convs = nn.ModuleList(nn.Conv2d(1, channels, 1) for _ in range(n_layers))
+        self.cond_convs = nn.ModuleList(
+            nn.Conv2d(cond_channels, channels, 1) for _ in range(n_layers)
+        )
         self.output = nn.Sequential(
             nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, 1, 1)
         )
@@ -106,15 +125,15 @@ class PixelCNNDecoder(nn.Module):
         return math.prod(self.x_shape)
 
     def _net(self, x: Tensor, cond_map: Tensor) -> Tensor:
-        """Logits ``[B, 1, h, W]`` from images ``x [B, 1, h, W]`` and z-maps ``[B, 1, h, W]``."""
+        """Logits ``[B, 1, h, W]`` from images ``x [B, 1, h, W]`` and z-maps ``[B, C, h, W]``."""
         h = F.relu(self.input(x) + self.cond_convs[0](cond_map))
         for layer, cond in zip(self.hidden, self.cond_convs[1:], strict=True):
             h = h + F.relu(layer(h) + cond(cond_map))
         return self.output(h)
 
     def _cond_map(self, z: Tensor) -> Tensor:
-        """The latent projected to an image-sized map: ``[B, Z] -> [B, 1, H, W]``."""
-        return self.cond(z).view(z.shape[0], *self.x_shape)
+        """The latent mapped to the conditioning map: ``[B, Z] -> [B, cond_channels, H, W]``."""
+        return self.cond(z).view(z.shape[0], self.cond_channels, *self.x_shape[1:])
 
     def _prepare(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
         """Validate; flatten a ``[K, B, Z]`` latent to ``[K*B, Z]`` with ``x`` repeated K times."""

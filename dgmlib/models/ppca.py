@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.distributions import Independent, MultivariateNormal, Normal
 
 from dgmlib.distributions import LOG_2PI
-from dgmlib.validation import check_tensor
+from dgmlib.validation import check_int, check_tensor
 
 __all__ = ["PPCA"]
 
@@ -27,7 +27,7 @@ __all__ = ["PPCA"]
 def _as_float_tensor(x: Tensor, name: str, where: str) -> Tensor:
     """``x`` as a floating tensor (integers become float64); raise if it holds NaN or inf."""
     if not isinstance(x, Tensor):
-        raise ValueError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         x = x.to(torch.float64)
     check_tensor(x, name, where)
@@ -50,7 +50,7 @@ def _data_matrix(X: Tensor, where: str, d: int | None = None) -> Tensor:
 
 def _check_latent_dim(q: int, d: int, where: str) -> None:
     """Raise unless ``q`` is an integer with 1 <= q < d."""
-    if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q < d:
+    if check_int(q, "q", where) >= d:
         raise ValueError(f"{where}: q must be an integer with 1 <= q < d = {d}, got {q!r}")
 
 
@@ -181,9 +181,12 @@ class PPCA:
         ``q`` has event shape [q] and batch shape [N] (one q per row of X) or [] (shared).
         """
         X = _data_matrix(X, "PPCA.elbo", self.d)
-        if not isinstance(q, MultivariateNormal) or q.event_shape != (self.q,):
+        if not isinstance(q, MultivariateNormal):
+            raise TypeError(f"PPCA.elbo: q must be a MultivariateNormal, got {type(q).__name__}")
+        if q.event_shape != (self.q,):
             raise ValueError(
-                f"PPCA.elbo: q must be a MultivariateNormal with event shape [{self.q}]"
+                f"PPCA.elbo: q must be a MultivariateNormal with event shape [{self.q}], got "
+                f"{list(q.event_shape)}"
             )
         return self._expected_log_likelihood(X, q) - self._kl_to_prior(q)
 
@@ -209,8 +212,7 @@ class PPCA:
         self, n: int, generator: torch.Generator | None = None, return_latents: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Draw n points x [n, d] by ancestral sampling (and their latents z [n, q] if asked)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"PPCA.sample: n must be a positive integer, got {n!r}")
+        check_int(n, "n", "PPCA.sample")
         opts = {"dtype": self.W.dtype, "device": self.W.device, "generator": generator}
         z = torch.randn(n, self.q, **opts)
         eps = torch.randn(n, self.d, **opts)
@@ -290,6 +292,7 @@ class PPCA:
     ) -> tuple[PPCA, Tensor]:
         """Run ``steps`` EM iterations from ``init`` (or a random start); return the model and
         the mean log-likelihood per row after 0, 1, ..., steps iterations ([steps + 1], nats)."""
+        check_int(steps, "steps", "PPCA.fit_em", low=0)
         model = init if init is not None else cls.init_random(X, q, generator)
         history = [model.log_prob(X).mean()]
         for _ in range(steps):

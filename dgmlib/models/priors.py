@@ -70,10 +70,6 @@ def analytic_kl_per_dim(prior: nn.Module) -> KLPerDim | None:
     return None
 
 
-def _check_n(n: int, where: str) -> None:
-    check_int(n, "n", where)
-
-
 class _Prior(nn.Module):
     """Shared shape handling: ``log_prob`` flattens the leading dimensions of ``z [..., Z]``."""
 
@@ -111,7 +107,7 @@ class StandardNormalPrior(_Prior):
 
     def __init__(self, z_dim: int) -> None:
         super().__init__()
-        _check_n(z_dim, "StandardNormalPrior (z_dim)")
+        check_int(z_dim, "z_dim", "StandardNormalPrior")
         self.z_dim = z_dim
         # an empty, non-persistent buffer: it follows .to() so samples land on the right device
         self.register_buffer("anchor", torch.zeros(0), persistent=False)
@@ -122,7 +118,7 @@ class StandardNormalPrior(_Prior):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` draws from ``N(0, I)``: ``[n, Z]``, float32 on the CPU unless the prior has
         been moved (``.to(device, dtype)`` moves its ``anchor`` buffer)."""
-        _check_n(n, "StandardNormalPrior.sample")
+        check_int(n, "n", "StandardNormalPrior.sample")
         a = self.anchor
         return torch.randn(n, self.z_dim, generator=generator, dtype=a.dtype, device=a.device)
 
@@ -143,8 +139,8 @@ class MixtureOfGaussiansPrior(_Prior):
 
     def __init__(self, z_dim: int, n_components: int = 10, init_scale: float = 1.0) -> None:
         super().__init__()
-        _check_n(z_dim, "MixtureOfGaussiansPrior (z_dim)")
-        _check_n(n_components, "MixtureOfGaussiansPrior (n_components)")
+        check_int(z_dim, "z_dim", "MixtureOfGaussiansPrior")
+        check_int(n_components, "n_components", "MixtureOfGaussiansPrior")
         self.z_dim, self.n_components = z_dim, n_components
         self.means = nn.Parameter(init_scale * torch.randn(n_components, z_dim))
         self.logvars = nn.Parameter(torch.zeros(n_components, z_dim))
@@ -160,7 +156,7 @@ class MixtureOfGaussiansPrior(_Prior):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` draws: a component ``k ~ pi``, then ``z ~ N(means_k, diag(exp(logvars_k)))``:
         ``[n, Z]`` (reparametrized given ``k``)."""
-        _check_n(n, "MixtureOfGaussiansPrior.sample")
+        check_int(n, "n", "MixtureOfGaussiansPrior.sample")
         w = self.log_weights().detach().exp().cpu()
         k = torch.multinomial(w, n, True, generator=generator).to(self.means.device)
         return reparameterize(self.means[k], self.logvars[k], generator=generator)
@@ -189,8 +185,8 @@ class VampPrior(_Prior):
         init: Tensor | None = None,
     ) -> None:
         super().__init__()
-        _check_n(z_dim, "VampPrior (z_dim)")
-        _check_n(n_pseudo, "VampPrior (n_pseudo)")
+        check_int(z_dim, "z_dim", "VampPrior")
+        check_int(n_pseudo, "n_pseudo", "VampPrior")
         self.x_shape = shape_tuple(x_shape)
         self.z_dim, self.n_pseudo = z_dim, n_pseudo
         object.__setattr__(self, "_encoder", None)  # not a submodule: see the docstring
@@ -244,7 +240,7 @@ class VampPrior(_Prior):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` draws: ``k`` uniform, then ``z ~ q(z | u_k)``: ``[n, Z]``."""
-        _check_n(n, "VampPrior.sample")
+        check_int(n, "n", "VampPrior.sample")
         mu, logvar = self.components()
         k = torch.randint(0, self.n_pseudo, (n,), generator=generator).to(mu.device)
         return reparameterize(mu[k], logvar[k], generator=generator)
@@ -308,9 +304,8 @@ class FlowPrior(_Prior):
 
     def __init__(self, z_dim: int, n_layers: int = 4, hidden: int = 64, s_max: float = 3.0):
         super().__init__()
-        _check_n(n_layers, "FlowPrior (n_layers)")
-        if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 2:
-            raise ValueError(f"FlowPrior: z_dim must be an integer >= 2, got {z_dim!r}")
+        check_int(n_layers, "n_layers", "FlowPrior")
+        check_int(z_dim, "z_dim", "FlowPrior", low=2)
         self.z_dim = z_dim
         parity = torch.arange(z_dim) % 2
         self.layers = nn.ModuleList(
@@ -337,7 +332,7 @@ class FlowPrior(_Prior):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` draws ``z = f^{-1}(u)``, ``u ~ N(0, I)``: ``[n, Z]``."""
-        _check_n(n, "FlowPrior.sample")
+        check_int(n, "n", "FlowPrior.sample")
         p = self._param()
         u = torch.randn(n, self.z_dim, generator=generator, dtype=p.dtype, device=p.device)
         return self.inverse(u)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from dgmlib.distributions import gaussian_log_prob
 from dgmlib.experiment import make
 from dgmlib.layers import MNIST_SHAPE, flatten_batch, mlp, reparameterize, shape_tuple
 from dgmlib.models.priors import PRIORS, analytic_kl_per_dim, make_prior
-from dgmlib.validation import check_int, check_tensor
+from dgmlib.validation import check_choice, check_int, check_positive, check_tensor
 
 __all__ = [
     "VAE",
@@ -136,8 +137,9 @@ class _Decoder(nn.Module):
         return xf, z
 
 
-class BernoulliDecoder(_Decoder):
-    """``p(x|z) = prod_i Bernoulli(x_i; sigmoid(logits_i(z)))`` with an MLP, for binary images."""
+class _MLPDecoder(_Decoder):
+    """Distribution parameters from an MLP of ``z``: ``z_dim -> hidden -> ... -> prod(x_shape)``
+    (``n_hidden_layers`` hidden layers with ``activation``), one value per data dimension."""
 
     def __init__(
         self,
@@ -152,8 +154,16 @@ class BernoulliDecoder(_Decoder):
         self.net = mlp(z_dim, hidden, self.x_dim, n_hidden_layers, activation)
 
     def forward(self, z: Tensor) -> Tensor:
-        """Logits ``[..., *x_shape]`` for ``z [..., Z]``."""
+        """The MLP's output (logits, or the mean) for ``z [..., Z]``: ``[..., *x_shape]``."""
         return self.net(z).view(*z.shape[:-1], *self.x_shape)
+
+
+class BernoulliDecoder(_MLPDecoder):
+    """``p(x|z) = prod_i Bernoulli(x_i; sigmoid(logits_i(z)))`` with an MLP, for binary images.
+
+    Arguments: ``z_dim, hidden, x_shape=(1, 28, 28), n_hidden_layers=2, activation=nn.Tanh``;
+    ``forward(z)`` gives the logits ``[..., *x_shape]``.
+    """
 
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """``log p(x|z)`` summed over pixels: ``[B]`` for z ``[B, Z]``, ``[K, B]`` for z
@@ -175,43 +185,27 @@ class BernoulliDecoder(_Decoder):
         return torch.bernoulli(self.mean(z), generator=generator)
 
 
-class GaussianDecoder(_Decoder):
+class GaussianDecoder(_MLPDecoder):
     """``p(x|z) = N(x; m(z), diag(sigma^2))`` with an MLP mean, for continuous data.
 
-    ``variance="fixed"``: ``sigma`` stays at the given value (the ELBO's reconstruction term is
-    then a scaled squared error); ``"learned"``: one trainable log-variance per data dimension,
-    initialised at ``sigma``, independent of ``z``.
+    Arguments: those of :class:`BernoulliDecoder` (``forward(z)`` gives the mean ``m(z)``), then
+    the keywords ``variance`` and ``sigma``. ``variance="fixed"``: ``sigma`` stays at the given
+    value (the ELBO's reconstruction term is then a scaled squared error); ``"learned"``: one
+    trainable log-variance per data dimension, initialised at ``sigma``, independent of ``z``.
     """
 
     def __init__(
-        self,
-        z_dim: int,
-        hidden: int,
-        x_shape: int | Sequence[int] = MNIST_SHAPE,
-        n_hidden_layers: int = 2,
-        activation: type[nn.Module] = nn.Tanh,
-        variance: str = "learned",
-        sigma: float = 1.0,
+        self, *args: Any, variance: str = "learned", sigma: float = 1.0, **kwargs: Any
     ) -> None:
-        super().__init__()
-        if variance not in ("fixed", "learned"):
-            raise ValueError(
-                f"GaussianDecoder: variance must be 'fixed' or 'learned', got {variance!r}"
-            )
-        if not sigma > 0:
-            raise ValueError(f"GaussianDecoder: sigma must be > 0, got {sigma}")
-        self.z_dim, self.x_shape = z_dim, shape_tuple(x_shape)
+        check_choice(variance, "variance", "GaussianDecoder", ("fixed", "learned"))
+        check_positive(sigma, "sigma", "GaussianDecoder")
+        super().__init__(*args, **kwargs)
         self.variance = variance
-        self.net = mlp(z_dim, hidden, self.x_dim, n_hidden_layers, activation)
         init = torch.full((self.x_dim,), 2.0 * math.log(sigma))
         if variance == "learned":
             self.logvar = nn.Parameter(init)
         else:
             self.register_buffer("logvar", init)
-
-    def forward(self, z: Tensor) -> Tensor:
-        """The mean ``m(z)``: ``[..., *x_shape]``."""
-        return self.net(z).view(*z.shape[:-1], *self.x_shape)
 
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """``log N(x; m(z), diag(sigma^2))`` summed over dims: ``[B]`` or ``[K, B]``, nats."""

@@ -3,7 +3,7 @@
 Nothing here imports triton or touches a GPU driver at import time. Triton is imported the first
 time a caller asks for the Triton backend (or for the automatic choice on a CUDA tensor).
 
-The kernels live in ``_triton.py``. ``triton.jit`` decides when a function is *defined* whether it
+The kernels live in ``jit.py``. ``triton.jit`` decides when a function is *defined* whether it
 is compiled for the GPU or run by the CPU interpreter (``TRITON_INTERPRET=1``), and Triton's own
 library (``tl.zeros``, ``tl.max``, ...) is defined when ``triton`` is first imported. So
 ``TRITON_INTERPRET=1`` must be in the environment before ``triton`` is first imported in the
@@ -97,9 +97,9 @@ def triton_kernels() -> ModuleType:
     _check_mode_matches_import(mode)
     module = _kernel_modules.get(mode)
     if module is None:
-        spec = importlib.util.find_spec("dgmlib.kernels._triton")
+        spec = importlib.util.find_spec("dgmlib.kernels.jit")
         if spec is None or spec.loader is None:  # pragma: no cover - broken install
-            raise ImportError("dgmlib.kernels._triton not found")
+            raise ImportError("dgmlib.kernels.jit not found")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         _kernel_modules[mode] = module

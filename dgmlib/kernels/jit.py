@@ -1,4 +1,4 @@
-"""Triton kernels and their launchers. Loaded lazily by ``_backend.triton_kernels()``.
+"""Triton kernels and their launchers. Loaded lazily by ``backend.triton_kernels()``.
 
 Conventions shared by every kernel:
 
@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dgmlib.kernels._backend import interpret_mode
+from dgmlib.kernels.backend import interpret_mode
 
 MAX_FEATURES = 512  # the feature dimension of a pairwise kernel is held in one register tile
 
@@ -62,7 +62,7 @@ def _pairwise_config(m: int, n: int, k: int, dtype: torch.dtype) -> dict[str, in
 
 
 @triton.jit
-def _blse_fwd_kernel(
+def blse_fwd_kernel(
     A, B, C, OUT,
     M, N, K,
     stride_am, stride_ak, stride_bn, stride_bk,
@@ -102,7 +102,7 @@ def _blse_fwd_kernel(
 
 
 @triton.jit
-def _blse_bwd_a_kernel(
+def blse_bwd_a_kernel(
     A, B, C, OUT, G, GA,
     M, N, K,
     stride_am, stride_ak, stride_bn, stride_bk, stride_gam, stride_gak,
@@ -145,7 +145,7 @@ def _blse_bwd_a_kernel(
 
 
 @triton.jit
-def _blse_bwd_b_kernel(
+def blse_bwd_b_kernel(
     A, B, C, OUT, G, GB, GC,
     M, N, K,
     stride_am, stride_ak, stride_bn, stride_bk, stride_gbn, stride_gbk,
@@ -199,7 +199,7 @@ def blse_forward(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Ten
         return out
     cfg = _pairwise_config(m, n, k, a.dtype)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]),)
-    _blse_fwd_kernel[grid](
+    blse_fwd_kernel[grid](
         a, b, c.contiguous(), out, m, n, k,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1),
         PRECISION=_precision(a.dtype, a.device), **cfg,
@@ -221,12 +221,12 @@ def blse_backward(
         return ga, gb, gc
     cfg = _pairwise_config(m, n, k, a.dtype)
     prec = _precision(a.dtype, a.device)
-    _blse_bwd_a_kernel[(triton.cdiv(m, cfg["BLOCK_M"]),)](
+    blse_bwd_a_kernel[(triton.cdiv(m, cfg["BLOCK_M"]),)](
         a, b, c, out, g, ga, m, n, k,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), ga.stride(0), ga.stride(1),
         PRECISION=prec, **cfg,
     )  # fmt: skip
-    _blse_bwd_b_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
+    blse_bwd_b_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
         a, b, c, out, g, gb, gc, m, n, k,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), gb.stride(0), gb.stride(1),
         PRECISION=prec, **cfg,
@@ -240,7 +240,7 @@ def blse_backward(
 
 
 @triton.jit
-def _vq_argmin_kernel(
+def vq_argmin_kernel(
     X, E, H, IDX,
     M, N, K,
     stride_xm, stride_xk, stride_en, stride_ek,
@@ -287,7 +287,7 @@ def vq_argmin(x: torch.Tensor, e: torch.Tensor, h: torch.Tensor) -> torch.Tensor
     if m == 0:
         return idx
     cfg = _pairwise_config(m, n, k, x.dtype)
-    _vq_argmin_kernel[(triton.cdiv(m, cfg["BLOCK_M"]),)](
+    vq_argmin_kernel[(triton.cdiv(m, cfg["BLOCK_M"]),)](
         x, e, h.contiguous(), idx, m, n, k,
         x.stride(0), x.stride(1), e.stride(0), e.stride(1),
         PRECISION=_precision(x.dtype, x.device), **cfg,
@@ -309,7 +309,7 @@ def _rowwise_config(r: int, c: int) -> dict[str, int]:
 
 
 @triton.jit
-def _lme_fwd_kernel(
+def lme_fwd_kernel(
     X, LSE, W, R, C,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -337,7 +337,7 @@ def _lme_fwd_kernel(
 
 
 @triton.jit
-def _lme_bwd_kernel(
+def lme_bwd_kernel(
     W, G_LME, G_W, GX, R, C,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -370,7 +370,7 @@ def lse_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if r == 0:
         return lse, w
     cfg = _rowwise_config(r, c)
-    _lme_fwd_kernel[(triton.cdiv(r, cfg["BLOCK_R"]),)](x, lse, w, r, c, **cfg)
+    lme_fwd_kernel[(triton.cdiv(r, cfg["BLOCK_R"]),)](x, lse, w, r, c, **cfg)
     return lse, w
 
 
@@ -380,14 +380,14 @@ def lse_backward(w: torch.Tensor, g_lme: torch.Tensor, g_w: torch.Tensor) -> tor
     if r == 0:
         return gx
     cfg = _rowwise_config(r, c)
-    _lme_bwd_kernel[(triton.cdiv(r, cfg["BLOCK_R"]),)](
+    lme_bwd_kernel[(triton.cdiv(r, cfg["BLOCK_R"]),)](
         w, g_lme.contiguous(), g_w.contiguous(), gx, r, c, **cfg
     )
     return gx
 
 
 @triton.jit
-def _reparam_fwd_kernel(
+def reparam_fwd_kernel(
     MU, LOGVAR, EPS, Z, KL, R, C,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -410,7 +410,7 @@ def _reparam_fwd_kernel(
 
 
 @triton.jit
-def _reparam_bwd_kernel(
+def reparam_bwd_kernel(
     MU, LOGVAR, EPS, G_Z, G_KL, G_MU, G_LOGVAR, G_EPS, R, C,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -442,7 +442,7 @@ def reparam_forward(
     if r == 0:
         return z, kl
     cfg = _rowwise_config(r, c)
-    _reparam_fwd_kernel[(triton.cdiv(r, cfg["BLOCK_R"]),)](mu, logvar, eps, z, kl, r, c, **cfg)
+    reparam_fwd_kernel[(triton.cdiv(r, cfg["BLOCK_R"]),)](mu, logvar, eps, z, kl, r, c, **cfg)
     return z, kl
 
 
@@ -458,7 +458,7 @@ def reparam_backward(
     if r == 0:
         return g_mu, g_lv, g_eps
     cfg = _rowwise_config(r, c)
-    _reparam_bwd_kernel[(triton.cdiv(r, cfg["BLOCK_R"]),)](
+    reparam_bwd_kernel[(triton.cdiv(r, cfg["BLOCK_R"]),)](
         mu, logvar, eps, g_z.contiguous(), g_kl.contiguous(), g_mu, g_lv, g_eps, r, c, **cfg
     )
     return g_mu, g_lv, g_eps
