@@ -50,31 +50,29 @@
 # independently.
 
 # %%
-import json
 import math
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torch.distributions import MultivariateNormal
+from torch.distributions import MultivariateNormal, Normal
 
+import dgmlib
+from dgmlib import pretrained
 from dgmlib.bounds import estimate_nll, iwae_bound
 from dgmlib.checks import check_active_units, check_iwae_bound
-from dgmlib.data import REPO_DATA_DIR, binarize_fixed, load_fashion_mnist
+from dgmlib.data import binarize_fixed, load_fashion_mnist
 from dgmlib.diagnostics import active_units, gradient_snr, loglog_slope, mean_snr
-from dgmlib.models import IWAE, PPCA, VAE
-from dgmlib.plot import use_style
-from dgmlib.train import load_model, sidecar_path
-from dgmlib.utils import seed_everything
+from dgmlib.models import PPCA
+from dgmlib.stats import fmt, mean_se
 
-seed_everything(0)
-use_style()
+dgmlib.notebook_setup(0)  # seeds, thread count, plot style
 DT = torch.float64  # the exact checks (pPCA, gradient SNR) run in double precision
 
 
-def fmt(v: float, digits: int = 4) -> str:
-    """A number with `digits` significant digits (stable across runs)."""
-    return f"{v:.{digits}g}"
+def errorbar(ax: plt.Axes, x, mean, se, **style) -> None:
+    """Points ``mean`` at ``x`` with error bars of plus or minus two standard errors ``se``."""
+    ax.errorbar(x, mean, yerr=2 * se, **style)
 
 
 # %% [markdown]
@@ -265,10 +263,14 @@ for K in Ks_ppca:
     L_hat = iwae_bound(log_w, dim=1)  # log (1/K) sum_k w_k, one per set: [M]
     log_y = L_hat - log_px  # log of p_hat_K / p(x)
     G_hat = torch.expm1(log_y) - log_y  # y - 1 - log y: the control-variate summand
-    for lst, v in ((L_mean, L_hat), (G_mean, G_hat), (y_mean, torch.exp(log_y))):
-        lst.append(v.mean().item())
-    for lst, v in ((L_se, L_hat), (G_se, G_hat), (y_se, torch.exp(log_y))):
-        lst.append(v.std().item() / math.sqrt(M))
+    for means, ses, v in (
+        (L_mean, L_se, L_hat),
+        (G_mean, G_se, G_hat),
+        (y_mean, y_se, log_y.exp()),
+    ):
+        m_v, se_v = mean_se(v)  # the mean over the M sets and its standard error
+        means.append(m_v)
+        ses.append(se_v)
 L_mean, L_se, G_mean, G_se, y_mean, y_se = map(np.array, (L_mean, L_se, G_mean, G_se, y_mean, y_se))
 Ks_a = np.array(Ks_ppca, dtype=float)
 pred1 = chi2 / (2 * Ks_a)  # leading term
@@ -344,24 +346,9 @@ print("all checks passed: L_1 = ELBO, E[y] = 1, L_K below log p(x), monotone, ga
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 ax = axes[0]
-ax.errorbar(
-    Ks_a * 0.94,
-    L_mean,
-    yerr=2 * L_se,
-    fmt="o",
-    color="tab:gray",
-    ms=3,
-    label=r"plain estimate ($\pm 2$ s.e.)",
-)
-ax.errorbar(
-    Ks_a,
-    log_px - G_mean,
-    yerr=2 * G_se,
-    fmt="o-",
-    color="tab:blue",
-    ms=4,
-    label=r"control variate ($\pm 2$ s.e.)",
-)
+plain, cv = r"plain estimate ($\pm 2$ s.e.)", r"control variate ($\pm 2$ s.e.)"
+errorbar(ax, Ks_a * 0.94, L_mean, L_se, fmt="o", color="tab:gray", ms=3, label=plain)
+errorbar(ax, Ks_a, log_px - G_mean, G_se, fmt="o-", color="tab:blue", ms=4, label=cv)
 ax.axhline(log_px, color="black", lw=1.2, label=r"$\log p(\mathbf{x})$ (exact)")
 ax.axhline(elbo, color="tab:red", ls="--", lw=1.2, label="ELBO (exact)")
 ax.set_xscale("log")
@@ -370,15 +357,8 @@ ax.set_ylabel(r"$\mathcal{L}_K$ (nats)")
 ax.set_title(r"$\mathcal{L}_K$ climbs from the ELBO to $\log p(\mathbf{x})$")
 ax.legend(loc="lower right")
 ax = axes[1]
-ax.errorbar(
-    Ks_a,
-    G_mean,
-    yerr=2 * G_se,
-    fmt="o",
-    color="tab:blue",
-    ms=4,
-    label=r"$\log p(\mathbf{x}) - \mathcal{L}_K$ (control variate, $\pm 2$ s.e.)",
-)
+gap_label = r"$\log p(\mathbf{x}) - \mathcal{L}_K$ (control variate, $\pm 2$ s.e.)"
+errorbar(ax, Ks_a, G_mean, G_se, fmt="o", color="tab:blue", ms=4, label=gap_label)
 ax.plot(Ks_a, pred1, "k--", lw=1, label=r"$\chi^2 / (2K)$")
 ax.plot(Ks_a, pred2, "k:", lw=1, label=r"$\chi^2 / (2K) + c_2 / K^2$")
 ax.set_xscale("log")
@@ -415,9 +395,9 @@ plt.show()
 # importance weight: samples that explain $\mathbf x$ well dominate, and the encoder is no longer
 # penalised for putting some mass where the posterior has little — the samples there get small
 # weights. With $K = 1$ the weight is $1$ and we recover the VAE's gradient. In `dgmlib` the whole
-# objective is two lines of `IWAE.loss`: `log_w = log p(x|z) + log p(z) - log q(z|x)` for $K$
-# samples of shape $[K, B]$, then `-iwae_bound(log_w).mean()`; autograd produces the weighted
-# gradient above.
+# objective is two lines of `dgmlib.objectives.IWAEBound`: `log_w = log p(x|z) + log p(z) - log
+# q(z|x)` for $K$ samples of shape $[K, B]$, then `-iwae_bound(log_w).mean()`; autograd produces
+# the weighted gradient above. The model is the VAE itself; only the objective changes.
 #
 # ## 5. VAE against IWAE on Fashion-MNIST
 #
@@ -445,23 +425,17 @@ plt.show()
 # checkpoints on the NLL subset itself: every column of the table below describes the same images.
 
 # %%
-CKPT = REPO_DATA_DIR / "checkpoints"
-results = json.loads((CKPT / "l05_results.json").read_text())
+results = pretrained.results("l05")  # what the command stored: settings, curves, test figures
 settings = results["settings"]
+res = {name: results["models"][name] for name in ("vae", "iwae5", "iwae50")}  # in this order
+# by name: rebuilt from the spec stored with the weights, the SHA-256 checked against the manifest
+models = {name: pretrained.load(f"l05_{name}") for name in res}
 print("made by:", results["command"])
-for key in ("epochs", "batch_size", "optimizer", "learning_rate", "nll_K", "nll_images"):
-    print(f"  {key}: {settings[key]}")
-
-models = {}
-for name, r in results["models"].items():
-    model = VAE.for_mnist() if r["K_train"] == 1 else IWAE.for_mnist(K=r["K_train"])
-    # load_model refuses a file whose SHA-256 differs from its sidecar
-    load_model(model, CKPT / r["checkpoint"])
-    assert sidecar_path(CKPT / r["checkpoint"]).read_text().split()[0] == r["sha256"]
-    models[name] = model.eval()
+keys = ("epochs", "batch_size", "optimizer", "learning_rate", "nll_K", "nll_images")
+print(*(f"  {key}: {settings[key]}" for key in keys), sep="\n")
 print(
     "checkpoints verified:",
-    ", ".join(f"{r['checkpoint']} ({r['sha256'][:12]})" for r in results["models"].values()),
+    ", ".join(f"{r['checkpoint']} ({r['sha256'][:12]})" for r in res.values()),
 )
 
 # %%
@@ -500,9 +474,8 @@ print(f"recomputed on the {n_nll} images of the NLL subset")
 
 # %%
 names = {"vae": "VAE   (K = 1)", "iwae5": "IWAE  (K = 5)", "iwae50": "IWAE  (K = 50)"}
-burda = results["burda2016_table1_mnist"]
-burda_rows = {"vae": burda["vae_k1"], "iwae5": burda["iwae_k5"], "iwae50": burda["iwae_k50"]}
-res = results["models"]
+burda_rows = {name: r["burda2016_table1_mnist"] for name, r in res.items()}
+test = {name: r["test"] for name, r in res.items()}  # the command's test figures, nats
 print(
     f"{'':16s}| Fashion-MNIST (ours, {settings['epochs']} epochs), "
     f"the same {n_nll} test images, nats | MNIST (Burda et al.)"
@@ -513,25 +486,25 @@ for name in models:
     b, pi = burda_rows[name], per_image[name]
     print(
         f"{names[name]:16s}| {pi['elbo'].mean():7.2f}  {pi['l5'].mean():7.2f}  "
-        f"{pi['l50'].mean():7.2f}   {res[name]['nll']:7.2f}        {au_sub[name].count:3d}"
+        f"{pi['l50'].mean():7.2f}   {test[name]['nll']:7.2f}        {au_sub[name].count:3d}"
         f"       | {b['nll']:6.2f}   {b['active_units']:3d}"
     )
-gain = res["vae"]["nll"] - res["iwae50"]["nll"]
+gain = test["vae"]["nll"] - test["iwae50"]["nll"]
 print(
     f"\nNLL gain of IWAE (K = 50) over the VAE: {gain:.2f} nats here, "
-    f"{burda['vae_k1']['nll'] - burda['iwae_k50']['nll']:.2f} nats in Burda et al. on MNIST"
+    f"{burda_rows['vae']['nll'] - burda_rows['iwae50']['nll']:.2f} nats in Burda et al. on MNIST"
 )
 print(
     "NLL, Fashion-MNIST / MNIST: "
-    + ", ".join(f"{res[n]['nll'] / burda_rows[n]['nll']:.1f}" for n in models)
+    + ", ".join(f"{test[n]['nll'] / burda_rows[n]['nll']:.1f}" for n in models)
 )
 print(
-    f"standard error of each mean over the subset: about {res['vae']['nll_sem']:.1f} nats "
+    f"standard error of each mean over the subset: about {test['vae']['nll_se']:.1f} nats "
     "(image-to-image spread; comparisons are paired, see below)"
 )
 print(
     f"for reference, L_50 on all {settings['test_bounds_images']} test images (training script): "
-    + ", ".join(f"{res[n]['iwae_50']:.2f}" for n in models)
+    + ", ".join(f"{test[n]['iwae_50']:.2f}" for n in models)
 )
 
 # %% [markdown]
@@ -549,14 +522,13 @@ print(
 # for reference under the table, lies above minus the subset's NLL for two of the three models.)
 
 # %%
-nb = {n: np.array(r["nll_notebook_subset"]) for n, r in res.items()}
+nb = {n: np.array(t["nll_notebook_subset"]) for n, t in test.items()}
 n_nb = len(nb["vae"])
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean of the per-image differences a - b and its standard error."""
-    dd = a - b
-    return float(dd.mean()), float(dd.std(ddof=1) / math.sqrt(len(dd)))
+    return mean_se(torch.from_numpy(a - b))
 
 
 print(f"{'model':16s}  L_5 - ELBO       L_50 - L_5       -NLL - L_50 (first {n_nb} images)")
@@ -636,13 +608,13 @@ for name, model in models.items():
 
 print("model             stored mean   recomputed mean   difference +- s.e.   sd per image")
 for name in models:
-    dd = recomputed[name] - nb[name]
-    se = dd.std(ddof=1) / math.sqrt(len(dd))
+    m, se = paired(recomputed[name], nb[name])
+    sd = se * math.sqrt(n_nb)  # the spread of the per-image differences
     print(
         f"{names[name]:16s}    {nb[name].mean():8.2f}       {recomputed[name].mean():8.2f}"
-        f"        {dd.mean():+6.2f} +- {se:.2f}         {dd.std(ddof=1):.1f}"
+        f"        {m:+6.2f} +- {se:.2f}         {sd:.1f}"
     )
-    assert abs(dd.mean()) < 4 * se
+    assert abs(m) < 4 * se
 m, s = paired(recomputed["vae"], recomputed["iwae50"])
 assert m > 3 * s
 print(f"recomputed VAE - IWAE(50): {m:.2f} +- {s:.2f} nats: the stored figures are confirmed")
@@ -816,17 +788,13 @@ def iwae_gradients(eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return m - mu_0 + sigma * eps_bar, a - 2 * sigma * eps_bar
 
 
-def normal_log_prob(v, mean, var):
-    return -0.5 * ((v - mean).pow(2) / var + math.log(2 * math.pi * var)).sum(-1)
-
-
 eps_check = torch.randn(1, 7, D, generator=g, dtype=DT)
 mu_, A_, b_ = (t.clone().requires_grad_() for t in (mu_0, A_0, b_0))
 z_check = A_ @ x_rf + b_ + sigma * eps_check
-log_w_check = (
-    normal_log_prob(z_check, mu_, 1.0)
-    + normal_log_prob(x_rf, z_check, 1.0)
-    - normal_log_prob(z_check, A_ @ x_rf + b_, sigma**2)
+log_w_check = (  # log p(z) + log p(x | z) - log q(z | x), each summed over the D coordinates
+    Normal(mu_, 1.0).log_prob(z_check).sum(-1)
+    + Normal(z_check, 1.0).log_prob(x_rf).sum(-1)
+    - Normal(A_ @ x_rf + b_, sigma).log_prob(z_check).sum(-1)
 )
 iwae_bound(log_w_check, dim=1).sum().backward()
 d_mu, d_b = iwae_gradients(eps_check)
@@ -937,24 +905,10 @@ print("both within 3 s.e.: decoder SNR ~ sqrt(K), encoder SNR ~ 1/sqrt(K)")
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 ax = axes[0]
-ax.errorbar(
-    Ks_arr,
-    snr_dec,
-    yerr=2 * snr_dec_se,
-    fmt="o-",
-    ms=4,
-    color="tab:blue",
-    label=f"decoder $\\mu$: asymptotic slope {a_dec:+.3f}",
-)
-ax.errorbar(
-    Ks_arr,
-    snr_enc,
-    yerr=2 * snr_enc_se,
-    fmt="s-",
-    ms=5,
-    color="tab:red",
-    label=f"encoder $(A, b)$: asymptotic slope {a_enc:+.2f}",
-)
+dec_label = f"decoder $\\mu$: asymptotic slope {a_dec:+.3f}"
+enc_label = f"encoder $(A, b)$: asymptotic slope {a_enc:+.2f}"
+errorbar(ax, Ks_arr, snr_dec, snr_dec_se, fmt="o-", ms=4, color="tab:blue", label=dec_label)
+errorbar(ax, Ks_arr, snr_enc, snr_enc_se, fmt="s-", ms=5, color="tab:red", label=enc_label)
 ax.loglog(Ks_arr, snr_dec[0] * Ks_arr**0.5, "k:", lw=1, label=r"$\propto K^{\pm 1/2}$")
 ax.loglog(Ks_arr, snr_enc[0] * Ks_arr**-0.5, "k:", lw=1)
 ax.set_xlabel("number of samples $K$")

@@ -60,7 +60,6 @@
 # independently.
 
 # %%
-import json
 import math
 
 import matplotlib.pyplot as plt
@@ -68,9 +67,11 @@ import numpy as np
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
+import dgmlib
+from dgmlib import pretrained
 from dgmlib.bounds import estimate_nll
 from dgmlib.checks import check_aggregate_posterior_log_prob, check_mixture_prior_log_prob
-from dgmlib.data import REPO_DATA_DIR, binarize_fixed, load_fashion_mnist
+from dgmlib.data import binarize_fixed, load_fashion_mnist
 from dgmlib.diagnostics import active_units
 from dgmlib.distributions import (
     LOG_2PI,
@@ -78,8 +79,9 @@ from dgmlib.distributions import (
     kl_normal_std_normal,
     standard_normal_log_prob,
 )
-from dgmlib.models import VAE, MixtureOfGaussiansPrior, PriorVAE
-from dgmlib.plot import image_grid, use_style
+from dgmlib.models import VAE, MixtureOfGaussiansPrior
+from dgmlib.plot import image_grid
+from dgmlib.stats import fmt, mean_se
 from dgmlib.surgery import (
     aggregate_posterior_log_prob,
     average_kl_standard_normal,
@@ -89,18 +91,10 @@ from dgmlib.surgery import (
     summarize_surgery,
     surgery_samples,
 )
-from dgmlib.train import load_model, sidecar_path
-from dgmlib.utils import seed_everything
 
-seed_everything(0, threads=1)  # one thread: small tensor operations are fastest and reproducible
-use_style()
+dgmlib.notebook_setup(0)  # seeds and plot style
+dgmlib.set_threads(1)  # one thread: small tensor operations are fastest and reproducible
 DT = torch.float64  # the surgery checks run in double precision
-CKPT = REPO_DATA_DIR / "checkpoints"  # the repository's data/checkpoints/
-
-
-def fmt(v: float, digits: int = 4) -> str:
-    """A number with `digits` significant digits (stable across runs), without a '-0'."""
-    return f"{float(v) + 0.0:.{digits}g}"
 
 
 @torch.no_grad()
@@ -311,15 +305,14 @@ for name, (mu_t, lv_t) in toy.items():
     info_draw = smp.log_q_cond - smp.log_q  # the per-draw information term
     info_rb = math.log(n_toy) - index_entropy(smp.z, mu_t, lv_t)  # without the index n_i
     diff = info_draw - info_rb
-    diff_se = diff.std().item() / math.sqrt(len(diff))
-    second.append((name, info_rb.mean().item(), info_rb.std().item() / math.sqrt(len(diff))))
-    second[-1] += (diff.mean().item(), diff_se)
+    diff_mean, diff_se = mean_se(diff)
+    second.append((name, *mean_se(info_rb), diff_mean, diff_se))
     # sanity only (holds by construction): the three per-draw terms satisfy the identity
     per_draw = (smp.log_q_cond - smp.log_p) - (smp.log_q - smp.log_p) - info_draw
     assert per_draw.abs().max() < ROUNDOFF
     # the checks
     assert info_draw.max() <= math.log(n_toy) + ROUNDOFF  # I <= log N, draw by draw
-    assert abs(diff.mean().item()) <= 4 * diff_se + ROUNDOFF, name  # two estimates of I agree
+    assert abs(diff_mean) <= 4 * diff_se + ROUNDOFF, name  # two estimates of I agree
     assert abs(st.avg_kl - avg_exact) <= 4 * st.avg_kl_se + ROUNDOFF
     assert abs(st.mutual_info - i_exact) <= 4 * st.mutual_info_se + approx_tol[name] + ROUNDOFF
     assert abs(st.marginal_kl - m_exact) <= 4 * st.marginal_kl_se + approx_tol[name] + ROUNDOFF
@@ -393,9 +386,7 @@ plt.show()
 # $\mathrm{KL}(q(\mathbf z)\,\|\,p(\mathbf z)) \ge 0$ within 3 standard errors.
 
 # %%
-vae20 = VAE.for_mnist(z_dim=20)
-load_model(vae20, CKPT / "l02_vae_z20.safetensors")  # verifies the SHA-256 sidecar
-vae20.eval()
+vae20 = pretrained.load("l02_vae_z20")  # the SHA-256 is checked against the manifest
 mu20, lv20 = encode_all(vae20, x_train)
 avg_kl_exact = average_kl_standard_normal(mu20, lv20)
 smp20 = surgery_samples(
@@ -412,12 +403,11 @@ print(f"  + KL(q(z) || p(z))   {fmt(s20.marginal_kl)} +- {fmt(s20.marginal_kl_se
 c20 = smp20.log_q_cond - smp20.log_q  # the per-draw information term
 N_RB = 1000  # the index-free estimate on the first 1000 draws: [1000, 60 000] matrices, ~2 s
 info_rb20 = s20.log_n - index_entropy(smp20.z[:N_RB], mu20, lv20)
-d20 = c20[:N_RB] - info_rb20  # mean exactly zero (Rao-Blackwell)
-d20_se = d20.std().item() / math.sqrt(N_RB)
+d20, d20_se = mean_se(c20[:N_RB] - info_rb20)  # mean exactly zero (Rao-Blackwell)
+rb_mean, rb_se = mean_se(info_rb20)
 print(
-    f"  I(n; z) without the sampled index, first {N_RB} draws: {info_rb20.mean().item():.2f} +- "
-    f"{info_rb20.std().item() / math.sqrt(N_RB):.2f}; paired difference to I (MC) "
-    f"{d20.mean().item() + 0.0:.2f} +- {d20_se:.2f}"
+    f"  I(n; z) without the sampled index, first {N_RB} draws: {rb_mean:.2f} +- {rb_se:.2f}; "
+    f"paired difference to I (MC) {d20 + 0.0:.2f} +- {d20_se:.2f}"
 )
 print(
     f"largest per-draw information term: {c20.max().item():.4f} (log N = {s20.log_n:.4f}); "
@@ -427,7 +417,7 @@ print(
 assert abs(s20.avg_kl - s20.marginal_kl - s20.mutual_info) < 1e-9
 # the checks
 assert abs(s20.avg_kl - avg_kl_exact) < 4 * s20.avg_kl_se  # against the closed form
-assert abs(d20.mean().item()) < 4 * d20_se  # I with and without the sampled index
+assert abs(d20) < 4 * d20_se  # I with and without the sampled index
 # I <= log N draw by draw; float64 round-off of the kernel's expanded squares is ~1e-11 here
 assert c20.max() <= s20.log_n + 1e-9
 assert s20.marginal_kl > -3 * s20.marginal_kl_se  # KL >= 0
@@ -518,11 +508,6 @@ print("ELBO surgery checks passed on 60 000 training images")
 
 
 # %%
-def mean_se(v: torch.Tensor) -> tuple[float, float]:
-    """Mean and standard error of the mean of a 1-d tensor."""
-    return v.mean().item(), v.std().item() / math.sqrt(len(v))
-
-
 def entropy_gaussian(logvar: torch.Tensor) -> torch.Tensor:
     """H(N(mu, diag exp(logvar))) per row: [N, Z] -> [N], nats (it does not depend on mu)."""
     return 0.5 * (1 + LOG_2PI + logvar).sum(1)
@@ -560,13 +545,13 @@ print(
     f"   (section 2: {s20.marginal_kl:.2f} +- {s20.marginal_kl_se:.2f})"
 )
 info_ent = (-smp20.log_q - ent_n[idx20])[:N_RB]  # per draw: H(q(z)) - H(q(z|x_n)), mean I
-f20 = info_ent - info_rb20  # against the index-free estimate of section 2: mean exactly zero
+f20, f20_se = mean_se(info_ent - info_rb20)  # against the index-free estimate of section 2: 0
 print(
     f"  H(q(z)) - mean H(q(z|x))    = I(n; z):       {h_codes - ent_exact:.2f} +- {h_codes_se:.2f}"
-    f"   (without the index, first {N_RB} draws: {info_rb20.mean().item():.2f}; paired difference "
-    f"{f20.mean().item() + 0.0:+.2f} +- {f20.std().item() / math.sqrt(N_RB):.2f})"
+    f"   (without the index, first {N_RB} draws: {rb_mean:.2f}; paired difference "
+    f"{f20 + 0.0:+.2f} +- {f20_se:.2f})"
 )
-assert abs(f20.mean().item()) < 4 * f20.std().item() / math.sqrt(N_RB)
+assert abs(f20) < 4 * f20_se
 m2_20 = (mu20**2 + lv20.exp()).mean(0)  # E_q(z)[z_d^2] per coordinate
 print(
     f"second moment E_q(z)[z_d^2] of the {len(m2_20)} coordinates: from {m2_20.min().item():.2f} "
@@ -635,29 +620,27 @@ priors_q = {
     "mixture of 500 training posteriors": aggregate_posterior_log_prob(z_q, mu20[sub], lv20[sub]),
     "q(z) itself (60 000 posteriors)": smp20.log_q,
 }
-cross = {k: v.mean().item() for k, v in priors_q.items()}
-for k, v in cross.items():
-    se = priors_q[k].std().item() / math.sqrt(len(z_q))
+cross = {k: mean_se(v) for k, v in priors_q.items()}
+for k, (v, se) in cross.items():
     print(f"E_q(z)[log p(z)] for {k:40s} {v:9.3f} +- {se:.3f}")
+cross = {k: v for k, (v, _) in cross.items()}
 best = cross["q(z) itself (60 000 posteriors)"]
 gap_std = best - cross["N(0, I)"]
 print(f"gap between q(z) and N(0, I): {fmt(gap_std)}, the KL(q(z) || N(0, I)) of section 2")
 # the surgery identity per draw: (log q(z) - log p(z)) + I without the index, mean = exact avg KL
-e20 = (smp20.log_q - smp20.log_p)[:N_RB] + info_rb20
-e20_se = e20.std().item() / math.sqrt(N_RB)
-rb_mean, rb_se = info_rb20.mean().item(), info_rb20.std().item() / math.sqrt(N_RB)
+e20, e20_se = mean_se((smp20.log_q - smp20.log_p)[:N_RB] + info_rb20)
 print(
     f"exact average KL - I(n; z) without the sampled index: {avg_kl_exact - rb_mean:.2f} +- "
     f"{rb_se:.2f}; paired difference to the gap (first {N_RB} draws): "
-    f"{e20.mean().item() - avg_kl_exact:.2f} +- {e20_se:.2f}"
+    f"{e20 - avg_kl_exact:.2f} +- {e20_se:.2f}"
 )
 assert best == max(cross.values())
-assert abs(e20.mean().item() - avg_kl_exact) < 4 * e20_se
+assert abs(e20 - avg_kl_exact) < 4 * e20_se
 # paired differences: q(z) beats each other prior by more than 3 standard errors
 for k, v in priors_q.items():
     if k != "q(z) itself (60 000 posteriors)":
-        d = smp20.log_q - v
-        assert d.mean() > 3 * d.std() / math.sqrt(len(d)), k
+        d, d_se = mean_se(smp20.log_q - v)
+        assert d > 3 * d_se, k
 
 # %% [markdown]
 # Two lessons. A Gaussian, even with exactly the mean and covariance of the codes, recovers only
@@ -739,8 +722,9 @@ assert gain_tr - gain_te > 4 * math.hypot(se_tr, se_te)  # the gain does not car
 # parameters $\lambda$ through $\log p_\lambda(\mathbf z)$. The gradient with respect to $\lambda$,
 # $-\nabla_\lambda \log p_\lambda(\mathbf z)$ averaged over a mini-batch, is exactly a
 # maximum-likelihood step for the prior on the mini-batch's codes — draws from the aggregated
-# posterior, as §3 prescribes. `dgmlib.models.PriorVAE` implements this (and keeps the exact KL
-# when the prior is $\mathcal N(0, I)$).
+# posterior, as §3 prescribes. `dgmlib.models.VAE` with any prior of `dgmlib.models.priors`
+# implements this (and keeps the exact KL when the prior is $\mathcal N(0, I)$, whose closed form
+# is registered).
 #
 # **Check: the Monte Carlo KL is unbiased** where the answer is known: for one test image and the
 # standard normal prior, 20 000 one-sample estimates average to the closed-form KL within 4
@@ -752,11 +736,9 @@ with torch.no_grad():
     z1 = mu1 + (0.5 * lv1).exp() * torch.randn(20_000, 20, generator=g_of)
     kl_mc = gaussian_log_prob(z1, mu1, lv1) - standard_normal_log_prob(z1)
 kl_exact1 = kl_normal_std_normal(mu1, lv1).item()
-se1 = kl_mc.std().item() / math.sqrt(len(kl_mc))
-print(
-    f"one-sample KL estimates, mean of 20000: {kl_mc.mean().item():.3f} +- {se1:.3f};  exact: {kl_exact1:.3f}"
-)
-assert abs(kl_mc.mean().item() - kl_exact1) < 4 * se1
+kl_mc, se1 = mean_se(kl_mc)
+print(f"one-sample KL estimates, mean of 20000: {kl_mc:.3f} +- {se1:.3f};  exact: {kl_exact1:.3f}")
+assert abs(kl_mc - kl_exact1) < 4 * se1
 
 # %% [markdown]
 # ## 4. Three learned priors
@@ -799,21 +781,17 @@ assert abs(kl_mc.mean().item() - kl_exact1) < 4 * se1
 # unnormalised weights — changes $\log p$ by far more.
 
 # %%
-results = json.loads((CKPT / "l06_results.json").read_text())
-settings = results["settings"]
+results = pretrained.results("l06")  # settings, curves, test figures and surgery terms
+priors = ("standard", "mog", "vamp", "flow")
+res = {f"z{z}_{p}": results["models"][f"z{z}_{p}"] for z in (2, 10) for p in priors}
+# each model rebuilt from the spec stored with its weights (the prior included), hash verified
+models = {name: pretrained.load(f"l06_{name}") for name in res}
 print("made by:", results["command"])
-for key in ("epochs", "batch_size", "optimizer", "learning_rate", "prior_kwargs", "nll_K"):
-    print(f"  {key}: {settings[key]}")
-
-models = {}
-for name, r in results["models"].items():
-    model = PriorVAE.for_mnist(
-        z_dim=r["z_dim"], prior=r["prior"], prior_kwargs=settings["prior_kwargs"][r["prior"]]
-    )
-    load_model(model, CKPT / r["checkpoint"])  # refuses a file whose hash differs from its sidecar
-    assert sidecar_path(CKPT / r["checkpoint"]).read_text().split()[0] == r["sha256"]
-    models[name] = model.eval()
-print("checkpoints verified:", ", ".join(r["checkpoint"] for r in results["models"].values()))
+settings = dict(results["settings"])  # the JSON sorts its keys; show the priors in our order
+settings["prior_kwargs"] = {p: settings["prior_kwargs"][p] for p in priors}
+keys = ("epochs", "batch_size", "optimizer", "learning_rate", "prior_kwargs", "nll_K")
+print(*(f"  {key}: {settings[key]}" for key in keys), sep="\n")
+print("checkpoints verified:", ", ".join(r["checkpoint"] for r in res.values()))
 
 with torch.no_grad():
     z_mog = models["z10_mog"].encode(x_test[:1000])[0]
@@ -987,7 +965,6 @@ for name in ("z10_flow", "z2_flow"):
 # $I_q$. The last column, the prior mass in holes, is explained in §6.
 
 # %%
-res = results["models"]
 labels = {
     "standard": "N(0, I)",
     "mog": "mixture (100)",
@@ -1004,15 +981,17 @@ print(
 )
 print("-" * 86)
 for r in res.values():
+    t, su = r["test"], r["surgery"]  # test figures; surgery over the training set
     print(
-        f"{r['z_dim']:2d}  {labels[r['prior']]:16s} {r['n_prior_params']:7d}  {r['elbo']:8.2f}  "
-        f"{r['nll']:7.2f}  {r['kl']:6.2f}  {r['surgery_marginal_kl']:11.2f}  "
-        f"{r['surgery_mutual_info']:7.2f}  {r['holes_hole_mass']:5.2f}"
+        f"{r['z_dim']:2d}  {labels[r['prior']]:16s} {r['n_prior_params']:7d}  {t['elbo']:8.2f}  "
+        f"{t['nll']:7.2f}  {t['kl']:6.2f}  {su['marginal_kl']:11.2f}  "
+        f"{su['mutual_info']:7.2f}  {r['holes']['hole_mass']:5.2f}"
     )
+ref = res["z10_standard"]
 print(
     f"(log N = {math.log(N_TRAIN):.4f}; Monte Carlo standard errors: NLL mean over images "
-    f"~{fmt(res['z10_standard']['nll_sem'], 2)} (paired differences far smaller), surgery terms "
-    f"~{fmt(res['z10_standard']['surgery_marginal_kl_se'], 1)})"
+    f"~{fmt(ref['test']['nll_se'], 2)} (paired differences far smaller), surgery terms "
+    f"~{fmt(ref['surgery']['marginal_kl_se'], 1)})"
 )
 
 # %% [markdown]
@@ -1034,9 +1013,8 @@ for i, name in enumerate(z10):
     model, r = models[name], res[name]
     g_nll = torch.Generator().manual_seed(100 + i)
     nll = estimate_nll(lambda xb, k, m=model, gg=g_nll: m.log_weights(xb, k, gg), x_nb, K=500)
-    stored = torch.tensor(r["nll_notebook_subset"])
-    d = nll - stored
-    se_d = d.std().item() / math.sqrt(len(d))
+    stored = torch.tensor(r["test"]["nll_notebook_subset"])
+    d, se_d = mean_se(nll - stored)
     mu_m, lv_m = enc10[name] = encode_all(model, x_train)
     with torch.no_grad():  # the draws are kept for section 7
         smp10[name] = surgery_samples(
@@ -1048,14 +1026,14 @@ for i, name in enumerate(z10):
         )
     recomputed[name] = s_new = summarize_surgery(smp10[name])
     print(
-        f"{name:16s}  {stored.mean():9.2f}  {nll.mean():10.2f}   {d.mean():+5.2f} +- {se_d:.2f}  |"
-        f"  {r['surgery_marginal_kl']:10.2f}  {s_new.marginal_kl:10.2f}    "
-        f"{r['surgery_mutual_info']:7.2f}  {s_new.mutual_info:8.2f}"
+        f"{name:16s}  {stored.mean():9.2f}  {nll.mean():10.2f}   {d:+5.2f} +- {se_d:.2f}  |"
+        f"  {r['surgery']['marginal_kl']:10.2f}  {s_new.marginal_kl:10.2f}    "
+        f"{r['surgery']['mutual_info']:7.2f}  {s_new.mutual_info:8.2f}"
     )
-    assert abs(d.mean().item()) < 4 * se_d
+    assert abs(d) < 4 * se_d
     for key in ("marginal_kl", "mutual_info"):
-        se_c = math.hypot(r[f"surgery_{key}_se"], getattr(s_new, f"{key}_se"))
-        assert abs(r[f"surgery_{key}"] - getattr(s_new, key)) < 4 * se_c, (name, key)
+        se_c = math.hypot(r["surgery"][f"{key}_se"], getattr(s_new, f"{key}_se"))
+        assert abs(r["surgery"][key] - getattr(s_new, key)) < 4 * se_c, (name, key)
     assert s_new.mutual_info <= s_new.log_n + 1e-6
 print("stored NLL and surgery terms confirmed")
 
@@ -1068,23 +1046,21 @@ print("stored NLL and surgery terms confirmed")
 # model, and the test ELBO during training.
 
 # %%
-base_nll = {z: np.array(res[f"z{z}_standard"]["nll_notebook_subset"]) for z in (2, 10)}
+nll_nb = {n: torch.tensor(r["test"]["nll_notebook_subset"], dtype=DT) for n, r in res.items()}
 print("NLL - NLL of the N(0, I) model, first 100 images of the subset (paired):")
-for r in res.values():
+for name, r in res.items():
     if r["prior"] != "standard":
-        d = np.array(r["nll_notebook_subset"]) - base_nll[r["z_dim"]]
-        print(
-            f"  Z = {r['z_dim']:2d}  {labels[r['prior']]:16s} {d.mean():+6.2f} +- "
-            f"{d.std(ddof=1) / math.sqrt(len(d)):.2f} nats"
-        )
+        d, d_se = mean_se(nll_nb[name] - nll_nb[f"z{r['z_dim']}_standard"])
+        print(f"  Z = {r['z_dim']:2d}  {labels[r['prior']]:16s} {d:+6.2f} +- {d_se:.2f} nats")
 print("Against the N(0, I) model of the same Z: marginal KL (train), reconstruction term (test):")
 for r in res.values():
     if r["prior"] != "standard":
         ref = res[f"z{r['z_dim']}_standard"]
-        cut = 100 * (1 - r["surgery_marginal_kl"] / ref["surgery_marginal_kl"])
+        cut = 100 * (1 - r["surgery"]["marginal_kl"] / ref["surgery"]["marginal_kl"])
+        recon = r["test"]["log_px_z"] - ref["test"]["log_px_z"]  # E_q log p(x|z), test images
         print(
             f"  Z = {r['z_dim']:2d}  {labels[r['prior']]:16s} KL(q(z)||p) {cut:3.0f}% lower   "
-            f"reconstruction {r['recon'] - ref['recon']:+6.2f} nats"
+            f"reconstruction {recon:+6.2f} nats"
         )
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -1167,18 +1143,17 @@ def prior_gain(x: torch.Tensor, n_draws: int = 4) -> tuple[float, float]:
     """Mean and s.e. over images of E_q[log p_new(z) - log N(z; 0, I)], nats."""
     mu, lv = base.encode(x)
     z = mu + (0.5 * lv).exp() * torch.randn(n_draws, *mu.shape, generator=g_fit)
-    d = (refit.log_prob(z) - standard_normal_log_prob(z)).mean(0).double()
-    return d.mean().item(), d.std().item() / math.sqrt(len(d))
+    return mean_se((refit.log_prob(z) - standard_normal_log_prob(z)).mean(0).double())
 
 
 s_new = elbo_surgery(mu_b, lv_b, lambda z: refit.log_prob(z.float()).to(DT), 2000, generator=g_fit)
 s_old = res["z10_standard"]
 gain_tr, se_tr = prior_gain(x_train[:2000])
 gain_te, se_te = prior_gain(x_test[:2000])
-drop = s_old["surgery_marginal_kl"] - s_new.marginal_kl
-se_drop = math.hypot(s_old["surgery_marginal_kl_se"], s_new.marginal_kl_se)
+drop = s_old["surgery"]["marginal_kl"] - s_new.marginal_kl
+se_drop = math.hypot(s_old["surgery"]["marginal_kl_se"], s_new.marginal_kl_se)
 print(
-    f"KL(q(z) || p): N(0, I) {s_old['surgery_marginal_kl']:.2f}  ->  refitted mixture "
+    f"KL(q(z) || p): N(0, I) {s_old['surgery']['marginal_kl']:.2f}  ->  refitted mixture "
     f"{s_new.marginal_kl:.2f} +- {s_new.marginal_kl_se:.2f}   (decrease {drop:.2f} +- {se_drop:.2f})"
 )
 print(f"ELBO gain, 2000 training images: {gain_tr:.2f} +- {se_tr:.2f}")
@@ -1227,19 +1202,13 @@ for name in z2:
         )
 fig, axes = plt.subplots(2, 4, figsize=(13, 6.6), sharex=True, sharey=True)
 vmin, vmax = -9.0, 0.0
+density_map = {"origin": "lower", "extent": (-lim, lim, -lim, lim), "vmin": vmin, "vmax": vmax}
 for j, name in enumerate(z2):
     for i, (dmap, what) in enumerate(
         zip(dens[name], ("prior $p(z)$", "aggregated posterior $q(z)$"), strict=True)
     ):
         ax = axes[i, j]
-        im = ax.imshow(
-            np.clip(dmap, vmin, vmax),
-            origin="lower",
-            extent=(-lim, lim, -lim, lim),
-            vmin=vmin,
-            vmax=vmax,
-            cmap="viridis",
-        )
+        im = ax.imshow(np.clip(dmap, vmin, vmax), cmap="viridis", **density_map)
         if i == 0:
             ax.set_title(f"model with prior {labels[res[name]['prior']]}", fontsize=11)
         ax.grid(False)
@@ -1276,29 +1245,22 @@ with torch.no_grad():
     typical_z = z_p[order[len(order) // 2 - 6 : len(order) // 2 + 6]]
     imgs_hole, imgs_typ = std2.decoder.mean(holes_z), std2.decoder.mean(typical_z)
 h = prior_holes(log_p, log_q, ratio=10.0)
-r = res["z2_standard"]
+stored = res["z2_standard"]["holes"]
 print(
     f"N(0, I) prior, Z = 2: hole mass {h.hole_mass:.3f} +- {h.hole_mass_se:.3f} "
-    f"(stored {r['holes_hole_mass']:.3f} +- {r['holes_hole_mass_se']:.3f}); "
-    f"KL(p || q) {h.reverse_kl:.2f} +- {h.reverse_kl_se:.2f} (stored {r['holes_reverse_kl']:.2f})"
+    f"(stored {stored['hole_mass']:.3f} +- {stored['hole_mass_se']:.3f}); "
+    f"KL(p || q) {h.reverse_kl:.2f} +- {h.reverse_kl_se:.2f} (stored {stored['reverse_kl']:.2f})"
 )
-assert abs(h.hole_mass - r["holes_hole_mass"]) < 4 * math.hypot(
-    h.hole_mass_se, r["holes_hole_mass_se"]
+assert abs(h.hole_mass - stored["hole_mass"]) < 4 * math.hypot(
+    h.hole_mass_se, stored["hole_mass_se"]
 )
-assert abs(h.reverse_kl - r["holes_reverse_kl"]) < 4 * math.hypot(
-    h.reverse_kl_se, r["holes_reverse_kl_se"]
+assert abs(h.reverse_kl - stored["reverse_kl"]) < 4 * math.hypot(
+    h.reverse_kl_se, stored["reverse_kl_se"]
 )
 
 fig = plt.figure(figsize=(12, 4.6))
 ax0 = fig.add_subplot(1, 3, 1)
-im = ax0.imshow(
-    np.clip(dens["z2_standard"][1], vmin, vmax),
-    origin="lower",
-    extent=(-lim, lim, -lim, lim),
-    vmin=vmin,
-    vmax=vmax,
-    cmap="viridis",
-)
+im = ax0.imshow(np.clip(dens["z2_standard"][1], vmin, vmax), cmap="viridis", **density_map)
 ax0.scatter(*holes_z.T, s=30, marker="x", color="red", label="12 deepest holes")
 ax0.scatter(*typical_z.T, s=30, marker="o", facecolors="none", color="white", label="12 typical")
 ax0.set_title("aggregated posterior q(z), N(0, I) model")
@@ -1330,12 +1292,12 @@ for zdim in (2, 10):
     base = res[f"z{zdim}_standard"]
     for prior in ("mog", "vamp", "flow"):
         r = res[f"z{zdim}_{prior}"]
-        se = math.hypot(base["holes_hole_mass_se"], r["holes_hole_mass_se"])
+        se = math.hypot(base["holes"]["hole_mass_se"], r["holes"]["hole_mass_se"])
         print(
-            f"Z = {zdim:2d}  {labels[prior]:16s} hole mass {r['holes_hole_mass']:.3f}   "
-            f"(N(0, I): {base['holes_hole_mass']:.3f})"
+            f"Z = {zdim:2d}  {labels[prior]:16s} hole mass {r['holes']['hole_mass']:.3f}   "
+            f"(N(0, I): {base['holes']['hole_mass']:.3f})"
         )
-        assert base["holes_hole_mass"] - r["holes_hole_mass"] > 4 * se
+        assert base["holes"]["hole_mass"] - r["holes"]["hole_mass"] > 4 * se
 
 # %% [markdown]
 # ## 7. Over-regularisation by the standard normal prior
@@ -1405,10 +1367,10 @@ for zdim in (2, 10):
     r = res[f"z{zdim}_standard"]
     print(
         f"Z = {zdim:2d}, N(0, I): KL(q(z) || N(0, I)) = available gain of the optimal prior "
-        f"{r['surgery_marginal_kl']:.2f} +- {r['surgery_marginal_kl_se']:.2f} nats"
+        f"{r['surgery']['marginal_kl']:.2f} +- {r['surgery']['marginal_kl_se']:.2f} nats"
     )
-    assert r["surgery_marginal_kl"] > 4 * r["surgery_marginal_kl_se"]
-avail, avail_se = s_old["surgery_marginal_kl"], s_old["surgery_marginal_kl_se"]
+    assert r["surgery"]["marginal_kl"] > 4 * r["surgery"]["marginal_kl_se"]
+avail, avail_se = s_old["surgery"]["marginal_kl"], s_old["surgery"]["marginal_kl_se"]
 (g_tr, g_tr_se), (g_te, g_te_se) = refit_gain["train"], refit_gain["test"]
 print(
     f"Z = 10: the refitted mixture of section 5 recovers {g_tr:.2f} +- {g_tr_se:.2f} (training) "
@@ -1440,7 +1402,7 @@ for name in z10:
     var_se += [se_mean[1].item(), se_mean[2].item(), se_unit[2, j].item()]
     print(
         f"{labels[r['prior']]:16s} {kl_std[0]:9.2f} +- {kl_std[1]:.2f}  "
-        f"{r['surgery_mutual_info']:6.2f} +- {r['surgery_mutual_info_se']:.2f}  "
+        f"{r['surgery']['mutual_info']:6.2f} +- {r['surgery']['mutual_info_se']:.2f}  "
         f"{au.count:3d}/{len(full[0])}  {full[1].mean().item():12.3f}  {full[2].mean().item():8.3f}  "
         f"{full[2, j].item():11.3f}  {full[3].min().item():.2f} to {full[3].max().item():.2f}"
     )
@@ -1460,8 +1422,8 @@ for zdim in (2, 10):
     ref = res[f"z{zdim}_standard"]
     for prior in ("mog", "vamp", "flow"):
         r = res[f"z{zdim}_{prior}"]
-        se = math.hypot(ref["surgery_mutual_info_se"], r["surgery_mutual_info_se"])
-        diff = ref["surgery_mutual_info"] - r["surgery_mutual_info"]
+        se = math.hypot(ref["surgery"]["mutual_info_se"], r["surgery"]["mutual_info_se"])
+        diff = ref["surgery"]["mutual_info"] - r["surgery"]["mutual_info"]
         print(f"Z = {zdim:2d}: I(n; z) of N(0, I) minus {labels[prior]:16s} {diff:.2f} +- {se:.2f}")
         assert diff > 4 * se, (zdim, prior)
 std_stats = enc_stats["z10_standard"]
@@ -1568,9 +1530,10 @@ z_ex = mu_k[idx] + (0.5 * lv_k[idx]).exp() * torch.randn(2000, 20, generator=g_e
 info = gaussian_log_prob(z_ex, mu_k[idx], lv_k[idx]) - my_aggregate_posterior_log_prob(
     z_ex, mu_k, lv_k
 )
+info, info_se = mean_se(info)
 print(
-    f"I(n; z) over 1000 training images: {info.mean().item():.3f} +- "
-    f"{info.std().item() / math.sqrt(len(info)):.3f}   (log 1000 = {math.log(1000):.3f})"
+    f"I(n; z) over 1000 training images: {info:.3f} +- {info_se:.3f}   "
+    f"(log 1000 = {math.log(1000):.3f})"
 )
 
 # %% [markdown]
