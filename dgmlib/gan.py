@@ -11,7 +11,8 @@ maximised by ``D*(x) = p_d(x) / (p_d(x) + p_g(x))``, where ``V(G, D*) = 2 JSD(p_
 (Goodfellow et al., 2014). Functions on densities take **log-densities** evaluated on a grid and
 the grid's quadrature weights (``dx`` for a uniform 1-D grid); every result is in **nats**.
 Discriminators work with logits, never with probabilities, so nothing overflows. Invalid inputs
-raise a ``ValueError`` that names the argument.
+raise an error that names the argument (:mod:`dgmlib.validation`: ``TypeError`` for a wrong type,
+``ValueError`` for a wrong value).
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from dgmlib.layers import mlp
+from dgmlib.validation import check_int, check_positive, check_tensor
+
 __all__ = [
     "Discriminator",
+    "GAN",
     "Generator",
     "ModeCoverage",
     "discriminator_loss",
@@ -40,17 +45,6 @@ __all__ = [
 GENERATOR_LOSSES = ("minimax", "nonsaturating")
 
 
-def _tensor(name: str, fn: str, value: object) -> Tensor:
-    """``value`` if it is a floating tensor without NaN, else a ValueError naming ``name``."""
-    if not isinstance(value, Tensor) or not value.is_floating_point():
-        raise ValueError(
-            f"{fn}: {name} must be a floating-point tensor, got {type(value).__name__}"
-        )
-    if torch.isnan(value).any():
-        raise ValueError(f"{fn}: {name} contains NaN")
-    return value
-
-
 def _same_shape(fn: str, a: tuple[str, Tensor], b: tuple[str, Tensor]) -> None:
     """A ValueError naming both arguments unless they have the same shape."""
     if a[1].shape != b[1].shape:
@@ -64,7 +58,9 @@ def optimal_discriminator(log_pd: Tensor, log_pg: Tensor) -> Tensor:
     """``D*(x) = p_d / (p_d + p_g) = sigmoid(log p_d - log p_g)`` from log-densities, same shape."""
     fn = "optimal_discriminator"
     _same_shape(
-        fn, ("log_pd", _tensor("log_pd", fn, log_pd)), ("log_pg", _tensor("log_pg", fn, log_pg))
+        fn,
+        ("log_pd", check_tensor(log_pd, "log_pd", fn, min_ndim=0)),
+        ("log_pg", check_tensor(log_pg, "log_pg", fn, min_ndim=0)),
     )
     if ((log_pd == -math.inf) & (log_pg == -math.inf)).any():
         raise ValueError(f"{fn}: log_pd and log_pg are both -inf at some point (D* undefined)")
@@ -73,8 +69,8 @@ def optimal_discriminator(log_pd: Tensor, log_pg: Tensor) -> Tensor:
 
 def _broadcast(fn: str, a: tuple[str, Tensor], b: tuple[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Both tensors broadcast to a common shape, or a ValueError naming both arguments."""
-    _tensor(a[0], fn, a[1])
-    _tensor(b[0], fn, b[1])
+    check_tensor(a[1], a[0], fn, min_ndim=0)
+    check_tensor(b[1], b[0], fn, min_ndim=0)
     try:
         shape = torch.broadcast_shapes(a[1].shape, b[1].shape)
     except RuntimeError:
@@ -126,8 +122,8 @@ def gan_value_at_optimum(log_pd: Tensor, log_pg: Tensor, weights: Tensor | float
 def gan_value(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
     """Monte Carlo ``V = mean log D(x_real) + mean log(1 - D(x_fake))`` from logits, in nats."""
     fn = "gan_value"
-    _tensor("logits_real", fn, logits_real)
-    _tensor("logits_fake", fn, logits_fake)
+    check_tensor(logits_real, "logits_real", fn, min_ndim=0)
+    check_tensor(logits_fake, "logits_fake", fn, min_ndim=0)
     if logits_real.numel() == 0 or logits_fake.numel() == 0:
         raise ValueError(f"{fn}: logits_real and logits_fake must not be empty")
     return (
@@ -143,7 +139,7 @@ def discriminator_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
 def generator_loss(logits_fake: Tensor, kind: str = "nonsaturating") -> Tensor:
     """``minimax``: ``mean log(1 - D(G(z)))``; ``nonsaturating``: ``-mean log D(G(z))``. Scalar."""
     fn = "generator_loss"
-    _tensor("logits_fake", fn, logits_fake)
+    check_tensor(logits_fake, "logits_fake", fn, min_ndim=0)
     if kind not in GENERATOR_LOSSES:
         raise ValueError(f"{fn}: kind must be one of {GENERATOR_LOSSES}, got {kind!r}")
     if kind == "minimax":
@@ -153,10 +149,8 @@ def generator_loss(logits_fake: Tensor, kind: str = "nonsaturating") -> Tensor:
 
 def ring_centres(n_modes: int = 8, radius: float = 2.0) -> Tensor:
     """The centres of ``toy_2d("ring")``: ``n_modes`` points on a circle, float32 [n_modes, 2]."""
-    if not isinstance(n_modes, int) or n_modes < 1:
-        raise ValueError(f"ring_centres: n_modes must be a positive int, got {n_modes!r}")
-    if not radius > 0:
-        raise ValueError(f"ring_centres: radius must be positive, got {radius!r}")
+    check_int(n_modes, "n_modes", "ring_centres")
+    check_positive(radius, "radius", "ring_centres")
     angle = torch.arange(n_modes, dtype=torch.float64) * (2 * math.pi / n_modes)
     return (radius * torch.stack([angle.cos(), angle.sin()], 1)).to(torch.float32)
 
@@ -176,8 +170,8 @@ def mode_coverage(
     when at least ``min_count`` high-quality samples fall on it. ``samples`` [N, D], ``centres``
     [K, D]."""
     fn = "mode_coverage"
-    _tensor("samples", fn, samples)
-    _tensor("centres", fn, centres)
+    check_tensor(samples, "samples", fn, min_ndim=0)
+    check_tensor(centres, "centres", fn, min_ndim=0)
     if samples.dim() != 2 or samples.shape[0] == 0:
         raise ValueError(
             f"{fn}: samples must be a non-empty [N, D] tensor, got {tuple(samples.shape)}"
@@ -187,10 +181,9 @@ def mode_coverage(
             f"{fn}: centres must be a non-empty [K, D] tensor with D = {samples.shape[1]}, "
             f"got {tuple(centres.shape)}"
         )
-    if not std > 0 or not n_std > 0:
-        raise ValueError(f"{fn}: std and n_std must be positive, got {std!r} and {n_std!r}")
-    if not isinstance(min_count, int) or min_count < 1:
-        raise ValueError(f"{fn}: min_count must be a positive int, got {min_count!r}")
+    check_positive(std, "std", fn)
+    check_positive(n_std, "n_std", fn)
+    check_int(min_count, "min_count", fn)
     dist = torch.cdist(samples.detach().double(), centres.detach().double())  # [N, K]
     nearest_dist, nearest = dist.min(1)
     good = nearest_dist <= n_std * std
@@ -198,26 +191,21 @@ def mode_coverage(
     return ModeCoverage(int((counts >= min_count).sum()), float(good.double().mean()), counts)
 
 
-def _mlp(d_in: int, hidden: int, d_out: int, layers: int) -> nn.Sequential:
-    """``layers`` hidden layers of width ``hidden`` with ReLU, then a linear output."""
-    for name, v in (("d_in", d_in), ("hidden", hidden), ("d_out", d_out), ("layers", layers)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    mods: list[nn.Module] = []
-    width = d_in
-    for _ in range(layers):
-        mods += [nn.Linear(width, hidden), nn.ReLU()]
-        width = hidden
-    return nn.Sequential(*mods, nn.Linear(width, d_out))
+def _check_sizes(where: str, **sizes: int) -> None:
+    """Every size a positive int (the MLPs' arguments)."""
+    for name, v in sizes.items():
+        check_int(v, name, where)
 
 
 class Generator(nn.Module):
-    """``x = G(z)``: an MLP from ``z ~ N(0, I)`` [N, z_dim] to points [N, x_dim]."""
+    """``x = G(z)``: an MLP from ``z ~ N(0, I)`` [N, z_dim] to points [N, x_dim] (``layers``
+    hidden layers of ``hidden`` ReLU units)."""
 
     def __init__(self, z_dim: int = 2, hidden: int = 64, x_dim: int = 2, layers: int = 2) -> None:
         super().__init__()
+        _check_sizes("Generator", z_dim=z_dim, hidden=hidden, x_dim=x_dim, layers=layers)
         self.z_dim = z_dim
-        self.net = _mlp(z_dim, hidden, x_dim, layers)
+        self.net = mlp(z_dim, hidden, x_dim, layers, nn.ReLU)
 
     def forward(self, z: Tensor) -> Tensor:
         """Points [N, x_dim] for latent codes ``z`` [N, z_dim]."""
@@ -227,12 +215,13 @@ class Generator(nn.Module):
             )
         return self.net(z)
 
+    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` samples [n, x_dim] from ``z ~ N(0, I)``."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"Generator.sample: n must be a positive int, got {n!r}")
+        """``n`` samples [n, x_dim] from ``z ~ N(0, I)``, on the generator's device and in its
+        dtype. No gradients."""
+        check_int(n, "n", "Generator.sample")
         w = self.net[0].weight
-        return self(torch.randn(n, self.z_dim, generator=generator, dtype=w.dtype))
+        return self(torch.randn(n, self.z_dim, generator=generator, dtype=w.dtype, device=w.device))
 
 
 class Discriminator(nn.Module):
@@ -240,8 +229,9 @@ class Discriminator(nn.Module):
 
     def __init__(self, x_dim: int = 2, hidden: int = 64, layers: int = 2) -> None:
         super().__init__()
+        _check_sizes("Discriminator", x_dim=x_dim, hidden=hidden, layers=layers)
         self.x_dim = x_dim
-        self.net = _mlp(x_dim, hidden, 1, layers)
+        self.net = mlp(x_dim, hidden, 1, layers, nn.ReLU)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits [N] for points ``x`` [N, x_dim]."""
@@ -250,3 +240,13 @@ class Discriminator(nn.Module):
                 f"Discriminator: x must have shape [N, {self.x_dim}], got {tuple(x.shape)}"
             )
         return self.net(x).squeeze(-1)
+
+
+class GAN(nn.Module):
+    """A :class:`Generator` and a :class:`Discriminator` of the same width, kept together (one
+    checkpoint); the generator is created first, so one torch seed fixes both initialisations."""
+
+    def __init__(self, z_dim: int = 2, hidden: int = 64, x_dim: int = 2, layers: int = 2) -> None:
+        super().__init__()
+        self.generator = Generator(z_dim, hidden, x_dim, layers)
+        self.discriminator = Discriminator(x_dim, hidden, layers)

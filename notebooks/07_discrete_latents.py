@@ -59,7 +59,6 @@
 # derivations and checks below are worked out independently.
 
 # %%
-import json
 import math
 
 import matplotlib.pyplot as plt
@@ -69,29 +68,23 @@ import torch.nn.functional as F
 from scipy import integrate, optimize, stats
 from torch.distributions import Categorical, RelaxedOneHotCategorical, kl_divergence
 
+from dgmlib import notebook_setup, pretrained, set_threads
 from dgmlib.checks import check_categorical_kl_uniform, check_gumbel_max_sample
-from dgmlib.data import REPO_DATA_DIR, binarize_fixed, load_fashion_mnist
+from dgmlib.data import binarize_fixed, load_fashion_mnist
 from dgmlib.kernels import vq_nearest
-from dgmlib.models import VQVAE, CategoricalVAE, VectorQuantizer
+from dgmlib.models import VectorQuantizer
 from dgmlib.models.discrete import (
     categorical_kl_uniform,
     codebook_usage,
     gumbel_softmax_sample,
     sample_gumbel,
 )
-from dgmlib.plot import image_grid, use_style
-from dgmlib.train import load_model
-from dgmlib.utils import seed_everything
+from dgmlib.plot import image_grid
+from dgmlib.stats import fmt
 
-seed_everything(0, threads=1)  # one thread: small tensor operations are fastest and reproducible
-use_style()
+DEVICE = notebook_setup(0)  # seeds, plot style; the trained models of section 5 run on DEVICE
+set_threads(1)  # one thread: small tensor operations are fastest and reproducible
 DT = torch.float64  # the checks run in double precision
-CKPT = REPO_DATA_DIR / "checkpoints"  # the repository's data/checkpoints/
-
-
-def fmt(v: float, digits: int = 4) -> str:
-    """A number with `digits` significant digits (stable across runs), without a '-0'."""
-    return f"{float(v) + 0.0:.{digits}g}"
 
 
 def sig(v: float, digits: int = 2) -> str:
@@ -669,57 +662,55 @@ print(
 #   Gumbel-softmax samples and the exact KL, the temperature annealed per epoch as
 #   $\tau = \max(0.5, e^{-0.1\,\text{epoch}})$.
 #
-# The two codes hold at most $P\log K$ and $L\log C$ nats (printed below). We load both models
-# and recompute on the 10 000 test images the stored figures: the VQ-VAE's reconstruction NLL,
-# its ELBO and its codebook usage, and the categorical VAE's KL and the ELBO of its *discrete*
-# model, not the relaxed training objective. That ELBO is estimated with one exact categorical
-# sample per image: an unbiased estimate of the discrete model's ELBO, which is a lower bound on
-# $\log p(\mathbf x)$ (a single image's estimate can exceed its $\log p(\mathbf x)$; the bound
-# holds in expectation). Its Monte Carlo standard error on the test-set mean is estimated from a
-# second, independent sample per image: for two draws $a_i, b_i$, $(a_i - b_i)^2/2$ is an
-# unbiased estimate of the variance of either. Recomputed and stored figures come from the same
-# float32 code, whose round-off in sums of 784 pixel terms is of relative order $10^{-6}$, a few
-# $10^{-4}$ nats here: tolerance $10^{-3}$ nats. The KL is also recomputed independently with
-# `torch.distributions` in float64; float32 round-off in the 200 terms per image stays below
-# $10^{-4}$ nats, the tolerance.
+# The two codes hold at most $P\log K$ and $L\log C$ nats (printed below). We load both models by
+# name (`dgmlib.pretrained.load` rebuilds each from the build spec stored with its weights and
+# verifies its SHA-256) and recompute on the 10 000 test images the stored figures: the VQ-VAE's
+# reconstruction NLL, its ELBO and its codebook usage, and the categorical VAE's KL and the ELBO of
+# its *discrete* model, not the relaxed training objective. That ELBO is estimated with one exact
+# categorical sample per image: an unbiased estimate of the discrete model's ELBO, which is a lower
+# bound on $\log p(\mathbf x)$ (a single image's estimate can exceed its $\log p(\mathbf x)$; the
+# bound holds in expectation). Its Monte Carlo standard error on the test-set mean is estimated from
+# a second, independent sample per image: for two draws $a_i, b_i$, $(a_i - b_i)^2/2$ is an unbiased
+# estimate of the variance of either. Recomputed and stored figures come from the same float32 code,
+# whose round-off in sums of 784 pixel terms is of relative order $10^{-6}$, a few $10^{-4}$ nats
+# here: tolerance $10^{-3}$ nats. The KL is also recomputed independently with `torch.distributions`
+# in float64; float32 round-off in the 200 terms per image stays below $10^{-4}$ nats, the
+# tolerance.
 
 # %%
-results = json.loads((CKPT / "l07_results.json").read_text())
-stored = results["models"]
+results = pretrained.results("l07")  # made by tools/train_lecture07.py
+stored = {name: model["test"] for name, model in results["models"].items()}  # test figures
 settings = results["settings"]
-vqvae = VQVAE(**settings["vqvae"])
-load_model(vqvae, CKPT / "l07_vqvae.safetensors")  # verifies the SHA-256 sidecar
-catvae = CategoricalVAE(**settings["catvae"])
-load_model(catvae, CKPT / "l07_catvae.safetensors")
-vqvae.eval()
-catvae.eval()
+vqvae = pretrained.load("l07_vqvae", device=DEVICE)  # rebuilt from its spec, SHA-256 verified
+catvae = pretrained.load("l07_catvae", device=DEVICE)
+x_dev = x_test.to(DEVICE)
 
 with torch.no_grad():
-    nll_vq = vqvae.recon_nll(x_test).mean().item()
-    codes_test = vqvae.codes(x_test)  # [10000, 16]
+    nll_vq = -vqvae.log_px_z(x_dev).mean().item()
+    codes_test = vqvae.codes(x_dev).cpu()  # [10000, 16]
     counts_vq, perplexity_vq, used_vq = codebook_usage(codes_test, vqvae.n_codes)
-    elbo_vq = -nll_vq - vqvae.n_positions * math.log(vqvae.n_codes)
+    elbo_vq = -nll_vq - vqvae.kl  # the KL of the deterministic posterior: P log K
     elbo_cat_i = catvae.elbo(
-        x_test, 1, generator=torch.Generator().manual_seed(settings["eval_seed"])
-    )
+        x_dev, 1, generator=torch.Generator(DEVICE).manual_seed(settings["eval_seed"])
+    ).cpu()
     elbo_cat = elbo_cat_i.mean().item()
     # a second, independent sample per image for the Monte Carlo standard error
     elbo_cat_b = catvae.elbo(
-        x_test, 1, generator=torch.Generator().manual_seed(settings["eval_seed"] + 1)
-    )
+        x_dev, 1, generator=torch.Generator(DEVICE).manual_seed(settings["eval_seed"] + 1)
+    ).cpu()
     se_cat = ((elbo_cat_i - elbo_cat_b).double().square().mean() / 2 / len(x_test)).sqrt().item()
-    logits_cat = catvae.logits(x_test)
+    logits_cat = catvae.logits(x_dev).cpu()
     kl_cat = categorical_kl_uniform(logits_cat).sum(-1).mean().item()
     uniform10 = Categorical(logits=torch.zeros(catvae.n_categories, dtype=DT))
     kl_cat_ref = kl_divergence(Categorical(logits=logits_cat.double()), uniform10).sum(-1).mean()
 
 rows = [
-    ("VQ-VAE  -log p(x|z_q)", nll_vq, stored["vqvae"]["recon_nll"]),
+    ("VQ-VAE  -log p(x|z_q)", nll_vq, -stored["vqvae"]["log_px_z"]),
     ("VQ-VAE  ELBO = -NLL - P log K", elbo_vq, stored["vqvae"]["elbo"]),
     ("VQ-VAE  perplexity of code use", perplexity_vq, stored["vqvae"]["perplexity"]),
     ("cat.VAE ELBO (discrete, 1 sample)", elbo_cat, stored["catvae"]["elbo"]),
     ("cat.VAE KL(q || uniform)", kl_cat, stored["catvae"]["kl"]),
-    ("cat.VAE -log p(x|c) = -ELBO - KL", -elbo_cat - kl_cat, stored["catvae"]["recon"]),
+    ("cat.VAE -log p(x|c) = -ELBO - KL", -elbo_cat - kl_cat, -stored["catvae"]["log_px_z"]),
 ]
 print(f"{'':34s} {'recomputed':>11s} {'stored':>11s}")
 for name, mine, theirs in rows:
@@ -757,30 +748,29 @@ print(
 
 # %%
 sel = torch.cat([torch.nonzero(test_labels == k)[0] for k in range(10)])  # one image per class
-g_prior = torch.Generator().manual_seed(0)
+g_prior = torch.Generator(DEVICE).manual_seed(0)
 fig, axes = plt.subplots(5, 1, figsize=(10, 6.6))
 image_grid(x_test[sel], nrow=10, ax=axes[0], title="test images (binarized)")
 image_grid(
-    vqvae.reconstruct(x_test[sel]),
+    vqvae.reconstruct(x_dev[sel]),
     nrow=10,
     ax=axes[1],
     title="VQ-VAE reconstructions (P = 16 codes of K = 64)",
 )
 image_grid(
-    catvae.reconstruct(x_test[sel]),
+    catvae.reconstruct(x_dev[sel]),
     nrow=10,
     ax=axes[2],
     title="categorical VAE reconstructions (L = 20 variables, C = 10)",
 )
-random_codes = torch.randint(0, vqvae.n_codes, (10, vqvae.n_positions), generator=g_prior)
 image_grid(
-    vqvae.decode_codes(random_codes),
+    vqvae.sample(10, generator=g_prior, mean=True),
     nrow=10,
     ax=axes[3],
     title="VQ-VAE decoded from uniformly random codes (the prior is not learned)",
 )
 image_grid(
-    catvae.sample(10, generator=g_prior),
+    catvae.sample(10, generator=g_prior, mean=True),
     nrow=10,
     ax=axes[4],
     title="categorical VAE decoded from uniform prior samples",
@@ -1317,7 +1307,7 @@ check_categorical_kl_uniform(my_categorical_kl_uniform)
 
 # %%
 with torch.no_grad():
-    kl_per_var = my_categorical_kl_uniform(catvae.logits(x_test)).mean(0)
+    kl_per_var = my_categorical_kl_uniform(catvae.logits(x_dev)).mean(0).cpu()
 print("KL per latent variable (nats):", [f"{v:.2f}" for v in kl_per_var])
 print(f"log C = {math.log(10):.3f}; total {kl_per_var.sum():.2f} nats")
 

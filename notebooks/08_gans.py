@@ -51,7 +51,6 @@
 # checks below are worked out independently.
 
 # %%
-import json
 import math
 import statistics
 
@@ -62,13 +61,12 @@ from scipy import integrate, stats
 from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 from torch import nn
-from torch.distributions import Bernoulli, kl_divergence
+from torch.distributions import Bernoulli, Categorical, MixtureSameFamily, Normal, kl_divergence
 
+from dgmlib import notebook_setup, pretrained, set_threads
 from dgmlib.checks import check_jsd, check_optimal_discriminator
-from dgmlib.data import REPO_DATA_DIR, toy_2d
+from dgmlib.data import toy_2d
 from dgmlib.gan import (
-    Discriminator,
-    Generator,
     gan_value_at_optimum,
     generator_loss,
     jsd,
@@ -78,26 +76,23 @@ from dgmlib.gan import (
     ring_centres,
 )
 from dgmlib.kernels import mixture_logpdf
-from dgmlib.plot import use_style
-from dgmlib.train import load_model
-from dgmlib.utils import seed_everything
+from dgmlib.stats import fmt, mean_se
 
-seed_everything(0, threads=1)  # one thread: small tensor operations are fastest and reproducible
-use_style()
+notebook_setup(0)  # seeds and plot style; every computation here is small enough for the CPU
+set_threads(1)  # one thread: small tensor operations are fastest and reproducible
 DT = torch.float64  # the checks run in double precision
-CKPT = REPO_DATA_DIR / "checkpoints"  # the repository's data/checkpoints/
-RESULTS = json.loads((CKPT / "l08_results.json").read_text())  # made by tools/train_lecture08.py
+RESULTS = pretrained.results("l08")  # made by tools/train_lecture08.py
 
 
-def fmt(v: float, digits: int = 3) -> str:
-    """A number with `digits` significant digits (stable across runs), without a '-0'."""
-    return f"{float(v) + 0.0:.{digits}g}"
+def normal(mean: float | torch.Tensor, std: float | torch.Tensor) -> Normal:
+    """N(mean, std^2) in float64 (plain numbers would give float32 parameters)."""
+    return Normal(torch.as_tensor(mean, dtype=DT), torch.as_tensor(std, dtype=DT))
 
 
-def normal_log_pdf(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """log N(x | mean, std^2) elementwise."""
-    log_std = torch.log(torch.as_tensor(std, dtype=x.dtype))
-    return -0.5 * ((x - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+def mixture(weights: list[float], means: list[float], stds: list[float]) -> MixtureSameFamily:
+    """A mixture of 1-D Gaussians in float64."""
+    components = Normal(torch.tensor(means, dtype=DT), torch.tensor(stds, dtype=DT))
+    return MixtureSameFamily(Categorical(probs=torch.tensor(weights, dtype=DT)), components)
 
 
 # the 2-D data of this lecture: 8 Gaussians (std 0.05) on a circle of radius 2
@@ -190,7 +185,7 @@ n_s = 4000
 
 def noise_log_pdf(x: torch.Tensor) -> torch.Tensor:
     """log N(x | 0, 3^2 I) for the rows of x."""
-    return normal_log_pdf(x, 0.0, 3.0).sum(-1)
+    return normal(0.0, 3.0).log_prob(x).sum(-1)
 
 
 def log_p2(x: torch.Tensor) -> torch.Tensor:
@@ -233,20 +228,20 @@ def kl_p_p2(n_nodes: int) -> float:
 kl_quad, kl_quad_coarse = kl_p_p2(80), kl_p_p2(40)
 gap_se = float(gap.std()) / math.sqrt(len(gap))
 print(
-    f"true model:  test log-lik {fmt(log_p_test.mean())} +- {fmt(ll_se, 1)} nats "
-    f"(-log 8 - log(2 pi sigma^2) - 1 = {fmt(ll_exact)}), high-quality samples "
-    f"{fmt(cov_true.high_quality)} (expected 1 - e^-4.5 = {fmt(hq_ring, 4)} +- "
+    f"true model:  test log-lik {fmt(log_p_test.mean(), 3)} +- {fmt(ll_se, 1)} nats "
+    f"(-log 8 - log(2 pi sigma^2) - 1 = {fmt(ll_exact, 3)}), high-quality samples "
+    f"{fmt(cov_true.high_quality, 3)} (expected 1 - e^-4.5 = {fmt(hq_ring, 4)} +- "
     f"{fmt(binomial_se(hq_ring, n_s), 1)}), modes {cov_true.modes}/8"
 )
 print(
-    f"noise mix:   test log-lik {fmt((log_p_test - gap).mean())} nats, high-quality samples "
-    f"{fmt(cov_p2.high_quality, 2)} (expected {fmt(hq_p2)} +- {fmt(binomial_se(hq_p2, n_s), 1)}), "
+    f"noise mix:   test log-lik {fmt((log_p_test - gap).mean(), 3)} nats, high-quality samples "
+    f"{fmt(cov_p2.high_quality, 2)} (expected {fmt(hq_p2, 3)} +- {fmt(binomial_se(hq_p2, n_s), 1)}), "
     f"modes {cov_p2.modes}/8"
 )
 print(
-    f"gap log p - log p2: mean {fmt(gap.mean())} +- {fmt(gap_se, 1)}, max {fmt(gap.max())}; "
+    f"gap log p - log p2: mean {fmt(gap.mean(), 3)} +- {fmt(gap_se, 1)}, max {fmt(gap.max(), 3)}; "
     f"KL(p || p2) by quadrature {fmt(kl_quad, 4)} (40 vs 80 nodes: below 1e-6); "
-    f"log 100 = {fmt(math.log(100))}"
+    f"log 100 = {fmt(math.log(100), 3)}"
 )
 assert abs(float(log_p_test.mean()) - ll_exact) < 3 * ll_se
 assert abs(cov_true.high_quality - hq_ring) < 3 * binomial_se(hq_ring, n_s)
@@ -281,8 +276,8 @@ for eps in [0.1, 0.03, 0.01, 0.001]:
     hq_se = math.sqrt(hq_exp * (1 - hq_exp) * (1 / n_memo + 1 / n_s))
     memo[eps] = (ll_train, ll_test, scipy_ll, limits, cov1.high_quality, hq_exp, hq_se)
     print(
-        f"  {eps:<6}  {fmt(ll_train):>6} ({fmt(limits[0]):>6})          {fmt(ll_test):>6} "
-        f"({fmt(limits[1]):>7})        {fmt(cov1.high_quality):>5} ({fmt(hq_exp):>5} +- "
+        f"  {eps:<6}  {fmt(ll_train, 3):>6} ({fmt(limits[0], 3):>6})          {fmt(ll_test, 3):>6} "
+        f"({fmt(limits[1], 3):>7})        {fmt(cov1.high_quality, 3):>5} ({fmt(hq_exp, 3):>5} +- "
         f"{fmt(hq_se, 1)})        {cov1.modes}/8"
     )
 # the squeezed remainders at eps = 0.001: 0 <= log(1 + u) <= u
@@ -291,8 +286,8 @@ u_train = (torch.exp(-d2_train / (2 * eps**2)).sum(1) - 1).mean()  # minus each 
 u_test = torch.exp(-(d2_test[:, 1:] - d2_test[:, :1]) / (2 * eps**2)).sum(1).mean()
 ll_tr, ll_te, _, (lim_tr, lim_te), *_ = memo[eps]
 print(
-    f"eps = 0.001: train log-lik - limit = {fmt(ll_tr - lim_tr)} <= u = {fmt(u_train)}, "
-    f"test log-lik - limit = {fmt(ll_te - lim_te)} <= u = {fmt(u_test)}; "
+    f"eps = 0.001: train log-lik - limit = {fmt(ll_tr - lim_tr, 3)} <= u = {fmt(u_train, 3)}, "
+    f"test log-lik - limit = {fmt(ll_te - lim_te, 3)} <= u = {fmt(u_test, 3)}; "
     "dgmlib and scipy agree to below 1e-9 nats"
 )
 for ll_train, ll_test, scipy_ll, _, hq, hq_exp, hq_se in memo.values():
@@ -395,10 +390,9 @@ assert 0 <= ll_tr - lim_tr <= u_train and 0 <= ll_te - lim_te <= u_test
 # %%
 xg = torch.linspace(-12.0, 12.0, 4001, dtype=DT)
 dx = float(xg[1] - xg[0])
-log_pd = torch.logaddexp(
-    math.log(0.3) + normal_log_pdf(xg, -1.5, 0.6), math.log(0.7) + normal_log_pdf(xg, 1.5, 0.8)
-)
-log_pg = normal_log_pdf(xg, 0.0, 1.5)
+p_d = mixture([0.3, 0.7], [-1.5, 1.5], [0.6, 0.8])  # the data density
+p_g = normal(0.0, 1.5)  # the generator's density
+log_pd, log_pg = p_d.log_prob(xg), p_g.log_prob(xg)
 d_star = optimal_discriminator(log_pd, log_pg)
 
 # (a) brute-force maximisation of p_d log t + p_g log(1 - t) at every grid point
@@ -437,10 +431,8 @@ assert v_quad_err < 1e-11 and abs(v_quad - (2 * js - math.log(4))) < 1e-9
 assert 0 < js < math.log(2)  # sanity: the bounds of any JSD
 
 # (c) the trained discriminator, loaded and evaluated in double precision
-stored_1d = RESULTS["disc1d"]
-disc_1d = Discriminator(**RESULTS["settings"]["disc1d"]["kwargs"])
-load_model(disc_1d, CKPT / stored_1d["checkpoint"])  # verifies the SHA-256 sidecar
-disc_1d = disc_1d.to(DT).eval()
+stored_1d = RESULTS["models"]["disc1d"]["test"]
+disc_1d = pretrained.load("l08_disc1d").to(DT)  # rebuilt from its spec, SHA-256 verified
 with torch.no_grad():
     logit_trained = disc_1d(xg[:, None])
 d_trained = torch.sigmoid(logit_trained)
@@ -460,19 +452,13 @@ def sample_pd(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.where(comp, a, 1.5 + 0.8 * torch.randn(n, generator=gen, dtype=DT))
 
 
-def log_pd_at(x: torch.Tensor) -> torch.Tensor:
-    return torch.logaddexp(
-        math.log(0.3) + normal_log_pdf(x, -1.5, 0.6), math.log(0.7) + normal_log_pdf(x, 1.5, 0.8)
-    )
-
-
 g_mc = torch.Generator().manual_seed(7)
 x_real = sample_pd(100_000, g_mc)
 x_fake = 1.5 * torch.randn(100_000, generator=g_mc, dtype=DT)
 nn_ls = nn.functional.logsigmoid
 with torch.no_grad():  # log D* - log D = logsigmoid(l*) - logsigmoid(l), likewise for 1 - D
-    l_star_r = log_pd_at(x_real) - normal_log_pdf(x_real, 0.0, 1.5)
-    l_star_f = log_pd_at(x_fake) - normal_log_pdf(x_fake, 0.0, 1.5)
+    l_star_r = p_d.log_prob(x_real) - p_g.log_prob(x_real)
+    l_star_f = p_d.log_prob(x_fake) - p_g.log_prob(x_fake)
     terms_r = nn_ls(l_star_r) - nn_ls(disc_1d(x_real[:, None]))
     terms_f = nn_ls(-l_star_f) - nn_ls(-disc_1d(x_fake[:, None]))
 gap_mc = float(terms_r.mean() + terms_f.mean())
@@ -575,13 +561,13 @@ print(
 )
 js_delta, quad_diffs = [], []
 for d in deltas:
-    js_g = float(jsd(normal_log_pdf(xw, 0.0, 1.0), normal_log_pdf(xw, d, 1.0), dxw))
+    js_g = float(jsd(normal(0.0, 1.0).log_prob(xw), normal(d, 1.0).log_prob(xw), dxw))
     js_q = jsd_quad(d)
     lower, upper = math.log(2) * 2 * stats.norm.cdf(-d / 2), math.log(2) * math.exp(-(d**2) / 8)
     short = math.log(2) - js_g
     print(
-        f"{d:<5}   {round(js_g, 12) + 0.0:.4f}       {round(js_q, 12) + 0.0:.4f}       {fmt(short):<9}     "
-        f"{fmt(lower):<9} <= . <= {fmt(upper)}"
+        f"{d:<5}   {round(js_g, 12) + 0.0:.4f}       {round(js_q, 12) + 0.0:.4f}       {fmt(short, 3):<9}     "
+        f"{fmt(lower, 3):<9} <= . <= {fmt(upper, 3)}"
     )
     js_delta.append(js_g)
     quad_diffs.append(abs(js_g - js_q))
@@ -626,15 +612,15 @@ ell = torch.tensor([-8.0, 0.0, 4.0], dtype=DT, requires_grad=True)
 print("logit:                    ", ell.tolist())
 print(
     "minimax gradient:         ",
-    [fmt(v) for v in grad_mm],
+    [fmt(v, 3) for v in grad_mm],
     " -sigmoid:",
-    [fmt(v) for v in -torch.sigmoid(ell.detach())],
+    [fmt(v, 3) for v in -torch.sigmoid(ell.detach())],
 )
 print(
     "non-saturating gradient:  ",
-    [fmt(v) for v in grad_ns],
+    [fmt(v, 3) for v in grad_ns],
     " -(1 - sigmoid):",
-    [fmt(v) for v in torch.sigmoid(ell.detach()) - 1],
+    [fmt(v, 3) for v in torch.sigmoid(ell.detach()) - 1],
 )
 assert torch.allclose(grad_mm, -torch.sigmoid(ell.detach()), atol=1e-12, rtol=0)
 assert torch.allclose(grad_ns, torch.sigmoid(ell.detach()) - 1, atol=1e-12, rtol=0)
@@ -667,7 +653,19 @@ assert torch.allclose(grad_ns, torch.sigmoid(ell.detach()) - 1, atol=1e-12, rtol
 
 # %%
 gan_settings = RESULTS["settings"]["gan"]
-gan_runs = RESULTS["gans"]
+
+
+def columns(rows: list[dict]) -> dict[str, list]:
+    """Rows of a stored curve as one list per key."""
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+# every run "<loss>_s<seed>": its evaluations (every 50 steps) and its logged means (every 10)
+gan_runs = {
+    name.removeprefix("gan_"): {"eval": columns(run["curves"]), "log": columns(run["log"])}
+    for name, run in RESULTS["models"].items()
+    if name.startswith("gan_")
+}
 LOSSES, SEEDS = gan_settings["losses"], gan_settings["seeds"]
 z_eval = torch.randn(
     gan_settings["eval_n"],
@@ -677,14 +675,9 @@ z_eval = torch.randn(
 )
 
 
-def load_gan(kind: str) -> nn.ModuleDict:
+def load_gan(kind: str) -> nn.Module:
     """The saved generator and discriminator of seed 0, trained with generator loss `kind`."""
-    kwargs = gan_settings["kwargs"]
-    gan = nn.ModuleDict(
-        {"generator": Generator(**kwargs), "discriminator": Discriminator(**kwargs)}
-    )
-    load_model(gan, CKPT / gan_runs[f"{kind}_s{gan_settings['saved_seed']}"]["checkpoint"])
-    return gan.to(DT).eval()
+    return pretrained.load(f"l08_gan_{kind}").to(DT)  # rebuilt from its spec, SHA-256 verified
 
 
 print(
@@ -696,7 +689,7 @@ gans = {kind: load_gan(kind) for kind in LOSSES}
 gen_points = {}
 for kind, gan in gans.items():
     with torch.no_grad():
-        pts = gan["generator"](z_eval)
+        pts = gan.generator(z_eval)
     gen_points[kind] = pts
     ev = gan_runs[f"{kind}_s0"]["eval"]
     show = [i for i, s in enumerate(ev["step"]) if s % 250 == 0]
@@ -721,11 +714,11 @@ for kind in LOSSES:
     first_all[kind] = [
         next((t for t, m in zip(e["step"], e["modes"], strict=True) if m == 8), None) for e in evs
     ]
-    hq_end = [e["high_quality"][-1] for e in evs]
+    hq_mean, hq_se = mean_se(torch.tensor([e["high_quality"][-1] for e in evs], dtype=DT))
     print(f"  {kind:<14} first step with all 8 modes covered: {first_all[kind]}")
     print(
         f"  {'':<14} at step 2000: modes {[e['modes'][-1] for e in evs]}, high quality "
-        f"{statistics.mean(hq_end):.2f} +- {statistics.stdev(hq_end) / math.sqrt(len(SEEDS)):.2f} "
+        f"{hq_mean:.2f} +- {hq_se:.2f} "
         "(mean +- s.e. over seeds)"
     )
 pairs = list(zip(first_all["minimax"], first_all["nonsaturating"], strict=True))
@@ -736,14 +729,19 @@ print(
     f"  minimax first at all 8 modes earlier in {earlier} seeds, later in {later}, tied in "
     f"{len(pairs) - earlier - later}; two-sided sign test over the untied seeds: p = {sign_p:.2f}"
 )
-hq_diff = [
-    gan_runs[f"nonsaturating_s{s}"]["eval"]["high_quality"][-1]
-    - gan_runs[f"minimax_s{s}"]["eval"]["high_quality"][-1]
-    for s in SEEDS
-]
+hq_diff = mean_se(
+    torch.tensor(
+        [
+            gan_runs[f"nonsaturating_s{s}"]["eval"]["high_quality"][-1]
+            - gan_runs[f"minimax_s{s}"]["eval"]["high_quality"][-1]
+            for s in SEEDS
+        ],
+        dtype=DT,
+    )
+)
 print(
-    f"  high quality at step 2000, non-saturating minus minimax: {statistics.mean(hq_diff):.2f} +- "
-    f"{statistics.stdev(hq_diff) / math.sqrt(len(SEEDS)):.2f} (paired over seeds)"
+    f"  high quality at step 2000, non-saturating minus minimax: {hq_diff[0]:.2f} +- "
+    f"{hq_diff[1]:.2f} (paired over seeds)"
 )
 d_fake = [v for r in gan_runs.values() for v in r["log"]["d_fake"]]
 cosines = [v for r in gan_runs.values() for v in r["eval"]["grad_cosine"]]
@@ -872,9 +870,7 @@ plt.show()
 # $10^{-6}$, which also covers the stopping rule of L-BFGS, a change below $10^{-15}$).
 
 # %%
-log_target = torch.logaddexp(
-    math.log(0.4) + normal_log_pdf(xg, -3.0, 0.5), math.log(0.6) + normal_log_pdf(xg, 3.0, 0.5)
-)
+log_target = mixture([0.4, 0.6], [-3.0, 3.0], [0.5, 0.5]).log_prob(xg)
 divergences = {
     "forward KL(p || q)": lambda lq: kl(log_target, lq, dx),
     "reverse KL(q || p)": lambda lq: kl(lq, log_target, dx),
@@ -914,7 +910,7 @@ def refine(div, mu0: float, sigma0: float) -> tuple[float, float]:
 
     def closure():
         lbfgs.zero_grad()
-        value = div(normal_log_pdf(xg, params[0], params[1].exp()))
+        value = div(normal(params[0], params[1].exp()).log_prob(xg))
         value.backward()
         return value
 
@@ -924,10 +920,10 @@ def refine(div, mu0: float, sigma0: float) -> tuple[float, float]:
 
 fits = {}
 for name, div in divergences.items():
-    table = torch.stack([div(normal_log_pdf(xg[None], m, sigmas[:, None])) for m in mus])
+    table = torch.stack([div(normal(m, sigmas[:, None]).log_prob(xg[None])) for m in mus])
     i, j = divmod(int(table.argmin()), len(sigmas))
     mu_fit, sigma_fit = refine(div, mus[i].item(), sigmas[j].item())
-    fits[name] = (mu_fit, sigma_fit, div(normal_log_pdf(xg, mu_fit, sigma_fit)).item())
+    fits[name] = (mu_fit, sigma_fit, div(normal(mu_fit, sigma_fit).log_prob(xg)).item())
     mu_c, sigma_c, min_c = closed_forms[name]
     print(
         f"{name:<20} mu = {fmt(round(mu_fit, 6), 4):>5}  sigma = {fmt(sigma_fit, 4):<5}  "
@@ -944,7 +940,7 @@ ax.fill_between(xg, log_target.exp(), color="C7", alpha=0.4, label="target p (tw
 for k, (name, (mu_fit, sigma_fit, _)) in enumerate(fits.items()):
     ax.plot(
         xg,
-        normal_log_pdf(xg, mu_fit, sigma_fit).exp(),
+        normal(mu_fit, sigma_fit).log_prob(xg).exp(),
         color=f"C{k}",
         ls=["-", "-", "--"][k],  # the JSD fit lies on top of the reverse-KL fit
         label=f"argmin {name}: N({mu_fit:.2f}, {sigma_fit:.2f}$^2$)",

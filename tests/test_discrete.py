@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Categorical, RelaxedOneHotCategorical, kl_divergence
+from torch.distributions import Bernoulli, Categorical, RelaxedOneHotCategorical, kl_divergence
 
 from dgmlib.models.discrete import (
     VQVAE,
@@ -139,8 +139,10 @@ def test_hard_gumbel_softmax_is_one_hot_with_the_relaxed_gradient():
 def test_gumbel_softmax_validates_its_input():
     with pytest.raises(ValueError, match="tau"):
         gumbel_softmax_sample(torch.zeros(3), 0.0)
-    with pytest.raises(ValueError, match="floating"):
+    with pytest.raises(TypeError, match="floating"):
         gumbel_softmax_sample(torch.zeros(3, dtype=torch.int64), 1.0)
+    with pytest.raises(TypeError, match="tau"):
+        gumbel_softmax_sample(torch.zeros(3), torch.tensor(1.0))
 
 
 def test_categorical_kl_uniform_matches_torch_distributions():
@@ -155,21 +157,35 @@ def test_categorical_kl_uniform_matches_torch_distributions():
 # -- the models -----------------------------------------------------------------------------
 
 
-def test_vqvae_loss_terms():
+def test_vqvae_loss_terms_and_exact_elbo():
+    """The terms against torch.distributions' Bernoulli at the nearest codes, found by cdist."""
     torch.manual_seed(0)
     model = VQVAE(n_codes=16, code_dim=4, n_positions=5, hidden=32)
     x = torch.bernoulli(torch.full((3, 1, 28, 28), 0.3))
     t = model.loss(x)
-    assert {"loss", "recon", "codebook", "commitment", "elbo", "perplexity"} <= set(t)
+    assert set(t) == {"loss", "log_px_z", "kl", "elbo", "codebook", "commitment", "perplexity"}
     assert all(v.dim() == 0 for v in t.values())
-    torch.testing.assert_close(t["loss"], t["recon"] + t["codebook"] + t["commitment"])
+    with torch.no_grad():
+        z_e = model.encode(x).reshape(-1, 4)
+        nearest = torch.cdist(z_e, model.quantizer.codebook).argmin(1).view(3, 5)
+        logits = model.decoder.net(model.quantizer.codebook[nearest].flatten(1))
+        log_px_z = Bernoulli(logits=logits).log_prob(x.flatten(1)).sum(-1)  # [3]
+    assert torch.equal(model.codes(x), nearest)
+    torch.testing.assert_close(model.log_px_z(x), log_px_z)
+    torch.testing.assert_close(t["log_px_z"], log_px_z.mean())
+    torch.testing.assert_close(t["loss"], -t["log_px_z"] + t["codebook"] + t["commitment"])
     torch.testing.assert_close(t["commitment"], model.quantizer.beta * t["codebook"])
-    assert t["elbo"].item() == pytest.approx(-t["recon"].item() - 5 * math.log(16), rel=1e-6)
-    assert model.codes(x).shape == (3, 5) and model.reconstruct(x).shape == (3, 1, 28, 28)
+    assert t["kl"].item() == pytest.approx(5 * math.log(16)) and model.kl == 5 * math.log(16)
+    assert t["elbo"].item() == pytest.approx(t["log_px_z"].item() - 5 * math.log(16), rel=1e-6)
+    elbo = model.elbo(x, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(elbo, log_px_z - 5 * math.log(16))  # deterministic posterior
+    assert model.reconstruct(x).shape == (3, 1, 28, 28)
     t["loss"].backward()
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(ValueError, match="784 values"):
         model.loss(torch.zeros(2, 10))
+    with pytest.raises(ValueError, match="n_samples"):
+        model.elbo(x, 0)
 
 
 def test_categorical_vae_loss_terms_and_discrete_elbo():
@@ -177,21 +193,57 @@ def test_categorical_vae_loss_terms_and_discrete_elbo():
     model = CategoricalVAE(n_latent=4, n_categories=3, hidden=32, tau=0.7)
     x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.3))
     t = model.loss(x)
-    assert set(t) == {"loss", "recon", "kl", "elbo"}
+    assert set(t) == {"loss", "log_px_z", "kl", "elbo"}
     assert all(v.dim() == 0 for v in t.values())
-    torch.testing.assert_close(t["elbo"], -(t["recon"] + t["kl"]))  # sanity line: assembly
-    assert 0 <= t["kl"].item() <= 4 * math.log(3) + 1e-6
+    torch.testing.assert_close(t["elbo"], t["log_px_z"] - t["kl"])  # sanity line: assembly
+    torch.testing.assert_close(t["loss"], -t["elbo"])
+    assert 0 <= t["kl"].item() <= 4 * math.log(3) + 1e-6 and t["log_px_z"].item() < 0
     q = Categorical(logits=model.logits(x))
     kl = kl_divergence(q, Categorical(logits=torch.zeros(3))).sum(-1).mean()
     torch.testing.assert_close(t["kl"], kl)
     e1 = model.elbo(x, 3, generator=torch.Generator().manual_seed(1))
     e2 = model.elbo(x, 3, generator=torch.Generator().manual_seed(1))
     assert e1.shape == (5,) and torch.equal(e1, e2)
-    assert model.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, 1, 28, 28)
     with pytest.raises(ValueError, match="n_samples"):
         model.elbo(x, 0)
+    with pytest.raises(TypeError, match="n_samples"):
+        model.elbo(x, 1.5)
     with pytest.raises(ValueError, match="n_latent"):
         CategoricalVAE(n_latent=0)
+
+
+@pytest.mark.parametrize("cls", [VQVAE, CategoricalVAE])
+def test_sample_means_what_it_means_for_the_vae(cls):
+    """``sample(n, generator, mean)``: uniform prior codes (replayed here with the same
+    generator) decoded to Bernoulli means, or binary images drawn from them; in the model's
+    dtype."""
+    torch.manual_seed(0)
+    model = cls(hidden=16).to(DT)
+    means = model.sample(6, generator=torch.Generator().manual_seed(4), mean=True)
+    g = torch.Generator().manual_seed(4)
+    if cls is VQVAE:
+        idx = torch.randint(model.n_codes, (6, model.n_positions), generator=g)
+        y = model.quantizer.codebook[idx].flatten(1)
+    else:
+        c = torch.randint(model.n_categories, (6, model.n_latent), generator=g)
+        y = torch.nn.functional.one_hot(c, model.n_categories).to(DT).flatten(1)
+    with torch.no_grad():
+        torch.testing.assert_close(means, torch.sigmoid(model.decoder.net(y)).view(6, 1, 28, 28))
+    draws = model.sample(6, generator=torch.Generator().manual_seed(4))
+    assert means.dtype == draws.dtype == DT and draws.shape == (6, 1, 28, 28)
+    assert set(draws.unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="n must be"):
+        model.sample(0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cls", [VQVAE, CategoricalVAE])
+def test_sample_and_elbo_follow_the_model_device(cls):
+    model = cls(hidden=16).cuda()
+    assert model.sample(3).device.type == "cuda"
+    x = torch.bernoulli(torch.full((2, 1, 28, 28), 0.3, device="cuda"))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    assert model.elbo(x, 2, generator=g).device.type == "cuda"
 
 
 def test_categorical_vae_discrete_elbo_against_exact_enumeration():

@@ -1,7 +1,7 @@
 """Train the two discrete-latent models of Lecture 07 (a VQ-VAE and a categorical VAE).
 
-Usage: python tools/train_lecture07.py [--out data/checkpoints] [--quick]
-Runtime: 5 to 8 minutes (299 s and 464 s measured) on one thread of a busy two-core CPU (both
+Usage: python tools/train_lecture07.py [--out data/checkpoints] [--device cpu] [--quick]
+Runtime: 5 to 13 minutes (299 s to 790 s measured) on one thread of a busy two-core CPU (both
 models, evaluation included); ``--quick`` runs a smoke test of the pipeline on 1000 images.
 
 Both models are MLPs on binary 28 x 28 images with a Bernoulli decoder:
@@ -15,25 +15,28 @@ Both models are MLPs on binary 28 x 28 images with a Bernoulli decoder:
   ``tau = max(TAU_MIN, TAU_START * exp(-TAU_DECAY * epoch))`` (epochs counted from 0).
 
 Training: the first ``N_TRAIN`` Fashion-MNIST training images, dynamically binarized (a fresh
-Bernoulli sample in every epoch), mini-batches of 100 in a seeded order, Adam (lr 1e-3).
+Bernoulli sample in every epoch), mini-batches of 100 in a seeded order, Adam (lr 1e-3). The
+state is saved after every epoch (in ``--out``/.l07_state/, removed at the end), so an
+interrupted run resumes where it stopped and ends with the same weights.
 
-Evaluation on the 10k test images binarized once with seed 0 (as in the other lectures), each in
-one batch: for the VQ-VAE the reconstruction NLL ``-log p(x | z_q)``, the ELBO
-``-NLL - P log K`` and the codebook usage (counts, perplexity, codes used); for the categorical
-VAE the ELBO of the discrete model with one exact sample per image
-(``CategoricalVAE.elbo(x, 1, generator seeded EVAL_SEED)``) and its KL term.
+Test figures (nats per image, the results schema of ``dgmlib.experiment``) on the 10k test images
+binarized once with seed 0 (as in the other lectures), each in one batch: for the VQ-VAE
+``log_px_z = log p(x | z_q)``, ``kl = P log K``, ``elbo = log_px_z - kl`` and the codebook usage
+(counts, perplexity, codes used); for the categorical VAE the ELBO of the discrete model with one
+exact sample per image (``CategoricalVAE.elbo(x, 1, generator seeded EVAL_SEED)``), its exact KL
+and ``log_px_z = elbo + kl``.
 
 Everything is deterministic: one CPU thread, fixed seeds, generators for the data order and the
 binarization, the global seed (per epoch) for the Gumbel noise. The script writes into ``--out``
-``l07_<model>.safetensors`` (weights, loadable with ``dgmlib.train.load_model``) with ``.sha256``
-sidecars, and ``l07_results.json`` (settings, command, hashes, curves, test figures).
+``l07_<model>.safetensors`` (weights and build spec: ``dgmlib.pretrained.load("l07_vqvae")``)
+with ``.sha256`` sidecars, ``l07_results.json`` and the models' entries in ``manifest.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,29 +46,36 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgmlib import experiment  # noqa: E402
 from dgmlib.data import binarize_dynamic, binarize_fixed, load_fashion_mnist  # noqa: E402
+from dgmlib.io import load_checkpoint, sha256_bytes  # noqa: E402
 from dgmlib.models.discrete import (  # noqa: E402
     VQVAE,
     CategoricalVAE,
     categorical_kl_uniform,
     codebook_usage,
 )
-from dgmlib.train import Trainer, atomic_write_bytes, save_checkpoint  # noqa: E402
-from dgmlib.utils import seed_everything  # noqa: E402
+from dgmlib.train import Trainer  # noqa: E402
+from dgmlib.utils import get_device, seed_everything  # noqa: E402
 
-COMMAND = "python tools/train_lecture07.py"
-SEED = 0
-THREADS = 1
-N_TRAIN = 60_000
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+COMMAND = "python tools/train_lecture07.py"  # recorded in the results and the checkpoints
+SEED = 0  # initial weights (reset before each model), data order, binarization, Gumbel noise
+THREADS = 1  # one CPU thread: bit-for-bit reproducible, and fastest for these small layers
+N_TRAIN = 60_000  # the first N_TRAIN Fashion-MNIST training images
 EPOCHS = 8
-BATCH = 100
-LR = 1e-3
-LOG_EVERY = 100
-TEST_BINARIZATION_SEED = 0
-EVAL_SEED = 0
+BATCH = 100  # images per Adam step
+LR = 1e-3  # Adam's learning rate
+LOG_EVERY = 100  # steps per logged mean of the training terms
+TEST_BINARIZATION_SEED = 0  # the test set binarized once, as in every lecture
+EVAL_SEED = 0  # the exact categorical samples of the categorical VAE's test ELBO
+CURVE_IMAGES = 1000  # the first test images, evaluated after every epoch
+QUICK_N_TRAIN, QUICK_EPOCHS = 1000, 1  # --quick: a smoke test of the pipeline
 VQ_KWARGS = {"n_codes": 64, "code_dim": 8, "n_positions": 16, "hidden": 256, "beta": 0.25}
 CAT_KWARGS = {"n_latent": 20, "n_categories": 10, "hidden": 256}
-TAU_START, TAU_MIN, TAU_DECAY = 1.0, 0.5, 0.1
+TAU_START, TAU_MIN, TAU_DECAY = 1.0, 0.5, 0.1  # the categorical VAE's temperature schedule
 MODELS = ("vqvae", "catvae")
 
 
@@ -75,13 +85,14 @@ def tau_at(epoch: int) -> float:
 
 
 def build(name: str) -> VQVAE | CategoricalVAE:
-    """A freshly initialised model of the lecture (weights depend only on ``SEED``)."""
+    """A freshly initialised model of the lecture with its build spec (weights depend only on
+    ``SEED``)."""
     torch.manual_seed(SEED)
     if name == "vqvae":
-        return VQVAE(**VQ_KWARGS)
+        return experiment.make(VQVAE, **VQ_KWARGS)
     if name == "catvae":
-        return CategoricalVAE(**CAT_KWARGS, tau=TAU_START)
-    raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+        return experiment.make(CategoricalVAE, **CAT_KWARGS, tau=TAU_START)
+    raise ValueError(f"build: name must be one of {MODELS}, got {name!r}")
 
 
 def test_set() -> torch.Tensor:
@@ -91,34 +102,32 @@ def test_set() -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(name: str, model: VQVAE | CategoricalVAE, x: torch.Tensor) -> dict:
-    """Test figures of a model on ``x`` (one batch; nats per image)."""
+def evaluate(model: VQVAE | CategoricalVAE, x: torch.Tensor) -> dict:
+    """Test figures of a model on ``x`` (one batch; nats per image, means in float64)."""
     model.eval()
+    x = x.to(model.decoder.net[0].weight.device)
     if isinstance(model, VQVAE):
-        nll = float(model.recon_nll(x).mean())
+        log_px_z = float(model.log_px_z(x).mean())
         counts, perplexity, used = codebook_usage(model.codes(x), model.n_codes)
         return {
-            "recon_nll": nll,
-            "elbo": -nll - model.n_positions * math.log(model.n_codes),
+            "log_px_z": log_px_z,
+            "kl": model.kl,
+            "elbo": log_px_z - model.kl,
             "perplexity": perplexity,
             "codes_used": used,
             "code_counts": counts.tolist(),
         }
-    g = torch.Generator().manual_seed(EVAL_SEED)
+    g = torch.Generator(device=x.device).manual_seed(EVAL_SEED)
     elbo = float(model.elbo(x, 1, generator=g).mean())
     kl = float(categorical_kl_uniform(model.logits(x)).sum(-1).mean())
-    return {"elbo": elbo, "kl": kl, "recon": -elbo - kl}
+    return {"log_px_z": elbo + kl, "kl": kl, "elbo": elbo}
 
 
-def train_one(
-    name: str, train_images: torch.Tensor, epochs: int, x_curve: torch.Tensor
-) -> tuple[VQVAE | CategoricalVAE, list[dict]]:
-    """Train ``name`` on ``train_images`` (uint8 ``[N, 28, 28]``); return (model, curves)."""
-    model = build(name)
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    trainer = Trainer(model, opt, log_every=LOG_EVERY, progress=False)
+def epoch_batches(model: VQVAE | CategoricalVAE, train_images: torch.Tensor):
+    """``batches(epoch)`` for :meth:`Trainer.fit`: seeds the epoch's Gumbel noise, sets its
+    temperature, and yields binarized batches ``[BATCH, 1, 28, 28]`` in a seeded order (one
+    generator for the order and the binarization, so each epoch is reproducible on its own)."""
     n = len(train_images)
-    curves: list[dict] = []
 
     def batches(epoch: int):
         torch.manual_seed(10_000 * (SEED + 1) + epoch)  # the Gumbel noise
@@ -126,94 +135,112 @@ def train_one(
         order = torch.randperm(n, generator=g)
         if isinstance(model, CategoricalVAE):
             model.tau = tau_at(epoch)
+        for start in range(0, n, BATCH):
+            yield binarize_dynamic(train_images[order[start : start + BATCH]], g).unsqueeze(1)
 
-        def gen():
-            for start in range(0, n, BATCH):
-                yield binarize_dynamic(train_images[order[start : start + BATCH]], g).unsqueeze(1)
+    return batches
 
-        return gen()
+
+def train_one(
+    name: str,
+    train_images: torch.Tensor,
+    epochs: int,
+    x_curve: torch.Tensor,
+    device: str | torch.device = "cpu",
+    state: Path | None = None,
+) -> tuple[VQVAE | CategoricalVAE, list[dict]]:
+    """Train ``name`` on ``train_images`` (uint8 ``[N, 28, 28]``); return (model, curves).
+
+    With ``state``, the trainer's state and the curves are saved there after every epoch, and a
+    state found there of a run on the same images is resumed (to ``epochs`` in all: the epochs
+    are seeded one by one, so a resumed or extended run is the uninterrupted one)."""
+    model = build(name)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    trainer = Trainer(model, opt, log_every=LOG_EVERY, progress=False, device=device)
+    run = {
+        "n_train": len(train_images),
+        "images_sha256": sha256_bytes(train_images.numpy().tobytes()),
+    }
+    curves: list[dict] = []
+    if state is not None and state.is_file() and load_checkpoint(state)[1].get("run") == run:
+        curves = list(trainer.load(state)["curves"])
+        print(f"  {name}: resuming after epoch {trainer.epoch}", flush=True)
 
     def on_epoch_end(tr: Trainer) -> None:
-        r = evaluate(name, model, x_curve)
+        r = evaluate(model, x_curve)
         row = {"epoch": tr.epoch, "test_elbo": r["elbo"]}
-        if "perplexity" in r:
-            row["perplexity"] = r["perplexity"]
-        else:
-            row["tau"] = model.tau
+        row.update({"perplexity": r["perplexity"]} if name == "vqvae" else {"tau": model.tau})
         curves.append(row)
         print(f"  {name} epoch {tr.epoch}/{epochs}: {row}", flush=True)
+        if state is not None:
+            tr.save(state, extra={"run": run, "curves": curves})
 
-    trainer.fit(batches, epochs, on_epoch_end=on_epoch_end)
+    trainer.fit(epoch_batches(model, train_images), epochs, on_epoch_end=on_epoch_end)
     return model, curves
-
-
-def save_model(model: VQVAE | CategoricalVAE, name: str, epochs: int, path: Path) -> str:
-    """Write the weights of ``model`` with its metadata and sidecar; return the SHA-256."""
-    kwargs = VQ_KWARGS if name == "vqvae" else CAT_KWARGS
-    meta = {"model": name, "kwargs": kwargs, "epochs": epochs, "command": COMMAND}
-    return save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()}, meta)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "data" / "checkpoints"))
+    ap.add_argument("--out", type=Path, default=ROOT / "data" / "checkpoints")
+    ap.add_argument("--device", default=None, help="default: $DGMLIB_DEVICE, else cpu")
     ap.add_argument("--quick", action="store_true", help="a smoke test (not the lecture's)")
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device = get_device(args.device)
     seed_everything(SEED, threads=THREADS)
     t_start = time.perf_counter()
-    n_train, epochs = (1000, 1) if args.quick else (N_TRAIN, EPOCHS)
-
-    train_images, _ = load_fashion_mnist("train")
-    train_images = train_images[:n_train]
+    n_train, epochs = (QUICK_N_TRAIN, QUICK_EPOCHS) if args.quick else (N_TRAIN, EPOCHS)
+    train_images = load_fashion_mnist("train")[0][:n_train]
     x_test = test_set()
-    results: dict = {}
+    state_dir = args.out / ".l07_state"
+    state_dir.mkdir(parents=True, exist_ok=True)
+
+    models: dict = {}
     for name in MODELS:
         t0 = time.perf_counter()
-        model, curves = train_one(name, train_images, epochs, x_test[:1000])
-        path = out / f"l07_{name}.safetensors"
-        digest = save_model(model, name, epochs, path)
-        r = evaluate(name, model, x_test)
-        r.update(
-            {
-                "checkpoint": path.name,
-                "sha256": digest,
-                "n_params": sum(p.numel() for p in model.parameters()),
-                "curves": curves,
-                "train_seconds": round(time.perf_counter() - t0),
-            }
+        model, curves = train_one(
+            name,
+            train_images,
+            epochs,
+            x_test[:CURVE_IMAGES],
+            device,
+            state_dir / f"{name}.safetensors",
         )
-        results[name] = r
-        shown = {k: v for k, v in r.items() if k not in ("curves", "code_counts")}
-        print(f"[{name}] {shown}", flush=True)
+        path = args.out / f"l07_{name}.safetensors"
+        digest = experiment.save_model(path, model, name=name, command=COMMAND, epochs=epochs)
+        models[name] = {
+            "checkpoint": path.name,
+            "sha256": digest,
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "train_seconds": round(time.perf_counter() - t0),
+            "test": evaluate(model, x_test),
+            "curves": curves,
+        }
+        shown = {k: v for k, v in models[name]["test"].items() if k != "code_counts"}
+        print(f"[{name}] {models[name]['train_seconds']} s, test {shown}", flush=True)
 
-    doc = {
-        "lecture": "07_discrete_latents",
-        "command": COMMAND,
-        "quick": bool(args.quick),
-        "settings": {
-            "seed": SEED,
-            "threads": THREADS,
-            "n_train": n_train,
-            "epochs": epochs,
-            "batch_size": BATCH,
-            "optimizer": "Adam",
-            "learning_rate": LR,
-            "vqvae": VQ_KWARGS,
-            "catvae": CAT_KWARGS,
-            "tau_schedule": {"start": TAU_START, "min": TAU_MIN, "decay": TAU_DECAY},
-            "data": "Fashion-MNIST, dynamically binarized for training; the test set binarized "
-            f"once with seed {TEST_BINARIZATION_SEED}",
-            "test_images": len(x_test),
-            "eval_seed": EVAL_SEED,
-            "curve_images": 1000,
-        },
-        "models": results,
+    settings = {
+        "seed": SEED,
+        "threads": THREADS,
+        "device": str(device),
+        "n_train": n_train,
+        "epochs": epochs,
+        "batch_size": BATCH,
+        "optimizer": "Adam",
+        "learning_rate": LR,
+        "vqvae": VQ_KWARGS,
+        "catvae": CAT_KWARGS,
+        "tau_schedule": {"start": TAU_START, "min": TAU_MIN, "decay": TAU_DECAY},
+        "data": "Fashion-MNIST, dynamically binarized for training; the test set binarized "
+        f"once with seed {TEST_BINARIZATION_SEED}",
+        "test_images": len(x_test),
+        "eval_seed": EVAL_SEED,
+        "curve_images": CURVE_IMAGES,
     }
-    atomic_write_bytes(out / "l07_results.json", (json.dumps(doc, indent=1) + "\n").encode())
-    print("wrote", out / "l07_results.json", flush=True)
-    print(f"total {time.perf_counter() - t_start:.0f} s", flush=True)
+    path = experiment.write_results(
+        args.out, "l07", "07_discrete_latents", COMMAND, settings, models, args.quick
+    )
+    shutil.rmtree(state_dir)
+    print(f"wrote {path}; total {time.perf_counter() - t_start:.0f} s", flush=True)
     return 0
 
 

@@ -1,105 +1,109 @@
 """Train the discriminator and the GANs of Lecture 08; write small checkpoints and their curves.
 
-Usage: python tools/train_lecture08.py [--out data/checkpoints] [--quick]
+Usage: python tools/train_lecture08.py [--out data/checkpoints] [--device cpu] [--quick]
 Runtime: one to two minutes of CPU time on one thread (65 s measured on a quiet two-core machine,
-6.5 minutes of wall time when it was shared with other jobs); ``--quick`` runs a few-second smoke
-test of the pipeline (not the lecture's settings).
+4 to 6.5 minutes of wall time when it was shared with other jobs); ``--quick`` runs a few-second
+smoke test of the pipeline (not the lecture's settings).
 
 Two experiments, both on known densities (no data files):
 
 * ``disc1d``: the 1-D discriminator of Check 2 (c). Data ``p_d = 0.3 N(-1.5, 0.6^2) +
   0.7 N(1.5, 0.8^2)``, generator ``p_g = N(0, 1.5^2)``, ``D1_N`` samples of each drawn once with
   seed ``D1_DATA_SEED``; ``dgmlib.gan.Discriminator(x_dim=1, hidden=32)`` trained by Adam
-  (lr ``D1_LR``) for ``D1_STEPS`` steps on batches of ``D1_BATCH`` real and ``D1_BATCH`` generated
-  points (indices drawn with the same generator) on the cross-entropy ``-V(G, D)``. Evaluated in
-  double precision on the lecture's grid (4001 points on [-12, 12]): the average
-  ``|D - D*|`` under ``(p_d + p_g)/2``, the largest ``|D - D*|`` where that density exceeds
-  0.05, and ``V(G, D)`` by the rectangle rule.
+  (lr ``D1_LR``, :class:`dgmlib.train.Trainer`) for ``D1_STEPS`` steps on batches of ``D1_BATCH``
+  real and ``D1_BATCH`` generated points (indices drawn with the same generator) on the
+  cross-entropy ``-V(G, D)``. Evaluated in double precision on the lecture's grid (4001 points
+  on [-12, 12], densities from ``torch.distributions``): the average ``|D - D*|`` under
+  ``(p_d + p_g)/2``, the largest ``|D - D*|`` where that density exceeds 0.05, and ``V(G, D)`` by
+  the rectangle rule.
 * ``gan_<loss>_s<seed>``: the GANs of Section 4 on the ring of 8 Gaussians
   (``toy_2d("ring", RING_N, seed=RING_SEED)``), for both generator losses and the seeds in
-  ``SEEDS``. Generator and discriminator: ``dgmlib.gan.Generator`` / ``Discriminator`` (two
-  hidden layers of ``GAN_HIDDEN`` ReLU units, initialised after ``torch.manual_seed(seed)``);
-  Adam (lr ``GAN_LR``, betas ``GAN_BETAS``) for each; every step draws ``GAN_BATCH`` real points
-  and ``GAN_BATCH`` latent codes from a generator seeded ``1000 + seed``, makes one step on the
-  discriminator's cross-entropy, then one on the generator's loss. The two losses of one seed
-  share the initial weights and the batches. Logged: every ``LOG_EVERY`` steps the means over
-  those steps of the two losses, of ``D(x_real)`` and of ``D(G(z))``; every ``EVAL_EVERY`` steps,
-  on ``EVAL_N`` fixed latent codes (float64, seed ``EVAL_SEED``) pushed through a float64 copy of
-  the generator, ``dgmlib.gan.mode_coverage`` (modes covered, fraction of high-quality samples,
-  counts per mode) and, at the same codes and the current discriminator, the norms of the
-  generator's minimax and non-saturating gradients and their cosine. The weights of seed 0 are
-  saved.
+  ``SEEDS``. ``dgmlib.gan.GAN``: a generator and a discriminator with two hidden layers of
+  64 ReLU units (``GAN_KWARGS``) seeded by ``torch.manual_seed(seed)``; Adam (lr ``GAN_LR``,
+  betas ``GAN_BETAS``) for each; every step draws ``GAN_BATCH`` real points and ``GAN_BATCH``
+  latent codes from a generator seeded ``1000 + seed``, makes one step on the discriminator's
+  cross-entropy, then one on the generator's loss. The two losses of one seed share the initial
+  weights and the batches. Logged (``log``): every ``LOG_EVERY`` steps the means over those steps
+  of the two losses, of ``D(x_real)`` and of ``D(G(z))``; every ``EVAL_EVERY`` steps
+  (``curves``), on ``EVAL_N`` fixed latent codes (float64, seed ``EVAL_SEED``) pushed through a
+  float64 copy of the generator, ``dgmlib.gan.mode_coverage`` (modes covered, fraction of
+  high-quality samples, counts per mode) and, at the same codes and the current discriminator,
+  the norms of the generator's minimax and non-saturating gradients and their cosine; ``test``:
+  the coverage of the final generator. The weights of seed 0 are saved.
 
-Everything is deterministic: one CPU thread, fixed seeds, seeded generators for every sample and
-batch. The script writes into ``--out`` ``l08_disc1d.safetensors``,
-``l08_gan_nonsaturating.safetensors`` and ``l08_gan_minimax.safetensors`` (weights, loadable
-with ``dgmlib.train.load_model`` into :func:`build_disc1d` / :func:`build_gan`) with ``.sha256``
-sidecars, and ``l08_results.json`` (settings, command, hashes, curves, figures). On the same
-platform a re-run reproduces the hashes bit for bit; on another CPU the training trajectories
-differ (a GAN's training is chaotic), which is why the lecture loads these files.
+Everything is deterministic: one CPU thread, fixed seeds, seeded generators (on the CPU, whatever
+``--device``) for every sample and batch. The script writes into ``--out``
+``l08_disc1d.safetensors``, ``l08_gan_nonsaturating.safetensors`` and
+``l08_gan_minimax.safetensors`` (weights and build spec: ``dgmlib.pretrained.load("l08_disc1d")``)
+with ``.sha256`` sidecars, ``l08_results.json`` and the models' entries in ``manifest.json``. On
+the same platform a re-run reproduces the hashes bit for bit; on another CPU the training
+trajectories differ (a GAN's training is chaotic), which is why the lecture loads these files.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import math
-import re
 import sys
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch.distributions import Categorical, MixtureSameFamily, Normal
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgmlib import experiment  # noqa: E402
 from dgmlib.data import toy_2d  # noqa: E402
 from dgmlib.gan import (  # noqa: E402
+    GAN,
     Discriminator,
-    Generator,
     discriminator_loss,
     generator_loss,
     mode_coverage,
     ring_centres,
 )
-from dgmlib.train import atomic_write_bytes, save_checkpoint  # noqa: E402
-from dgmlib.utils import seed_everything  # noqa: E402
+from dgmlib.train import Trainer  # noqa: E402
+from dgmlib.utils import get_device, seed_everything  # noqa: E402
 
-COMMAND = "python tools/train_lecture08.py"
-SEED = 0
-THREADS = 1
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+COMMAND = "python tools/train_lecture08.py"  # recorded in the results and the checkpoints
+SEED = 0  # the 1-D discriminator's initial weights (each GAN is seeded by its own seed)
+THREADS = 1  # one CPU thread: bit-for-bit reproducible, and fastest for these tiny networks
+DT = torch.float64  # the densities and the evaluations
 
 # the 1-D discriminator of Check 2 (c)
 D1_KWARGS = {"x_dim": 1, "hidden": 32}
-D1_N = 20_000
-D1_STEPS = 1500
-D1_BATCH = 1000
+D1_N = 20_000  # samples of p_d and of p_g, drawn once
+D1_STEPS = 1500  # Adam steps
+D1_BATCH = 1000  # real and generated points per step
 D1_LR = 3e-3
-D1_DATA_SEED = 2
-D1_LOG_EVERY = 50
-PD_MIX = ((0.3, -1.5, 0.6), (0.7, 1.5, 0.8))  # (weight, mean, std) of p_d
+D1_DATA_SEED = 2  # the samples and the batch indices
+D1_LOG_EVERY = 50  # steps per point of the loss curve
+PD_MIX = ((0.3, -1.5, 0.6), (0.7, 1.5, 0.8))  # (weight, mean, std) of the components of p_d
 PG_STD = 1.5  # p_g = N(0, PG_STD^2)
-GRID = (-12.0, 12.0, 4001)
+GRID = (-12.0, 12.0, 4001)  # the lecture's grid: start, end, points
 
 # the GANs of Section 4
-GAN_KWARGS = {"hidden": 64}
+GAN_KWARGS = {"hidden": 64}  # two hidden layers of 64 ReLU units, generator and discriminator
 GAN_LR = 1e-3
 GAN_BETAS = (0.5, 0.999)
-GAN_BATCH = 256
+GAN_BATCH = 256  # real points and latent codes per step
 GAN_STEPS = 2000
-LOSSES = ("nonsaturating", "minimax")
-SEEDS = (0, 1, 2, 3, 4)
-SAVED_SEED = 0
-RING_N = 20_000
+LOSSES = ("nonsaturating", "minimax")  # the generator's losses
+SEEDS = (0, 1, 2, 3, 4)  # initial weights (torch.manual_seed) and batches (1000 + seed)
+SAVED_SEED = 0  # whose weights are written
+RING_N = 20_000  # training points of the ring of 8 Gaussians
 RING_SEED = 4
-RING_STD = 0.05
-EVAL_N = 2000
+RING_STD = 0.05  # the ring's component std (a sample within 3 std of a centre is high quality)
+EVAL_N = 2000  # fixed latent codes of the evaluation
 EVAL_SEED = 5
-EVAL_EVERY = 50
-LOG_EVERY = 10
+EVAL_EVERY = 50  # steps between evaluations
+LOG_EVERY = 10  # steps per logged mean of the losses
+QUICK_D1_STEPS, QUICK_GAN_STEPS, QUICK_SEEDS = 100, 100, SEEDS[:2]  # --quick: a smoke test
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,25 +111,28 @@ LOG_EVERY = 10
 # --------------------------------------------------------------------------------------------
 
 
-def normal_log_pdf(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """log N(x | mean, std^2) elementwise."""
-    return -0.5 * ((x - mean) / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi)
+def p_d() -> MixtureSameFamily:
+    """The data density of Check 2 (c), float64."""
+    w, mean, std = (torch.tensor(c, dtype=DT) for c in zip(*PD_MIX, strict=True))
+    return MixtureSameFamily(Categorical(probs=w), Normal(mean, std))
+
+
+def p_g() -> Normal:
+    """The generator density of Check 2 (c), float64."""
+    return Normal(torch.tensor(0.0, dtype=DT), torch.tensor(PG_STD, dtype=DT))
 
 
 def grid_densities() -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
     """The lecture's grid (float64), its step, and log p_d, log p_g on it."""
-    xg = torch.linspace(*GRID, dtype=torch.float64)
-    dx = float(xg[1] - xg[0])
-    log_pd = torch.logsumexp(
-        torch.stack([math.log(w) + normal_log_pdf(xg, m, s) for w, m, s in PD_MIX]), 0
-    )
-    return xg, dx, log_pd, normal_log_pdf(xg, 0.0, PG_STD)
+    xg = torch.linspace(*GRID, dtype=DT)
+    return xg, float(xg[1] - xg[0]), p_d().log_prob(xg), p_g().log_prob(xg)
 
 
 def build_disc1d() -> Discriminator:
-    """A freshly initialised 1-D discriminator (weights depend only on ``SEED``)."""
+    """A freshly initialised 1-D discriminator with its build spec (weights depend only on
+    ``SEED``)."""
     torch.manual_seed(SEED)
-    return Discriminator(**D1_KWARGS)
+    return experiment.make(Discriminator, **D1_KWARGS)
 
 
 def disc1d_samples(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
@@ -140,12 +147,17 @@ def disc1d_samples(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]
     return real, fake, g
 
 
+def cross_entropy(disc: Discriminator, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The Trainer objective of the 1-D discriminator: ``x [2, B, 1]`` holds the real and the
+    generated points; ``loss = -V(G, D)``, nats."""
+    return {"loss": discriminator_loss(disc(x[0]), disc(x[1]))}
+
+
 @torch.no_grad()
 def evaluate_disc1d(disc: Discriminator) -> dict:
     """The figures of Check 2 (c), in double precision on the lecture's grid."""
     xg, dx, log_pd, log_pg = grid_densities()
-    d64 = copy.deepcopy(disc).double()
-    d_trained = torch.sigmoid(d64(xg[:, None]))
+    d_trained = torch.sigmoid(copy.deepcopy(disc).cpu().double()(xg[:, None]))
     d_star = torch.sigmoid(log_pd - log_pg)
     mix = 0.5 * (log_pd.exp() + log_pg.exp())
     err = (d_trained - d_star).abs()
@@ -157,25 +169,23 @@ def evaluate_disc1d(disc: Discriminator) -> dict:
     }
 
 
-def train_disc1d(steps: int = D1_STEPS, n: int = D1_N) -> tuple[Discriminator, dict]:
-    """Train the 1-D discriminator; return it and its loss curve."""
+def train_disc1d(
+    steps: int = D1_STEPS, n: int = D1_N, device: str | torch.device = "cpu"
+) -> tuple[Discriminator, list[dict]]:
+    """Train the 1-D discriminator; return it and its loss curve (rows ``{"step", "loss"}``)."""
     real, fake, g = disc1d_samples(n)
     disc = build_disc1d()
     opt = torch.optim.Adam(disc.parameters(), lr=D1_LR)
-    curve: dict[str, list] = {"step": [], "loss": []}
-    acc = 0.0
-    for step in range(1, steps + 1):
-        idx = torch.randint(0, n, (min(D1_BATCH, n),), generator=g)
-        loss = discriminator_loss(disc(real[idx, None]), disc(fake[idx, None]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        acc += loss.item()
-        if step % D1_LOG_EVERY == 0:
-            curve["step"].append(step)
-            curve["loss"].append(acc / D1_LOG_EVERY)
-            acc = 0.0
-    return disc, curve
+    trainer = Trainer(disc, opt, cross_entropy, D1_LOG_EVERY, progress=False, device=device)
+
+    def batches(epoch: int):  # one epoch of `steps` batches
+        for _ in range(steps):
+            idx = torch.randint(0, n, (min(D1_BATCH, n),), generator=g)
+            yield torch.stack([real[idx], fake[idx]])[..., None]
+
+    history = trainer.fit(batches, 1)
+    curve = zip(history.get("step", []), history.get("loss", []), strict=True)
+    return disc, [{"step": int(step), "loss": loss} for step, loss in curve]
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,29 +193,34 @@ def train_disc1d(steps: int = D1_STEPS, n: int = D1_N) -> tuple[Discriminator, d
 # --------------------------------------------------------------------------------------------
 
 
-def build_gan(seed: int = SAVED_SEED) -> nn.ModuleDict:
-    """A freshly initialised generator and discriminator (weights depend only on ``seed``)."""
+def build_gan(seed: int = SAVED_SEED) -> GAN:
+    """A freshly initialised generator and discriminator with their build spec (weights depend
+    only on ``seed``)."""
     torch.manual_seed(seed)
-    gen = Generator(**GAN_KWARGS)
-    disc = Discriminator(**GAN_KWARGS)
-    return nn.ModuleDict({"generator": gen, "discriminator": disc})
+    return experiment.make(GAN, **GAN_KWARGS)
 
 
 def eval_codes() -> torch.Tensor:
     """The fixed latent codes of the evaluation: float64 [EVAL_N, 2]."""
     g = torch.Generator().manual_seed(EVAL_SEED)
-    return torch.randn(EVAL_N, 2, generator=g, dtype=torch.float64)
+    return torch.randn(EVAL_N, 2, generator=g, dtype=DT)
 
 
-def gan_samples(gen: Generator, z: torch.Tensor) -> torch.Tensor:
+def gan_samples(gen: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     """``G(z)`` computed by a float64 copy of ``gen`` (no gradient)."""
     with torch.no_grad():
         return copy.deepcopy(gen).double()(z)
 
 
-def generator_gradients(gan: nn.ModuleDict, z: torch.Tensor) -> dict:
+def coverage(gen: torch.nn.Module, z: torch.Tensor) -> dict:
+    """Modes covered, fraction of high-quality samples and counts per mode of ``G(z)``."""
+    cov = mode_coverage(gan_samples(gen, z), ring_centres(), RING_STD)
+    return {"modes": cov.modes, "high_quality": cov.high_quality, "counts": cov.counts.tolist()}
+
+
+def generator_gradients(gan: GAN, z: torch.Tensor) -> dict:
     """Norms of the minimax and non-saturating gradients at ``z`` and their cosine."""
-    gen, disc = gan["generator"], gan["discriminator"]
+    gen, disc = gan.generator, gan.discriminator
     params = list(gen.parameters())
     logits = disc(gen(z.float()))
     flat = {}
@@ -222,36 +237,30 @@ def generator_gradients(gan: nn.ModuleDict, z: torch.Tensor) -> dict:
 
 
 def train_gan(
-    kind: str, seed: int, x_data: torch.Tensor, steps: int = GAN_STEPS, every: int = EVAL_EVERY
-) -> tuple[nn.ModuleDict, dict]:
-    """Train one GAN with generator loss ``kind``; return it and its curves."""
+    kind: str,
+    seed: int,
+    x_data: torch.Tensor,
+    steps: int = GAN_STEPS,
+    every: int = EVAL_EVERY,
+    device: str | torch.device = "cpu",
+) -> tuple[GAN, list[dict], list[dict]]:
+    """Train one GAN with generator loss ``kind``; return it, its evaluation rows (every
+    ``every`` steps) and its rows of logged training means (every ``LOG_EVERY`` steps)."""
     if kind not in LOSSES:
-        raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
-    gan = build_gan(seed)
-    gen, disc = gan["generator"], gan["discriminator"]
+        raise ValueError(f"train_gan: kind must be one of {LOSSES}, got {kind!r}")
+    gan = build_gan(seed).to(device)
+    gen, disc = gan.generator, gan.discriminator
+    x_data = x_data.to(device)
     opt_g = torch.optim.Adam(gen.parameters(), lr=GAN_LR, betas=GAN_BETAS)
     opt_d = torch.optim.Adam(disc.parameters(), lr=GAN_LR, betas=GAN_BETAS)
     rng = torch.Generator().manual_seed(1000 + seed)
-    centres = ring_centres()
-    z_eval = eval_codes()
-    log = {k: [] for k in ("step", "loss_d", "loss_g", "d_real", "d_fake")}
-    ev = {
-        k: []
-        for k in (
-            "step",
-            "modes",
-            "high_quality",
-            "counts",
-            "grad_norm_minimax",
-            "grad_norm_nonsaturating",
-            "grad_cosine",
-            "d_fake_eval",
-        )
-    }
+    z_eval = eval_codes().to(device)
+    curves: list[dict] = []
+    log: list[dict] = []
     acc = dict.fromkeys(("loss_d", "loss_g", "d_real", "d_fake"), 0.0)
     for step in range(1, steps + 1):
-        real = x_data[torch.randint(0, len(x_data), (GAN_BATCH,), generator=rng)]
-        fake = gen(torch.randn(GAN_BATCH, 2, generator=rng))
+        real = x_data[torch.randint(0, len(x_data), (GAN_BATCH,), generator=rng).to(device)]
+        fake = gen(torch.randn(GAN_BATCH, 2, generator=rng).to(device))
         logit_real = disc(real)
         loss_d = discriminator_loss(logit_real, disc(fake.detach()))
         opt_d.zero_grad()
@@ -266,20 +275,14 @@ def train_gan(
         acc["loss_g"] += loss_g.item()
         acc["d_real"] += float(torch.sigmoid(logit_real.detach()).mean())
         acc["d_fake"] += float(torch.sigmoid(logit_fake.detach()).mean())
-        if step % LOG_EVERY == 0:
-            log["step"].append(step)
-            for k in acc:
-                log[k].append(float(f"{acc[k] / LOG_EVERY:.4g}"))  # for plotting
+        if step % LOG_EVERY == 0:  # 4 digits: enough for plotting
+            log.append({"step": step, **{k: float(f"{v / LOG_EVERY:.4g}") for k, v in acc.items()}})
             acc = dict.fromkeys(acc, 0.0)
         if step % every == 0:
-            cov = mode_coverage(gan_samples(gen, z_eval), centres, RING_STD)
-            ev["step"].append(step)
-            ev["modes"].append(cov.modes)
-            ev["high_quality"].append(cov.high_quality)
-            ev["counts"].append(cov.counts.tolist())
-            for k, v in generator_gradients(gan, z_eval).items():
-                ev[k].append(v)
-    return gan, {"log": log, "eval": ev}
+            curves.append(
+                {"step": step, **coverage(gen, z_eval), **generator_gradients(gan, z_eval)}
+            )
+    return gan, curves, log
 
 
 def ring_data() -> torch.Tensor:
@@ -287,113 +290,98 @@ def ring_data() -> torch.Tensor:
     return toy_2d("ring", RING_N, seed=RING_SEED)[0]
 
 
-def save_model(model: nn.Module, name: str, meta: dict, path: Path) -> str:
-    """Write the weights of ``model`` with its metadata and sidecar; return the SHA-256."""
-    meta = {"model": name, "command": COMMAND, **meta}
-    return save_checkpoint(path, {f"model.{k}": v for k, v in model.state_dict().items()}, meta)
-
-
-def dumps(doc: dict) -> str:
-    """``doc`` as indented JSON with every list of numbers on one line."""
-    text = json.dumps(doc, indent=1)
-    return re.sub(
-        r"\[\s*([-+0-9.eE,\s]*?)\s*\]",
-        lambda m: "[" + ", ".join(m.group(1).replace(",", " ").split()) + "]",
-        text,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "data" / "checkpoints"))
+    ap.add_argument("--out", type=Path, default=ROOT / "data" / "checkpoints")
+    ap.add_argument("--device", default=None, help="default: $DGMLIB_DEVICE, else cpu")
     ap.add_argument("--quick", action="store_true", help="a smoke test (not the lecture's)")
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device = get_device(args.device)
     seed_everything(SEED, threads=THREADS)
     t_start = time.perf_counter()
     d1_steps, gan_steps, seeds = (
-        (100, 100, SEEDS[:2]) if args.quick else (D1_STEPS, GAN_STEPS, SEEDS)
+        (QUICK_D1_STEPS, QUICK_GAN_STEPS, QUICK_SEEDS)
+        if args.quick
+        else (D1_STEPS, GAN_STEPS, SEEDS)
     )
 
     t0 = time.perf_counter()
-    disc, curve = train_disc1d(d1_steps)
-    path = out / "l08_disc1d.safetensors"
-    digest = save_model(disc, "disc1d", {"kwargs": D1_KWARGS, "steps": d1_steps}, path)
-    disc1d = {
-        "checkpoint": path.name,
-        "sha256": digest,
-        "n_params": sum(p.numel() for p in disc.parameters()),
-        **evaluate_disc1d(disc),
-        "curve": curve,
-        "train_seconds": round(time.perf_counter() - t0),
+    disc, curve = train_disc1d(d1_steps, device=device)
+    path = args.out / "l08_disc1d.safetensors"
+    models: dict = {
+        "disc1d": {
+            "checkpoint": path.name,
+            "sha256": experiment.save_model(
+                path, disc, name="disc1d", command=COMMAND, steps=d1_steps
+            ),
+            "n_params": sum(p.numel() for p in disc.parameters()),
+            "train_seconds": round(time.perf_counter() - t0),
+            "test": evaluate_disc1d(disc),
+            "curves": curve,
+        }
     }
-    print(f"[disc1d] { {k: v for k, v in disc1d.items() if k != 'curve'} }", flush=True)
+    print(f"[disc1d] {models['disc1d']['test']}", flush=True)
 
     x_data = ring_data()
-    gans: dict = {}
+    z_eval = eval_codes().to(device)
     for seed in seeds:
         for kind in LOSSES:
             t0 = time.perf_counter()
-            gan, curves = train_gan(kind, seed, x_data, gan_steps)
-            row: dict = {"loss": kind, "seed": seed, **curves}
+            gan, curves, log = train_gan(kind, seed, x_data, gan_steps, device=device)
+            row: dict = {"loss": kind, "seed": seed}
             if seed == SAVED_SEED:
-                path = out / f"l08_gan_{kind}.safetensors"
-                meta = {"kwargs": GAN_KWARGS, "steps": gan_steps, "loss": kind, "seed": seed}
+                path = args.out / f"l08_gan_{kind}.safetensors"
+                meta = {"command": COMMAND, "steps": gan_steps, "loss": kind, "seed": seed}
                 row["checkpoint"] = path.name
-                row["sha256"] = save_model(gan, f"gan_{kind}", meta, path)
+                row["sha256"] = experiment.save_model(path, gan, name=f"gan_{kind}", **meta)
                 row["n_params"] = sum(p.numel() for p in gan.parameters())
             row["train_seconds"] = round(time.perf_counter() - t0)
-            gans[f"{kind}_s{seed}"] = row
-            e = curves["eval"]
+            row.update({"test": coverage(gan.generator, z_eval), "curves": curves, "log": log})
+            models[f"gan_{kind}_s{seed}"] = row
             print(
-                f"[gan {kind} seed {seed}] modes {e['modes'][-1]}, high quality "
-                f"{e['high_quality'][-1]:.3f}, {row['train_seconds']} s",
+                f"[gan {kind} seed {seed}] modes {row['test']['modes']}, high quality "
+                f"{row['test']['high_quality']:.3f}, {row['train_seconds']} s",
                 flush=True,
             )
 
-    doc = {
-        "lecture": "08_gans",
-        "command": COMMAND,
-        "quick": bool(args.quick),
-        "settings": {
-            "seed": SEED,
-            "threads": THREADS,
-            "disc1d": {
-                "kwargs": D1_KWARGS,
-                "n_samples": D1_N,
-                "steps": d1_steps,
-                "batch_size": D1_BATCH,
-                "learning_rate": D1_LR,
-                "data_seed": D1_DATA_SEED,
-                "p_d": [list(c) for c in PD_MIX],
-                "p_g_std": PG_STD,
-                "grid": list(GRID),
-            },
-            "gan": {
-                "kwargs": GAN_KWARGS,
-                "steps": gan_steps,
-                "batch_size": GAN_BATCH,
-                "learning_rate": GAN_LR,
-                "betas": list(GAN_BETAS),
-                "losses": list(LOSSES),
-                "seeds": list(seeds),
-                "saved_seed": SAVED_SEED,
-                "ring_n": RING_N,
-                "ring_seed": RING_SEED,
-                "ring_std": RING_STD,
-                "eval_n": EVAL_N,
-                "eval_seed": EVAL_SEED,
-                "eval_every": EVAL_EVERY,
-                "log_every": LOG_EVERY,
-            },
+    settings = {
+        "seed": SEED,
+        "threads": THREADS,
+        "device": str(device),
+        "disc1d": {
+            "kwargs": D1_KWARGS,
+            "n_samples": D1_N,
+            "steps": d1_steps,
+            "batch_size": D1_BATCH,
+            "learning_rate": D1_LR,
+            "data_seed": D1_DATA_SEED,
+            "log_every": D1_LOG_EVERY,
+            "p_d": [list(c) for c in PD_MIX],
+            "p_g_std": PG_STD,
+            "grid": list(GRID),
         },
-        "disc1d": disc1d,
-        "gans": gans,
+        "gan": {
+            "kwargs": GAN_KWARGS,
+            "steps": gan_steps,
+            "batch_size": GAN_BATCH,
+            "learning_rate": GAN_LR,
+            "betas": list(GAN_BETAS),
+            "losses": list(LOSSES),
+            "seeds": list(seeds),
+            "saved_seed": SAVED_SEED,
+            "ring_n": RING_N,
+            "ring_seed": RING_SEED,
+            "ring_std": RING_STD,
+            "eval_n": EVAL_N,
+            "eval_seed": EVAL_SEED,
+            "eval_every": EVAL_EVERY,
+            "log_every": LOG_EVERY,
+        },
     }
-    atomic_write_bytes(out / "l08_results.json", (dumps(doc) + "\n").encode())
-    print("wrote", out / "l08_results.json", flush=True)
-    print(f"total {time.perf_counter() - t_start:.0f} s", flush=True)
+    path = experiment.write_results(
+        args.out, "l08", "08_gans", COMMAND, settings, models, args.quick
+    )
+    print(f"wrote {path}; total {time.perf_counter() - t_start:.0f} s", flush=True)
     return 0
 
 

@@ -8,12 +8,19 @@ Shapes and units used throughout:
 * categorical VAE: ``L`` latent variables with ``C`` categories each, encoder logits
   ``[B, L, C]``, (relaxed) one-hot samples ``[B, L, C]``;
 * log-probabilities and KL divergences are in **nats**, summed over pixels / latent variables
-  per image; the ``loss(x)`` dictionaries average them over the batch.
+  per image; the ``loss(x)`` dictionaries average them over the batch and are signed as in
+  :mod:`dgmlib.objectives`: ``log_px_z`` = E_q log p(x|z), ``kl`` = KL(q || p), ``elbo`` =
+  ``log_px_z - kl``.
+
+``elbo(x, n_samples, generator)`` (``[B]``, nats), ``sample(n, generator, mean)``
+(``[n, *x_shape]``) and ``reconstruct(x)`` mean the same here as for
+:class:`dgmlib.models.vae.VAE`; samples follow the model's device and dtype.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -21,9 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmlib.kernels import vq_nearest
-from dgmlib.layers import MNIST_SHAPE, flatten_batch, mlp
+from dgmlib.layers import MNIST_SHAPE, flatten_batch, mlp, shape_tuple
 from dgmlib.models.vae import BernoulliDecoder
-from dgmlib.validation import check_tensor
+from dgmlib.validation import check_int, check_positive, check_tensor
 
 __all__ = [
     "CategoricalVAE",
@@ -35,12 +42,6 @@ __all__ = [
     "gumbel_softmax_sample",
     "sample_gumbel",
 ]
-
-
-def _positive_int(value: int, name: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{where}: {name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,8 +85,7 @@ def gumbel_softmax_sample(
     check_tensor(logits, "logits", where)
     if logits.dim() < 1 or logits.shape[-1] < 1:
         raise ValueError(f"{where}: logits must have shape [..., C] with C >= 1")
-    if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not tau > 0:
-        raise ValueError(f"{where}: tau must be a positive number, got {tau!r}")
+    check_positive(tau, "tau", where)
     g = sample_gumbel(logits.shape, generator, logits.dtype, logits.device)
     y = torch.softmax((logits + g) / tau, dim=-1)
     if not hard:
@@ -114,7 +114,7 @@ def codebook_usage(indices: Tensor, n_codes: int) -> tuple[Tensor, float, int]:
     ``exp(H(p))`` of the empirical code frequencies ``p`` (1 when a single code is used,
     ``n_codes`` when all are used equally often), and the number of codes used at least once.
     """
-    _positive_int(n_codes, "n_codes", "codebook_usage")
+    check_int(n_codes, "n_codes", "codebook_usage")
     if indices.dtype != torch.int64:
         raise ValueError(f"codebook_usage: indices must be int64, got {indices.dtype}")
     flat = indices.reshape(-1)
@@ -155,11 +155,10 @@ class VectorQuantizer(nn.Module):
 
     def __init__(self, n_codes: int, code_dim: int, beta: float = 0.25) -> None:
         super().__init__()
-        _positive_int(n_codes, "n_codes", "VectorQuantizer")
-        _positive_int(code_dim, "code_dim", "VectorQuantizer")
-        if not beta >= 0:
-            raise ValueError(f"VectorQuantizer: beta must be >= 0, got {beta!r}")
-        self.n_codes, self.code_dim, self.beta = n_codes, code_dim, float(beta)
+        check_int(n_codes, "n_codes", "VectorQuantizer")
+        check_int(code_dim, "code_dim", "VectorQuantizer")
+        beta = check_positive(beta, "beta", "VectorQuantizer", allow_zero=True)
+        self.n_codes, self.code_dim, self.beta = n_codes, code_dim, beta
         # small uniform start, as in van den Oord et al. (2017)
         self.codebook = nn.Parameter(
             torch.empty(n_codes, code_dim).uniform_(-1 / n_codes, 1 / n_codes)
@@ -192,8 +191,8 @@ class VQVAE(nn.Module):
     Encoder ``x_dim -> hidden -> hidden -> P*D`` (ReLU), reshaped to ``P`` vectors of size
     ``D``, quantized with a codebook of ``K`` codes, and a Bernoulli decoder
     ``P*D -> hidden -> hidden -> x_dim``. The posterior is deterministic (one-hot on the
-    nearest code), so with a uniform prior over the ``K^P`` code combinations
-    ``ELBO = log p(x | z_q) - P log K``.
+    nearest code), so with a uniform prior over the ``K^P`` code combinations its KL is
+    ``P log K`` for every image and ``ELBO = log p(x | z_q) - P log K``.
     """
 
     def __init__(
@@ -203,17 +202,22 @@ class VQVAE(nn.Module):
         n_positions: int = 16,
         hidden: int = 256,
         beta: float = 0.25,
-        x_shape: tuple[int, ...] = MNIST_SHAPE,
+        x_shape: int | Sequence[int] = MNIST_SHAPE,
     ) -> None:
         super().__init__()
-        _positive_int(n_positions, "n_positions", "VQVAE")
-        _positive_int(hidden, "hidden", "VQVAE")
-        self.x_shape = tuple(x_shape)
+        check_int(n_positions, "n_positions", "VQVAE")
+        check_int(hidden, "hidden", "VQVAE")
+        self.x_shape = shape_tuple(x_shape)
         self.x_dim = math.prod(self.x_shape)
         self.n_positions, self.code_dim, self.n_codes = n_positions, code_dim, n_codes
         self.encoder = mlp(self.x_dim, hidden, n_positions * code_dim, 2, nn.ReLU)
         self.quantizer = VectorQuantizer(n_codes, code_dim, beta)
         self.decoder = BernoulliDecoder(n_positions * code_dim, hidden, self.x_shape, 2, nn.ReLU)
+
+    @property
+    def kl(self) -> float:
+        """``KL(q(z|x) || p(z)) = P log K`` nats, the same for every image."""
+        return self.n_positions * math.log(self.n_codes)
 
     def encode(self, x: Tensor) -> Tensor:
         """Continuous encoder output ``z_e``: ``[B, P, D]``."""
@@ -222,24 +226,26 @@ class VQVAE(nn.Module):
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """Training terms for ``x [B, ...]``, each a scalar averaged over the batch (nats for
-        ``recon`` and ``elbo``; squared distances summed over positions and ``D`` otherwise).
+        ``log_px_z``, ``kl`` and ``elbo``; squared distances summed over positions and ``D`` for
+        ``codebook`` and ``commitment``, the latter already times ``beta``).
 
-        ``recon = -log p(x|z_q)``, ``codebook``, ``commitment`` (already times ``beta``),
-        ``loss = recon + codebook + commitment``, ``elbo = -recon - P log K``, and
-        ``perplexity`` of the batch's code usage (no gradient).
+        ``loss = -log_px_z + codebook + commitment`` with ``log_px_z = log p(x|z_q)``;
+        ``kl = P log K``, ``elbo = log_px_z - kl`` and the ``perplexity`` of the batch's code
+        usage carry no gradient.
         """
         out = self.quantizer(self.encode(x))
-        recon = -self.decoder.log_prob(x, out.z_q.flatten(1)).mean()
+        log_px_z = self.decoder.log_prob(x, out.z_q.flatten(1)).mean()
         codebook = out.codebook_loss.sum(-1).mean()
         commitment = out.commitment_loss.sum(-1).mean()
         _, perplexity, _ = codebook_usage(out.indices, self.n_codes)
         return {
-            "loss": recon + codebook + commitment,
-            "recon": recon,
+            "loss": -log_px_z + codebook + commitment,
+            "log_px_z": log_px_z,
+            "kl": torch.tensor(self.kl, device=x.device),
+            "elbo": log_px_z.detach() - self.kl,
             "codebook": codebook,
             "commitment": commitment,
-            "elbo": -recon.detach() - self.n_positions * math.log(self.n_codes),
-            "perplexity": torch.tensor(perplexity),
+            "perplexity": torch.tensor(perplexity, device=x.device),
         }
 
     @torch.no_grad()
@@ -253,15 +259,41 @@ class VQVAE(nn.Module):
         return self.decoder.mean(self.quantizer.codebook[indices].flatten(1))
 
     @torch.no_grad()
-    def recon_nll(self, x: Tensor) -> Tensor:
-        """``-log p(x | z_q(x))`` per image, nats: ``[B]``."""
+    def log_px_z(self, x: Tensor) -> Tensor:
+        """``log p(x | z_q(x))`` per image, nats: ``[B]``."""
         out = self.quantizer(self.encode(x))
-        return -self.decoder.log_prob(x, out.z_q.flatten(1))
+        return self.decoder.log_prob(x, out.z_q.flatten(1))
+
+    @torch.no_grad()
+    def elbo(
+        self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The ELBO per image, nats: ``[B]``, ``log p(x | z_q(x)) - P log K``. The posterior is
+        deterministic, so the value is exact: ``n_samples`` and ``generator`` change nothing
+        (they keep the signature of the other models). No gradients."""
+        check_int(n_samples, "n_samples", "VQVAE.elbo")
+        return self.log_px_z(x) - self.kl
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """Bernoulli means of the reconstructions: ``[B, *x_shape]``."""
         return self.decode_codes(self.codes(x))
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, mean: bool = False
+    ) -> Tensor:
+        """``n`` draws of ``P`` uniform codes, decoded: binary images ``x ~ p(x | z_q)``
+        ``[n, *x_shape]`` (``mean=True``: the Bernoulli means), on the model's device and in its
+        dtype. No gradients."""
+        check_int(n, "n", "VQVAE.sample")
+        book = self.quantizer.codebook
+        idx = torch.randint(
+            self.n_codes, (n, self.n_positions), generator=generator, device=book.device
+        )
+        if mean:
+            return self.decode_codes(idx)
+        return self.decoder.sample(book[idx].flatten(1), generator=generator)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,12 +315,12 @@ class CategoricalVAE(nn.Module):
         n_categories: int = 10,
         hidden: int = 256,
         tau: float = 1.0,
-        x_shape: tuple[int, ...] = MNIST_SHAPE,
+        x_shape: int | Sequence[int] = MNIST_SHAPE,
     ) -> None:
         super().__init__()
-        _positive_int(n_latent, "n_latent", "CategoricalVAE")
-        _positive_int(n_categories, "n_categories", "CategoricalVAE")
-        self.x_shape = tuple(x_shape)
+        check_int(n_latent, "n_latent", "CategoricalVAE")
+        check_int(n_categories, "n_categories", "CategoricalVAE")
+        self.x_shape = shape_tuple(x_shape)
         self.x_dim = math.prod(self.x_shape)
         self.n_latent, self.n_categories, self.tau = n_latent, n_categories, float(tau)
         self.encoder = mlp(self.x_dim, hidden, n_latent * n_categories, 2, nn.ReLU)
@@ -302,15 +334,15 @@ class CategoricalVAE(nn.Module):
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """Training terms for ``x [B, ...]``, scalars averaged over the batch, nats.
 
-        ``recon = -log p(x | y)`` at one relaxed sample ``y`` (temperature ``self.tau``),
+        ``log_px_z = log p(x | y)`` at one relaxed sample ``y`` (temperature ``self.tau``),
         ``kl`` = exact ``KL(q(c|x) || Uniform)`` summed over the ``L`` variables,
-        ``elbo = -recon - kl`` (the relaxed objective), ``loss = recon + kl``.
+        ``elbo = log_px_z - kl`` (the relaxed objective), ``loss = -log_px_z + kl``.
         """
         logits = self.logits(x)
         y = gumbel_softmax_sample(logits, self.tau)
-        recon = -self.decoder.log_prob(x, y.flatten(1)).mean()
+        log_px_z = self.decoder.log_prob(x, y.flatten(1)).mean()
         kl = categorical_kl_uniform(logits).sum(-1).mean()
-        return {"loss": recon + kl, "recon": recon, "kl": kl, "elbo": -(recon + kl)}
+        return {"loss": -log_px_z + kl, "log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl}
 
     @torch.no_grad()
     def elbo(
@@ -322,7 +354,7 @@ class CategoricalVAE(nn.Module):
         samples ``c_s ~ q(c|x)`` (Gumbel-max): an unbiased estimate of the ELBO of the model whose
         latents are truly discrete, which lower-bounds its ``log p(x)`` in expectation.
         """
-        _positive_int(n_samples, "n_samples", "CategoricalVAE.elbo")
+        check_int(n_samples, "n_samples", "CategoricalVAE.elbo")
         logits = self.logits(x)
         kl = categorical_kl_uniform(logits).sum(-1)
         rec = torch.zeros_like(kl)
@@ -339,9 +371,16 @@ class CategoricalVAE(nn.Module):
         return self.decoder.mean(c.flatten(1))
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Bernoulli means of ``n`` images decoded from prior samples (uniform categories)."""
-        _positive_int(n, "n", "CategoricalVAE.sample")
-        c = torch.randint(self.n_categories, (n, self.n_latent), generator=generator)
-        y = F.one_hot(c, self.n_categories).to(next(self.parameters()).dtype)
-        return self.decoder.mean(y.flatten(1))
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, mean: bool = False
+    ) -> Tensor:
+        """``n`` draws of uniform categories, decoded: binary images ``x ~ p(x | c)``
+        ``[n, *x_shape]`` (``mean=True``: the Bernoulli means), on the model's device and in its
+        dtype. No gradients."""
+        check_int(n, "n", "CategoricalVAE.sample")
+        w = self.decoder.net[0].weight
+        c = torch.randint(
+            self.n_categories, (n, self.n_latent), generator=generator, device=w.device
+        )
+        y = F.one_hot(c, self.n_categories).to(w.dtype).flatten(1)
+        return self.decoder.mean(y) if mean else self.decoder.sample(y, generator=generator)
