@@ -25,6 +25,7 @@ KL(q(z|x) || p(z)) (>= 0), ``elbo`` = log_px_z - kl, ``nll`` = -log p(x) (an est
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 from collections.abc import Mapping
@@ -41,6 +42,7 @@ from dgmlib.io import (
     read_json,
     save_checkpoint,
 )
+from dgmlib.utils import get_device
 
 __all__ = [
     "MANIFEST",
@@ -51,6 +53,8 @@ __all__ = [
     "make",
     "model_tensors",
     "save_model",
+    "script_args",
+    "script_parser",
     "spec_of",
     "write_results",
 ]
@@ -209,6 +213,33 @@ def load_model_file(path: str | os.PathLike, expected_sha256: str | None = None)
 # --------------------------------------------------------------------------------------------
 # Epochs and results
 # --------------------------------------------------------------------------------------------
+
+
+def script_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every ``tools/train_lectureNN.py`` takes: ``--out`` (default: the
+    repository's ``data/checkpoints``), ``--device`` (default ``$DGMLIB_DEVICE``, else cpu) and
+    ``--quick`` (a smoke test, not the lecture's settings); the description is ``doc``'s first
+    line. Add the script's own options to the parser it returns."""
+    ap = argparse.ArgumentParser(description=doc.strip().split("\n")[0])
+    default_out = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+    ap.add_argument("--out", type=Path, default=default_out, help=f"default: {default_out.name}")
+    ap.add_argument("--device", default=None, help="default: $DGMLIB_DEVICE, else cpu")
+    ap.add_argument("--quick", action="store_true", help="a smoke test (not the lecture's)")
+    return ap
+
+
+def script_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> argparse.Namespace:
+    """Parse a :func:`script_parser`'s options: ``--quick`` may not write into the stored
+    checkpoints, ``device`` becomes a ``torch.device`` (:func:`dgmlib.utils.get_device`) and the
+    ``out`` folder is created."""
+    args = parser.parse_args(argv)
+    if args.quick and args.out.resolve() == parser.get_default("out").resolve():
+        parser.error("--quick writes smoke-test files; give another folder with --out")
+    args.device = get_device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
 
 
 def epoch_order(n: int, epoch: int, seed: int = 0) -> torch.Tensor:

@@ -26,7 +26,6 @@ pipeline on a few images (its files are not the lecture's, so it needs another `
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Iterator
@@ -39,12 +38,12 @@ sys.path.insert(0, str(ROOT))
 
 from dgmlib.bounds import estimate_nll  # noqa: E402
 from dgmlib.data import binarize_dynamic, binarize_fixed, load_fashion_mnist  # noqa: E402
-from dgmlib.experiment import save_model, write_results  # noqa: E402
+from dgmlib.experiment import save_model, script_args, script_parser, write_results  # noqa: E402
 from dgmlib.io import read_json  # noqa: E402
 from dgmlib.models import VAE  # noqa: E402
 from dgmlib.objectives import ELBO  # noqa: E402
 from dgmlib.train import Trainer  # noqa: E402
-from dgmlib.utils import get_device, set_threads  # noqa: E402
+from dgmlib.utils import set_threads  # noqa: E402
 
 # --- configuration ---------------------------------------------------------------------------
 COMMAND = "python tools/train_lecture02.py"
@@ -179,15 +178,10 @@ def train(
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser = script_parser(__doc__)
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    parser.add_argument("--device", default=None, help="default: $DGMLIB_DEVICE, else cpu")
-    parser.add_argument("--quick", action="store_true", help="a smoke test (not the lecture's)")
-    args = parser.parse_args(argv)
-    if args.quick and args.out.resolve() == DEFAULT_OUT.resolve():
-        parser.error("--quick writes smoke-test files; give another folder with --out")
-    device = get_device(args.device)
+    args = script_args(parser, argv)
+    device = args.device
     set_threads(THREADS)
     cfg = settings(args.quick)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,6 @@ the folder is removed once the results are written.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
@@ -72,7 +71,7 @@ from dgmlib.data import (  # noqa: E402
     load_fashion_mnist,
     to_unit_interval,
 )
-from dgmlib.experiment import load_model_file, save_model, write_results  # noqa: E402
+from dgmlib.experiment import load_model_file, save_model, script_args, script_parser, write_results  # noqa: E402
 from dgmlib.io import atomic_write_json, read_json  # noqa: E402
 from dgmlib.models import VAE  # noqa: E402
 from dgmlib.objectives import ELBO  # noqa: E402
@@ -84,7 +83,7 @@ from dgmlib.surgery import (  # noqa: E402
     prior_holes,
 )
 from dgmlib.train import Trainer  # noqa: E402
-from dgmlib.utils import get_device, seed_everything  # noqa: E402
+from dgmlib.utils import seed_everything  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Configuration
@@ -332,12 +331,8 @@ def settings(cfg: dict, n_test: int, n_nll: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "data" / "checkpoints"))
-    ap.add_argument("--quick", action="store_true", help="a smoke test (not the lecture's)")
-    ap.add_argument("--device", default=None, help="default: $DGMLIB_DEVICE, else cpu")
-    args = ap.parse_args(argv)
-    out, device = Path(args.out), get_device(args.device)
+    args = script_args(script_parser(__doc__), argv)
+    out, device = args.out, args.device
     (out / "l06_resume").mkdir(parents=True, exist_ok=True)
     seed_everything(SEED, threads=THREADS)
     t_start = time.perf_counter()

@@ -34,7 +34,6 @@ with ``.sha256`` sidecars, ``l07_results.json`` and the models' entries in ``man
 
 from __future__ import annotations
 
-import argparse
 import math
 import shutil
 import sys
@@ -56,7 +55,7 @@ from dgmlib.models.discrete import (  # noqa: E402
     codebook_usage,
 )
 from dgmlib.train import Trainer  # noqa: E402
-from dgmlib.utils import get_device, seed_everything  # noqa: E402
+from dgmlib.utils import seed_everything  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Configuration
@@ -180,12 +179,8 @@ def train_one(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "data" / "checkpoints")
-    ap.add_argument("--device", default=None, help="default: $DGMLIB_DEVICE, else cpu")
-    ap.add_argument("--quick", action="store_true", help="a smoke test (not the lecture's)")
-    args = ap.parse_args(argv)
-    device = get_device(args.device)
+    args = experiment.script_args(experiment.script_parser(__doc__), argv)
+    device = args.device
     seed_everything(SEED, threads=THREADS)
     t_start = time.perf_counter()
     n_train, epochs = (QUICK_N_TRAIN, QUICK_EPOCHS) if args.quick else (N_TRAIN, EPOCHS)

@@ -42,7 +42,6 @@ trajectories differ (a GAN's training is chaotic), which is why the lecture load
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
@@ -65,7 +64,7 @@ from dgmlib.gan import (  # noqa: E402
     ring_centres,
 )
 from dgmlib.train import Trainer  # noqa: E402
-from dgmlib.utils import get_device, seed_everything  # noqa: E402
+from dgmlib.utils import seed_everything  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Configuration
@@ -291,12 +290,8 @@ def ring_data() -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "data" / "checkpoints")
-    ap.add_argument("--device", default=None, help="default: $DGMLIB_DEVICE, else cpu")
-    ap.add_argument("--quick", action="store_true", help="a smoke test (not the lecture's)")
-    args = ap.parse_args(argv)
-    device = get_device(args.device)
+    args = experiment.script_args(experiment.script_parser(__doc__), argv)
+    device = args.device
     seed_everything(SEED, threads=THREADS)
     t_start = time.perf_counter()
     d1_steps, gan_steps, seeds = (

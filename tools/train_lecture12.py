@@ -52,7 +52,6 @@ busy two-core machine. Run the parts separately with ``--part``; the JSON keeps 
 
 from __future__ import annotations
 
-import argparse
 import math
 import shutil
 import sys
@@ -72,13 +71,15 @@ from dgmlib.experiment import (  # noqa: E402
     make,
     model_tensors,
     save_model,
+    script_args,
+    script_parser,
     spec_of,
     write_results,
 )
 from dgmlib.io import read_json, save_checkpoint  # noqa: E402
 from dgmlib.models.denoiser import DDPM, EMATrainer, MLPDenoiser, UNetDenoiser  # noqa: E402
 from dgmlib.units import log_density_to_integer_units, nats_to_bits_per_dim  # noqa: E402
-from dgmlib.utils import get_device, seed_everything  # noqa: E402
+from dgmlib.utils import seed_everything  # noqa: E402
 
 # --- configuration ---------------------------------------------------------------------------
 COMMAND = "python tools/train_lecture12.py"
@@ -522,14 +523,10 @@ def write(out: Path, models: dict, quick: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "data" / "checkpoints"))
-    ap.add_argument("--part", choices=("toy", "fmnist", "all"), default="all")
-    ap.add_argument("--device", default=str(get_device()), help="default: $DGMLIB_DEVICE or cpu")
-    ap.add_argument("--quick", action="store_true", help="a tiny smoke test (not the lecture's)")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    parser = script_parser(__doc__)
+    parser.add_argument("--part", choices=("toy", "fmnist", "all"), default="all")
+    args = script_args(parser, argv)
+    out = args.out
     t0 = time.perf_counter()
     if args.part in ("toy", "all"):
         path = write(out, run_toy(out, args.quick, args.device), args.quick)

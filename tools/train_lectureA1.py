@@ -30,7 +30,6 @@ kernels change the trajectory slightly, which is why the lecture loads the file.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
@@ -43,11 +42,11 @@ sys.path.insert(0, str(ROOT))
 
 from dgmlib.cnf import CNF, ConcatMLP, ring_log_prob  # noqa: E402
 from dgmlib.data import toy_2d  # noqa: E402
-from dgmlib.experiment import make, save_model, write_results  # noqa: E402
+from dgmlib.experiment import make, save_model, script_args, script_parser, write_results  # noqa: E402
 from dgmlib.ode import fixed_grid  # noqa: E402
 from dgmlib.stats import mean_se  # noqa: E402
 from dgmlib.train import Trainer  # noqa: E402
-from dgmlib.utils import get_device, seed_everything  # noqa: E402
+from dgmlib.utils import seed_everything  # noqa: E402
 
 # --- configuration ---------------------------------------------------------------------------
 COMMAND = "python tools/train_lectureA1.py"
@@ -157,13 +156,8 @@ def settings(steps: int, n_test: int, log_every: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "data" / "checkpoints"))
-    ap.add_argument("--device", default=str(get_device()), help="default: $DGMLIB_DEVICE or cpu")
-    ap.add_argument("--quick", action="store_true", help="a smoke test (not the lecture's)")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args = script_args(script_parser(__doc__), argv)
+    out = args.out
     seed_everything(SEED, threads=THREADS)
     steps, n_test, log_every = (
         (QUICK["steps"], QUICK["n_test"], QUICK["log_every"])
