@@ -68,7 +68,7 @@ def uniform_dequantize(
         raise ValueError("uniform_dequantize: scale=True needs num_levels")
     u = torch.rand(x_int.shape, generator=generator, dtype=dtype)
     y = x_int.to(dtype) + u
-    return y / num_levels if scale else y
+    return y / num_levels if scale and num_levels is not None else y
 
 
 def dequantization_bound(

@@ -35,7 +35,7 @@ __all__ = [
 class ActiveUnits(NamedTuple):
     """The number of active latent units and the per-dimension variances ``[Z]`` behind it."""
 
-    count: int
+    count: int  # type: ignore[assignment]  # the field shadows tuple.count (public name)
     variances: Tensor
 
 

@@ -30,7 +30,7 @@ import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -124,14 +124,18 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def make(cls: type[nn.Module], **kwargs: Any) -> nn.Module:
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
+
+
+def make(cls: type[_ModuleT], **kwargs: Any) -> _ModuleT:
     """``cls(**kwargs)`` with ``build_spec = {"class": ..., "args": ...}`` recorded on it."""
     spec = {
         "class": _qualname(cls),
         "args": {k: _encode(v, cls.__name__) for k, v in kwargs.items()},
     }
     module = cls(**kwargs)
-    module.build_spec = spec
+    # nn.Module.__setattr__ is typed for tensors and modules; a dict is stored as a plain attribute
+    module.build_spec = spec  # type: ignore[assignment]
     return module
 
 

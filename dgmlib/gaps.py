@@ -193,7 +193,7 @@ class InferenceGaps:
 
     def summary(self) -> dict[str, tuple[float, float]]:
         """``{name: (mean, standard error)}`` over the examples for every value and gap."""
-        names = ("log_p", "elbo_amortized", "elbo_optimized")
+        names: tuple[str, ...] = ("log_p", "elbo_amortized", "elbo_optimized")
         names += ("approximation_gap", "amortization_gap", "total_gap")
         return {n: mean_se(getattr(self, n)) for n in names}
 
@@ -236,7 +236,7 @@ def inference_gaps(
         )
         state = generator.get_state() if generator is not None else None
         elbo_amortized = local_elbo(model, x, mu, logvar, n_eval, generator)
-        if generator is not None:  # the same noise for q* as for q_phi
+        if generator is not None and state is not None:  # the same noise for q* as for q_phi
             generator.set_state(state)
         elbo_optimized = local_elbo(model, x, local["mu"], local["logvar"], n_eval, generator)
     return InferenceGaps(

@@ -109,7 +109,8 @@ class SurgerySamples(NamedTuple):
     """Draws ``(n_i, z_i) ~ q(n, z)`` and the three log-densities at them, each ``[M]``, nats."""
 
     z: Tensor  #: [M, Z] codes, draws from the aggregated posterior q(z)
-    index: Tensor  #: [M] data indices n_i (uniform on 0..N-1)
+    #: [M] data indices n_i (uniform on 0..N-1); the field shadows tuple.index (public name)
+    index: Tensor  # type: ignore[assignment]
     log_q_cond: Tensor  #: [M] log q(z_i | x_{n_i}), float64
     log_q: Tensor  #: [M] log q(z_i), the aggregated posterior, float64
     log_p: Tensor  #: [M] log p(z_i), the prior, float64

@@ -11,9 +11,9 @@ after every epoch with :mod:`dgmlib.io`'s atomic, hashed checkpoints.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -114,8 +114,10 @@ class Trainer:
         """One optimisation step on batch ``x``; returns the terms as floats."""
         self.model.train()
         x = x.to(self.device)
-        if self.objective is None:
-            terms = self.model.loss(x)
+        terms: Mapping[str, torch.Tensor]
+        if self.objective is None:  # __init__ checked that the model has a loss(x)
+            own_loss = cast(Callable[[torch.Tensor], Mapping[str, torch.Tensor]], self.model.loss)
+            terms = own_loss(x)
         else:
             terms = self.objective(self.model, x)
         if "loss" not in terms:
@@ -174,7 +176,7 @@ class Trainer:
                 desc=f"epoch {self.epoch + 1}/{epochs}",
                 disable=not self.progress,
                 leave=False,
-                total=len(items) if hasattr(items, "__len__") else None,
+                total=len(items) if isinstance(items, Sized) else None,
             )
             for batch in bar:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch

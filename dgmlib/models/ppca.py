@@ -13,6 +13,7 @@ truth for checking bounds and estimators. All log-densities are in nats; use flo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
@@ -62,34 +63,33 @@ def _canonical_signs(U: Tensor) -> Tensor:
     return U * signs
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(frozen=True, eq=False, repr=False, init=False)
 class PPCA:
-    """Probabilistic PCA with loading matrix W [d, q], mean mu [d] and noise variance sigma2."""
+    """Probabilistic PCA with loading matrix W [d, q], mean mu [d] and noise variance sigma2
+    (a number or a one-element tensor; stored as a 0-d tensor of W's dtype and device)."""
 
     W: Tensor
     mu: Tensor
-    sigma2: Tensor | float
+    sigma2: Tensor
 
-    def __post_init__(self) -> None:
+    def __init__(self, W: Tensor, mu: Tensor, sigma2: Tensor | float) -> None:
         where = "PPCA"
-        W = _as_float_tensor(self.W, "W", where)
+        W = _as_float_tensor(W, "W", where)
         if W.dim() != 2 or W.shape[1] < 1 or W.shape[0] <= W.shape[1]:
             raise ValueError(
                 f"{where}: W must have shape [d, q] with 1 <= q < d, got {tuple(W.shape)}"
             )
-        mu = _as_float_tensor(self.mu, "mu", where).to(W.dtype)
+        mu = _as_float_tensor(mu, "mu", where).to(W.dtype)
         if mu.shape != (W.shape[0],):
             raise ValueError(
                 f"{where}: mu must have shape [d] = [{W.shape[0]}], got {tuple(mu.shape)}"
             )
-        sigma2 = torch.as_tensor(self.sigma2, dtype=W.dtype, device=W.device)
-        if sigma2.numel() != 1 or not torch.isfinite(sigma2).all() or not bool(sigma2 > 0):
-            raise ValueError(
-                f"{where}: sigma2 must be one finite positive number, got {self.sigma2!r}"
-            )
+        s2 = torch.as_tensor(sigma2, dtype=W.dtype, device=W.device)
+        if s2.numel() != 1 or not torch.isfinite(s2).all() or not bool(s2 > 0):
+            raise ValueError(f"{where}: sigma2 must be one finite positive number, got {sigma2!r}")
         object.__setattr__(self, "W", W)
         object.__setattr__(self, "mu", mu.to(W.device))
-        object.__setattr__(self, "sigma2", sigma2.reshape(()))
+        object.__setattr__(self, "sigma2", s2.reshape(()))
 
     def __repr__(self) -> str:
         return f"PPCA(d={self.d}, q={self.q}, sigma2={float(self.sigma2):.4g})"
@@ -208,14 +208,29 @@ class PPCA:
     # ----------------------------------------------------------------------------------------
     # sampling
 
+    @overload
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, return_latents: Literal[False] = ...
+    ) -> Tensor: ...
+
+    @overload
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, *, return_latents: Literal[True]
+    ) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, return_latents: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]: ...
+
     def sample(
         self, n: int, generator: torch.Generator | None = None, return_latents: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Draw n points x [n, d] by ancestral sampling (and their latents z [n, q] if asked)."""
         check_int(n, "n", "PPCA.sample")
-        opts = {"dtype": self.W.dtype, "device": self.W.device, "generator": generator}
-        z = torch.randn(n, self.q, **opts)
-        eps = torch.randn(n, self.d, **opts)
+        dtype, device = self.W.dtype, self.W.device
+        z = torch.randn(n, self.q, dtype=dtype, device=device, generator=generator)
+        eps = torch.randn(n, self.d, dtype=dtype, device=device, generator=generator)
         x = z @ self.W.T + self.mu + self.sigma2.sqrt() * eps
         return (x, z) if return_latents else x
 

@@ -25,6 +25,7 @@ uses it where one exists and a Monte Carlo estimate otherwise.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +41,7 @@ __all__ = [
     "AffineCoupling",
     "FlowPrior",
     "MixtureOfGaussiansPrior",
+    "Prior",
     "StandardNormalPrior",
     "VampPrior",
     "analytic_kl_per_dim",
@@ -47,7 +49,22 @@ __all__ = [
     "register_kl",
 ]
 
-KLPerDim = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+class Prior(Protocol):
+    """What a VAE needs of a prior ``p(z)``: every prior of this module."""
+
+    @property
+    def z_dim(self) -> int:
+        """Latent dimension ``Z``."""
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """``log p(z)`` summed over the latent dimensions: ``[..., Z]`` -> ``[...]``, nats."""
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` draws ``[n, Z]``."""
+
+
+KLPerDim = Callable[[Prior, Tensor, Tensor], Tensor]
 _KL_REGISTRY: dict[type, KLPerDim] = {}
 
 
@@ -62,7 +79,7 @@ def register_kl(prior_type: type) -> Callable[[KLPerDim], KLPerDim]:
     return decorator
 
 
-def analytic_kl_per_dim(prior: nn.Module) -> KLPerDim | None:
+def analytic_kl_per_dim(prior: Prior) -> KLPerDim | None:
     """The registered closed form for ``type(prior)`` (or a base class), else None."""
     for cls in type(prior).__mro__:
         if cls in _KL_REGISTRY:
@@ -93,17 +110,15 @@ class _Prior(nn.Module):
     def _log_prob_flat(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _param(self) -> Tensor | None:
-        """Any parameter or buffer (for dtype and device), or None."""
-        for t in self.parameters():
-            return t
-        for t in self.buffers():
-            return t
-        return None
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` draws ``[n, Z]``."""
+        raise NotImplementedError  # pragma: no cover - defined by the subclasses
 
 
 class StandardNormalPrior(_Prior):
     """``p(z) = N(0, I)`` in ``z_dim`` dimensions (no parameters)."""
+
+    anchor: Tensor
 
     def __init__(self, z_dim: int) -> None:
         super().__init__()
@@ -124,7 +139,7 @@ class StandardNormalPrior(_Prior):
 
 
 @register_kl(StandardNormalPrior)
-def _kl_standard_normal(prior: nn.Module, mu: Tensor, logvar: Tensor) -> Tensor:
+def _kl_standard_normal(prior: Prior, mu: Tensor, logvar: Tensor) -> Tensor:
     """``KL(N(mu_j, e^logvar_j) || N(0, 1))`` per dimension: ``[B, Z]``, nats."""
     return kl_normal_std_normal(mu.unsqueeze(-1), logvar.unsqueeze(-1))
 
@@ -176,6 +191,8 @@ class VampPrior(_Prior):
     in ``[0, 1]`` (or later :meth:`set_pseudo_inputs`, e.g. with training images); by default
     they start at ``0.5 + 0.01 * N(0, 1)`` (global torch seed).
     """
+
+    _encoder: nn.Module | None
 
     def __init__(
         self,
@@ -259,6 +276,8 @@ class AffineCoupling(nn.Module):
     last layer starts at zero, so a new layer is the identity.
     """
 
+    mask: Tensor
+
     def __init__(self, mask: Tensor, hidden: int = 64, s_max: float = 3.0) -> None:
         super().__init__()
         if mask.dim() != 1:
@@ -266,15 +285,11 @@ class AffineCoupling(nn.Module):
         self.register_buffer("mask", mask.to(torch.float32))
         z_dim = mask.numel()
         self.s_max = s_max
-        self.net = nn.Sequential(
-            nn.Linear(z_dim, hidden),
-            nn.Tanh(),
-            nn.Linear(hidden, hidden),
-            nn.Tanh(),
-            nn.Linear(hidden, 2 * z_dim),
-        )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        hidden_layers = (nn.Linear(z_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
+        last = nn.Linear(hidden, 2 * z_dim)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(*hidden_layers, last)
 
     def _st(self, z_masked: Tensor) -> tuple[Tensor, Tensor]:
         s_raw, t = self.net(z_masked).chunk(2, dim=-1)
@@ -323,7 +338,7 @@ class FlowPrior(_Prior):
     def inverse(self, u: Tensor) -> Tensor:
         """``f^{-1}``: ``u [M, Z]`` -> ``z [M, Z]``."""
         for layer in reversed(self.layers):
-            u = layer.inverse(u)
+            u = cast(AffineCoupling, layer).inverse(u)  # a ModuleList holds plain nn.Modules
         return u
 
     def _log_prob_flat(self, z: Tensor) -> Tensor:
@@ -333,7 +348,7 @@ class FlowPrior(_Prior):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` draws ``z = f^{-1}(u)``, ``u ~ N(0, I)``: ``[n, Z]``."""
         check_int(n, "n", "FlowPrior.sample")
-        p = self._param()
+        p = next(self.parameters())  # n_layers >= 1: there are parameters
         u = torch.randn(n, self.z_dim, generator=generator, dtype=p.dtype, device=p.device)
         return self.inverse(u)
 
@@ -348,7 +363,7 @@ _PRIOR_CLASSES = {
 }
 
 
-def make_prior(kind: str, z_dim: int, **kwargs) -> nn.Module:
+def make_prior(kind: str, z_dim: int, **kwargs: Any) -> _Prior:
     """A prior by name, with its build spec (:func:`dgmlib.experiment.make`): ``"standard"``,
     ``"mog"`` (kwargs ``n_components``, ``init_scale``), ``"vamp"`` (kwargs ``n_pseudo``,
     ``x_shape``; its encoder is bound by the VAE) or ``"flow"`` (kwargs ``n_layers``, ``hidden``,

@@ -13,8 +13,9 @@ encoder). Shapes used throughout:
 * log-probabilities are **summed over pixels / latent dimensions**, giving ``[B]`` (or
   ``[K, B]``), and are in **nats**; losses average them over the batch.
 
-Decoders share one interface: ``forward(z)`` (distribution parameters), ``log_prob(x, z)``,
-``sample(z, generator)`` and, where it has a closed form, ``mean(z)`` (the expected image).
+Decoders share one interface (:class:`Decoder`): ``z_dim``, ``x_shape``, ``forward(z)``
+(distribution parameters), ``log_prob(x, z)``, ``sample(z, generator)`` and, where it has a closed
+form, ``mean(z)`` (the expected image; :class:`MeanDecoder`).
 
 The model computes densities; the training objectives (KL weight, free bits, the IWAE bound) are
 in :mod:`dgmlib.objectives`. ``elbo``, ``log_weights`` and ``sample`` mean the same thing here as
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -34,16 +35,43 @@ from torch import Tensor, nn
 from dgmlib.distributions import gaussian_log_prob
 from dgmlib.experiment import make
 from dgmlib.layers import MNIST_SHAPE, flatten_batch, mlp, reparameterize, shape_tuple
-from dgmlib.models.priors import PRIORS, analytic_kl_per_dim, make_prior
+from dgmlib.models.priors import PRIORS, Prior, analytic_kl_per_dim, make_prior
 from dgmlib.validation import check_choice, check_int, check_positive, check_tensor
 
 __all__ = [
     "VAE",
     "BernoulliDecoder",
     "ConvGaussianEncoder",
+    "Decoder",
     "GaussianDecoder",
     "MLPGaussianEncoder",
+    "MeanDecoder",
 ]
+
+
+class Decoder(Protocol):
+    """What a VAE needs of a decoder ``p(x|z)``: the decoders of this module, the PixelCNN."""
+
+    @property
+    def z_dim(self) -> int:
+        """Latent dimension ``Z``."""
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        """Shape of one example."""
+
+    def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log p(x|z)`` summed over data dimensions: ``[B]`` (or ``[K, B]``), nats."""
+
+    def sample(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One ``x ~ p(x|z)`` per latent: ``[..., *x_shape]``."""
+
+
+class MeanDecoder(Decoder, Protocol):
+    """A :class:`Decoder` with a closed-form mean (all but the autoregressive PixelCNN)."""
+
+    def mean(self, z: Tensor) -> Tensor:
+        """``E[x|z]``: ``[..., *x_shape]``."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,7 +266,10 @@ class VAE(nn.Module):
     (unbiased, and differentiable in the prior's parameters).
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: nn.Module | None = None):
+    decoder: Decoder
+    prior: Prior
+
+    def __init__(self, encoder: nn.Module, decoder: Decoder, prior: Prior | None = None):
         super().__init__()
         enc_z = getattr(encoder, "z_dim", decoder.z_dim)
         if enc_z != decoder.z_dim:
@@ -365,7 +396,9 @@ class VAE(nn.Module):
                 f"mean; {type(self.decoder).__name__} has none (use mean=False)"
             )
         z = self.prior.sample(n, generator=generator)
-        return self.decoder.mean(z) if mean else self.decoder.sample(z, generator=generator)
+        if mean and hasattr(self.decoder, "mean"):  # (checked above; tells mypy it is there)
+            return self.decoder.mean(z)
+        return self.decoder.sample(z, generator=generator)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
