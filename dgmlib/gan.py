@@ -220,7 +220,7 @@ class Generator(nn.Module):
         """``n`` samples [n, x_dim] from ``z ~ N(0, I)``, on the generator's device and in its
         dtype. No gradients."""
         check_int(n, "n", "Generator.sample")
-        w = self.net[0].weight
+        w = next(self.parameters())
         return self(torch.randn(n, self.z_dim, generator=generator, dtype=w.dtype, device=w.device))
 
 

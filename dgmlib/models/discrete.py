@@ -378,7 +378,7 @@ class CategoricalVAE(nn.Module):
         ``[n, *x_shape]`` (``mean=True``: the Bernoulli means), on the model's device and in its
         dtype. No gradients."""
         check_int(n, "n", "CategoricalVAE.sample")
-        w = self.decoder.net[0].weight
+        w = next(self.decoder.parameters())
         c = torch.randint(
             self.n_categories, (n, self.n_latent), generator=generator, device=w.device
         )
