@@ -10,12 +10,7 @@ import torch
 
 from dgmlib import checks
 from dgmlib.bounds import iwae_bound
-from dgmlib.checks.lvm import _em_without_posterior_cov
-from dgmlib.dequantization import (
-    discretized_logistic_log_prob,
-    log_density_to_integer_units,
-    nats_to_bits_per_dim,
-)
+from dgmlib.dequantization import discretized_logistic_log_prob
 from dgmlib.diagnostics import active_units
 from dgmlib.diffusion import forward_marginal, forward_posterior
 from dgmlib.distributions import kl_normal_std_normal
@@ -24,6 +19,7 @@ from dgmlib.kernels import mixture_logpdf
 from dgmlib.kl_control import free_bits_kl
 from dgmlib.ode import divergence_hutchinson
 from dgmlib.surgery import aggregate_posterior_log_prob
+from dgmlib.units import log_density_to_integer_units, nats_to_bits_per_dim
 
 # ---------------------------------------------------------------------------------------------
 # student-style solutions, right and wrong
@@ -85,7 +81,14 @@ def em_right(X, W, mu, sigma2):
 
 
 def em_no_posterior_cov(X, W, mu, sigma2):
-    return _em_without_posterior_cov(X, W, mu, sigma2)
+    """The typical mistake: E[z z^T] taken as E[z] E[z]^T (the posterior covariance dropped)."""
+    Xc, q = X - mu, W.shape[1]
+    M_inv = torch.linalg.inv(W.T @ W + sigma2 * torch.eye(q, dtype=X.dtype))
+    Ez = Xc @ W @ M_inv
+    sum_Ezz = Ez.T @ Ez
+    W_new = Xc.T @ Ez @ torch.linalg.inv(sum_Ezz)
+    sq = (Xc**2).sum() - 2 * (Ez @ W_new.T * Xc).sum() + torch.trace(sum_Ezz @ W_new.T @ W_new)
+    return W_new, sq / X.numel()
 
 
 def reparam(mu, logvar):
