@@ -52,6 +52,7 @@ class MaskedConv2d(nn.Conv2d):
         mask = torch.ones(kernel_size, kernel_size)
         mask[c, c + (mask_type == "B") :] = 0.0
         mask[c + 1 :, :] = 0.0
+        self.mask: Tensor
         self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -99,6 +100,7 @@ class PixelCNNDecoder(nn.Module):
         check_int(cond_hidden, "cond_hidden", "PixelCNNDecoder", low=0)
         self.z_dim, self.x_shape, self.cond_channels = z_dim, x_shape, cond_channels
         H, W = x_shape[1:]
+        self.cond: nn.Module
         if cond_hidden == 0:
             self.cond = nn.Linear(z_dim, cond_channels * H * W)
         else:
