@@ -123,19 +123,6 @@ def test_outcome(junit: Path | None) -> dict:
     )
 
 
-def autograd_nodes(t) -> set[str]:
-    """Class names of every node of the autograd graph that produced ``t``."""
-    seen, stack, names = set(), [t.grad_fn], set()
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        names.add(type(fn).__name__)
-        stack.extend(f for f, _ in fn.next_functions)
-    return names
-
-
 def train_epoch(objective, images, dry_run: bool) -> dict:
     """One epoch of ``VAE.for_mnist()`` on ``images`` (uint8 ``[N, 28, 28]``) with ``objective``,
     through a :class:`dgmlib.train.Trainer` on the device that ``$DGMLIB_DEVICE`` names."""
@@ -143,6 +130,7 @@ def train_epoch(objective, images, dry_run: bool) -> dict:
 
     from dgmlib.data import binarize_dynamic, to_unit_interval
     from dgmlib.experiment import epoch_order
+    from dgmlib.kernels.backend import autograd_nodes
     from dgmlib.models.vae import VAE
     from dgmlib.train import Trainer
 

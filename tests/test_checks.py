@@ -17,7 +17,7 @@ from dgmlib.distributions import kl_normal_std_normal
 from dgmlib.gan import jsd
 from dgmlib.kernels import mixture_logpdf
 from dgmlib.kl_control import free_bits_kl
-from dgmlib.ode import divergence_hutchinson
+from dgmlib.ode import adjoint_dynamics, divergence_hutchinson
 from dgmlib.surgery import aggregate_posterior_log_prob
 from dgmlib.units import log_density_to_integer_units, nats_to_bits_per_dim
 
@@ -105,15 +105,6 @@ def dequantized_bpd(log_density_unit, x_int, num_levels, num_samples, generator)
 # check name -> (a correct solution, the number of cases it must report)
 def mixture_prior_log_prob(z, means, logvars, logits):
     return mixture_logpdf(z, means, logvars, torch.log_softmax(logits, 0))
-
-
-def adjoint_dynamics(func, params, t, z, a):
-    with torch.enable_grad():
-        z = z.detach().requires_grad_(True)
-        fz = func(t, z)
-        gz, *gp = torch.autograd.grad(fz, [z, *params], a, allow_unused=True)
-    gp = [torch.zeros_like(p) if g is None else g for p, g in zip(params, gp, strict=True)]
-    return fz.detach(), -gz, [-g for g in gp]
 
 
 def optimal_linear_encoder(W, b, sigma2):

@@ -56,6 +56,7 @@ from dgmlib.kernels import (  # noqa: E402
     vq_nearest,
     vq_nearest_ref,
 )
+from dgmlib.kernels.backend import autograd_nodes  # noqa: E402
 from dgmlib.models.vae import VAE  # noqa: E402
 from dgmlib.objectives import ELBO, IWAEBound  # noqa: E402
 
@@ -340,19 +341,6 @@ def test_rowwise_half_precision_and_generator():
 # ----------------------------------------------------------------------------------------------
 # The objectives of dgmlib.objectives on the kernels
 # ----------------------------------------------------------------------------------------------
-
-
-def autograd_nodes(t: torch.Tensor) -> set[str]:
-    """Class names of every node of the autograd graph that produced ``t``."""
-    seen, stack, names = set(), [t.grad_fn], set()
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        names.add(type(fn).__name__)
-        stack.extend(f for f, _ in fn.next_functions)
-    return names
 
 
 # The autograd node of each fused kernel: proof that the kernel, not the torch code, ran.

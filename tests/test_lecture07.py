@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import stored_results
 from torch import nn
 
 from dgmlib import experiment, pretrained
@@ -55,9 +56,7 @@ CHECKPOINT_FIGURES: dict[str, Callable[[nn.Module], tuple[float, float, float]]]
 
 
 def test_results_json_matches_the_script():
-    r = results()
-    assert r["schema"] == experiment.RESULTS_SCHEMA
-    assert r["command"] == script.COMMAND and not r["quick"]
+    r = stored_results("l07", script)
     s = r["settings"]
     assert s["seed"] == script.SEED and s["threads"] == script.THREADS == 1
     assert s["epochs"] == script.EPOCHS and s["n_train"] == script.N_TRAIN

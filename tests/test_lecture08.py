@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import stored_results
 from scipy import integrate, stats
 from torch import nn
 
@@ -58,9 +59,7 @@ CHECKPOINT_FIGURES: dict[str, Callable[[nn.Module], tuple[float, float, float]]]
 
 
 def test_results_json_matches_the_script():
-    r = results()
-    assert r["schema"] == experiment.RESULTS_SCHEMA
-    assert r["command"] == script.COMMAND and not r["quick"]
+    r = stored_results("l08", script)
     s = r["settings"]
     assert s["seed"] == script.SEED and s["threads"] == script.THREADS == 1
     d1 = s["disc1d"]

@@ -60,6 +60,7 @@ from dgmlib.utils import seed_everything  # noqa: E402
 # --------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------
+LECTURE = "07_discrete_latents"
 COMMAND = "python tools/train_lecture07.py"  # recorded in the results and the checkpoints
 SEED = 0  # initial weights (reset before each model), data order, binarization, Gumbel noise
 THREADS = 1  # one CPU thread: bit-for-bit reproducible, and fastest for these small layers
@@ -231,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_seed": EVAL_SEED,
         "curve_images": CURVE_IMAGES,
     }
-    path = experiment.write_results(
-        args.out, "l07", "07_discrete_latents", COMMAND, settings, models, args.quick
-    )
+    path = experiment.write_results(args.out, "l07", LECTURE, COMMAND, settings, models, args.quick)
     shutil.rmtree(state_dir)
     print(f"wrote {path}; total {time.perf_counter() - t_start:.0f} s", flush=True)
     return 0

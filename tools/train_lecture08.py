@@ -69,6 +69,7 @@ from dgmlib.utils import seed_everything  # noqa: E402
 # --------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------
+LECTURE = "08_gans"
 COMMAND = "python tools/train_lecture08.py"  # recorded in the results and the checkpoints
 SEED = 0  # the 1-D discriminator's initial weights (each GAN is seeded by its own seed)
 THREADS = 1  # one CPU thread: bit-for-bit reproducible, and fastest for these tiny networks
@@ -373,9 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             "log_every": LOG_EVERY,
         },
     }
-    path = experiment.write_results(
-        args.out, "l08", "08_gans", COMMAND, settings, models, args.quick
-    )
+    path = experiment.write_results(args.out, "l08", LECTURE, COMMAND, settings, models, args.quick)
     print(f"wrote {path}; total {time.perf_counter() - t_start:.0f} s", flush=True)
     return 0
 

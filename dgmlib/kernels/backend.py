@@ -121,3 +121,17 @@ def _check_mode_matches_import(interpret: bool) -> None:
             "triton was imported with TRITON_INTERPRET=1, which has since been unset; compiled "
             "Triton kernels cannot run in this process. Keep TRITON_INTERPRET=1 or restart."
         )
+
+
+def autograd_nodes(t: torch.Tensor) -> set[str]:
+    """Class names of every node of the autograd graph that produced ``t`` (e.g. to see whether
+    a fused kernel's autograd function, rather than torch's ops, made a loss)."""
+    seen, stack, names = set(), [t.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        stack.extend(f for f, _ in fn.next_functions)
+    return names
