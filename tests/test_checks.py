@@ -15,6 +15,7 @@ from dgmlib.diagnostics import active_units
 from dgmlib.diffusion import forward_marginal, forward_posterior
 from dgmlib.distributions import kl_normal_std_normal
 from dgmlib.gan import jsd
+from dgmlib.harmonium import interactions
 from dgmlib.kernels import mixture_logpdf
 from dgmlib.kl_control import free_bits_kl
 from dgmlib.ode import adjoint_dynamics, divergence_hutchinson
@@ -114,6 +115,7 @@ def optimal_linear_encoder(W, b, sigma2):
 
 
 REFERENCES = {
+    "check_interactions": (interactions, 6),
     "check_optimal_linear_encoder": (optimal_linear_encoder, 4),
     "check_elbo_gaussian": (elbo_right, 4),
     "check_log_importance_estimate": (is_right, 5),

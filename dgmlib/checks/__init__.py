@@ -17,7 +17,8 @@ case it happened in.
 The checks are grouped by topic: :mod:`dgmlib.checks.lvm` (lecture 01),
 :mod:`dgmlib.checks.dequantization` (lecture 03), :mod:`dgmlib.checks.vae` (lectures 02, 04
 and 05), :mod:`dgmlib.checks.priors` (lecture 06), :mod:`dgmlib.checks.discrete` (lecture 07),
-:mod:`dgmlib.checks.gan` (lecture 08), :mod:`dgmlib.checks.gaps` (lecture 10),
+:mod:`dgmlib.checks.gan` (lecture 08), :mod:`dgmlib.checks.gaps` and
+:mod:`dgmlib.checks.harmonium` (lecture 10),
 :mod:`dgmlib.checks.diffusion` (lecture 12) and :mod:`dgmlib.checks.flows` (appendix A1);
 :mod:`dgmlib.checks._common` holds the plumbing they share.
 """
@@ -28,6 +29,7 @@ from dgmlib.checks.discrete import check_categorical_kl_uniform, check_gumbel_ma
 from dgmlib.checks.flows import check_adjoint_dynamics, check_hutchinson_divergence
 from dgmlib.checks.gan import check_jsd, check_optimal_discriminator
 from dgmlib.checks.gaps import check_optimal_linear_encoder
+from dgmlib.checks.harmonium import check_interactions
 from dgmlib.checks.lvm import check_elbo_gaussian, check_em_step, check_log_importance_estimate
 from dgmlib.checks.priors import check_aggregate_posterior_log_prob, check_mixture_prior_log_prob
 from dgmlib.checks.vae import (
@@ -51,6 +53,7 @@ __all__ = [
     "check_free_bits",
     "check_gumbel_max_sample",
     "check_hutchinson_divergence",
+    "check_interactions",
     "check_iwae_bound",
     "check_jsd",
     "check_kl_standard_normal",
