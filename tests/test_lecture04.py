@@ -1,5 +1,5 @@
 """Lecture 04's checkpoints: present, verified, loadable by name, small, and consistent with their
-results file; and the script that makes them."""
+results files (``l04`` and the receptive-field sweep ``l04_rf``); and the script that makes them."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import train_lecture04 as T  # noqa: E402
 
 ALL = T.VARIANTS + T.BAS_VARIANTS
+RF_NAMES = [run[0] for run in T.rf_runs()]
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,25 @@ def stored_figure(variant: str) -> Callable[[nn.Module], tuple[float, float, flo
     return figure
 
 
+def rf_figure(name: str) -> Callable[[nn.Module], tuple[float, float, float]]:
+    """``figure(model)``: the stored single-sample ELBO of the sweep's model ``name`` and the same
+    recomputed from the loaded weights on the script's evaluation images and generator."""
+
+    def figure(model: nn.Module) -> tuple[float, float, float]:
+        stored = pretrained.results("l04_rf")["models"][name]["test"]["elbo"]
+        g = torch.Generator().manual_seed(T.EVAL_SEED)
+        with torch.no_grad():
+            recomputed = float(model.elbo(eval_images(True), generator=g).mean())
+        # the tolerance of stored_figure: float32 round-off of a mean over 2000 images of about
+        # 6-8 nats, far below what another weight file, architecture or image set would change
+        return stored, recomputed, 1e-4 + 1e-5 * abs(stored)
+
+    return figure
+
+
 CHECKPOINT_FIGURES: dict[str, Callable[[nn.Module], tuple[float, float, float]]] = {
-    f"l04_{v}": stored_figure(v) for v in ALL
+    **{f"l04_{v}": stored_figure(v) for v in ALL},
+    **{f"l04_{name}": rf_figure(name) for name in RF_NAMES},
 }
 
 
@@ -151,3 +169,71 @@ def test_quick_refuses_to_overwrite_the_lecture_checkpoints(capsys):
     with pytest.raises(SystemExit):
         T.main(["--quick"])
     assert "--out" in capsys.readouterr().err
+
+
+# --- the receptive-field sweep ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rf_results() -> dict:
+    return pretrained.results("l04_rf")
+
+
+def test_rf_results_were_made_with_the_script_settings(rf_results):
+    assert rf_results["command"] == T.RF_COMMAND and rf_results["lecture"] == T.LECTURE
+    assert rf_results["quick"] is False and rf_results["settings"] == T.rf_settings()
+    assert set(rf_results["models"]) == set(RF_NAMES)
+
+
+@pytest.mark.parametrize("name,kernel_size,seed,rich", T.rf_runs())
+def test_rf_checkpoint_loads_by_name_and_matches_its_entry(
+    rf_results, name, kernel_size, seed, rich
+):
+    entry = pretrained.manifest()[f"l04_{name}"]
+    assert entry["results"] == "l04_rf_results.json" and entry["model"] == name
+    path = pretrained.checkpoint_dir() / entry["file"]
+    assert path.stat().st_size < 2**20
+    _, meta = load_checkpoint(path, expected_sha256=entry["sha256"])
+    assert meta["variant"] == name and meta["command"] == T.RF_COMMAND
+    decoder = pretrained.load(f"l04_{name}").decoder
+    assert decoder.input.kernel_size == (kernel_size, kernel_size)
+    assert decoder.rows_up == kernel_size // 2  # 1x1 hidden layers: the first kernel's window
+    assert decoder.cond_channels == (T.RF["rich_path"]["cond_channels"] if rich else 1)
+    r = rf_results["models"][name]
+    assert r["sha256"] == entry["sha256"] and (r["kernel_size"], r["seed"]) == (kernel_size, seed)
+    assert r["z_path"] == ("rich" if rich else "narrow")
+    assert [c["epoch"] for c in r["curves"]] == list(range(1, T.RF["epochs"] + 1))
+    t = r["test"]
+    assert 0 <= t["active_units"] <= T.BAS["z_dim"] and abs(sum(t["kl_per_dim"]) - t["kl"]) < 1e-3
+    # the signs of the schema (see test_checkpoint_loads_by_name_and_matches_its_entry)
+    assert t["kl"] >= 0 and t["log_px_z"] <= 0 and abs(t["elbo"] - (t["log_px_z"] - t["kl"])) < 1e-3
+    assert t["elbo"] <= t["log_px"] + 0.05  # a bound on the exact log p(x) (1-sample noise)
+
+
+def test_rf_code_follows_the_receptive_field(rf_results):
+    """A regression check on the stored run (the lecture derives and tests the claim): with the
+    rich z-path, for every seed, the KL falls as the receptive field grows, and the decoder that
+    sees every earlier pixel keeps less than a tenth of the KL of the one with a 3 x 3 window."""
+    kl = {name: entry["test"]["kl"] for name, entry in rf_results["models"].items()}
+    for seed in T.RF["seeds"]:
+        kls = [kl[f"rf{k}_s{seed}"] for k in T.RF["kernel_sizes"]]
+        assert all(a > b for a, b in zip(kls[:-1], kls[1:], strict=True)), seed
+        assert kls[-1] < 0.1 * kls[0], seed
+
+
+def test_rf_training_resumes_exactly(tmp_path):
+    """One epoch, then a resumed second one, give the checkpoint, curves and history of two
+    uninterrupted epochs, bit for bit."""
+    cfg = T.rf_settings(quick=True)
+    x_eval = T.bas_eval_data(50)
+    entries = {}
+    for run in ("straight", "resumed"):
+        out = tmp_path / run
+        out.mkdir()
+        if run == "resumed":
+            T.train_rf("rf3_s1", 3, 1, True, x_eval, {**cfg, "epochs": 1}, out, "cpu")
+        entries[run] = T.train_rf("rf3_s1", 3, 1, True, x_eval, cfg, out, "cpu")
+    a, b = entries["straight"], entries["resumed"]
+    assert a["sha256"] == b["sha256"]
+    assert a["curves"] == b["curves"] and a["history"] == b["history"]
+    assert len(a["curves"]) == cfg["epochs"]

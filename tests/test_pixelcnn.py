@@ -1,5 +1,6 @@
-"""dgmlib.models.pixelcnn: masks, the autoregressive property checked with gradients, log_prob
-against torch.distributions, fast sampling equal to full-image sampling, and the PixelCNN VAE."""
+"""dgmlib.models.pixelcnn: masks, the autoregressive property and the receptive field checked with
+gradients, the forward pass replayed in plain torch (both paths of z), log_prob against
+torch.distributions, fast sampling equal to full-image sampling, and the PixelCNN VAE."""
 
 from __future__ import annotations
 
@@ -50,8 +51,12 @@ def dependence(dec: PixelCNNDecoder, x: torch.Tensor, z: torch.Tensor, pixel: in
     return grad.abs().flatten(1).sum(0)
 
 
+RICH = {"cond_channels": 4, "cond_hidden": 16}  # the rich path of z, small
+
+
 @pytest.mark.parametrize(
-    "x_shape,kwargs", [((1, 8, 8), {}), ((1, 28, 28), {"channels": 4, "n_layers": 5})]
+    "x_shape,kwargs",
+    [((1, 8, 8), {}), ((1, 28, 28), {"channels": 4, "n_layers": 5}), ((1, 8, 8), RICH)],
 )
 def test_autoregressive_property(x_shape, kwargs):
     """Logit i depends on x only through pixels j < i in raster order (and on some of them)."""
@@ -74,6 +79,79 @@ def test_autoregressive_property(x_shape, kwargs):
     assert (gz.abs() > 0).all()
 
 
+def window(r: int, c: int, k: int, side: int) -> set[int]:
+    """Flat indices of the pixels before (r, c) in raster order within k // 2 rows and columns."""
+    h = k // 2
+    rows = range(max(0, r - h), r + 1)
+    cols = range(max(0, c - h), min(side, c + h + 1))
+    return {rr * side + cc for rr in rows for cc in cols if rr < r or cc < c}
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_one_by_one_hidden_layers_keep_the_field_at_the_first_window(k):
+    """With ``hidden_kernel_size=1`` logit i depends on exactly the earlier pixels of the first
+    kernel's k x k window (none for k = 1), the field the lecture's enumeration assumes."""
+    dec = small_decoder(kernel_size=k, hidden_kernel_size=1, **RICH)
+    g = torch.Generator().manual_seed(3)
+    x = torch.bernoulli(torch.full((8, 1, 8, 8), 0.5, dtype=torch.float64), generator=g)
+    z = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    assert dec.rows_up == k // 2
+    for i in range(64):
+        seen = set(torch.nonzero(dependence(dec, x, z, i)).flatten().tolist())
+        assert seen == window(i // 8, i % 8, k, 8), i
+
+
+@pytest.mark.parametrize("kwargs", [{}, RICH, {"cond_channels": 2}])
+def test_forward_replayed_in_plain_torch(kwargs):
+    """The logits from conv2d with the masked weights, the conditioning map ``s(z)`` (a linear
+    map, or linear-ReLU-linear) added through a 1x1 convolution in every layer, and the head."""
+    dec = small_decoder(**kwargs)
+    g = torch.Generator().manual_seed(4)
+    x = torch.bernoulli(torch.full((3, 1, 8, 8), 0.5, dtype=torch.float64), generator=g)
+    z = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    F = torch.nn.functional
+    cc = kwargs.get("cond_channels", 1)
+    if kwargs.get("cond_hidden", 0):
+        first, last = dec.cond[0], dec.cond[2]
+        s = F.linear(torch.relu(F.linear(z, first.weight, first.bias)), last.weight, last.bias)
+    else:
+        s = F.linear(z, dec.cond.weight, dec.cond.bias)
+    s = s.view(3, cc, 8, 8)
+
+    def conv(layer, inp):
+        w = layer.weight * getattr(layer, "mask", 1.0)
+        return F.conv2d(inp, w, layer.bias, padding=w.shape[-1] // 2)
+
+    h = torch.relu(conv(dec.input, x) + conv(dec.cond_convs[0], s))
+    for layer, cond in zip(dec.hidden, dec.cond_convs[1:], strict=True):
+        h = h + torch.relu(conv(layer, h) + conv(cond, s))
+    head = dec.output
+    expected = conv(head[3], torch.relu(conv(head[1], torch.relu(h))))
+    torch.testing.assert_close(dec(x, z), expected)
+
+
+def test_default_z_path_is_one_linear_map_to_one_bias_map():
+    """The default keeps the architecture (and so the stored checkpoints): ``cond`` is one
+    ``Linear(Z, H*W)`` and each layer's ``cond_convs`` a 1x1 convolution of one map."""
+    torch.manual_seed(0)
+    shapes = {
+        k: tuple(v.shape)
+        for k, v in PixelCNNDecoder(3, 8, 2, 5, x_shape=(1, 8, 8)).state_dict().items()
+    }
+    cond = {k: v for k, v in shapes.items() if k.startswith("cond")}
+    assert cond == {
+        "cond.weight": (64, 3),
+        "cond.bias": (64,),
+        "cond_convs.0.weight": (8, 1, 1, 1),
+        "cond_convs.0.bias": (8,),
+        "cond_convs.1.weight": (8, 1, 1, 1),
+        "cond_convs.1.bias": (8,),
+    }
+    rich = PixelCNNDecoder(3, 8, 2, 5, x_shape=(1, 8, 8), **RICH).state_dict()
+    assert tuple(rich["cond.2.weight"].shape) == (4 * 64, 16)
+    assert tuple(rich["cond_convs.1.weight"].shape) == (8, 4, 1, 1)
+
+
 def test_log_prob_matches_torch_distributions():
     dec = small_decoder()
     g = torch.Generator().manual_seed(1)
@@ -90,8 +168,9 @@ def test_log_prob_matches_torch_distributions():
     assert dec(x, zk).shape == (4, 3, 1, 8, 8)
 
 
-def test_fast_sampling_equals_full_image_sampling():
-    dec = small_decoder((1, 9, 7))
+@pytest.mark.parametrize("kwargs", [{}, RICH])
+def test_fast_sampling_equals_full_image_sampling(kwargs):
+    dec = small_decoder((1, 9, 7), **kwargs)
     z = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     fast = dec.sample(z, generator=torch.Generator().manual_seed(5))
     slow = dec.sample(z, generator=torch.Generator().manual_seed(5), fast=False)
@@ -126,6 +205,10 @@ def test_validation():
         dec.sample(torch.zeros(2, 2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"x_shape must be \(1, H, W\)"):
         PixelCNNDecoder(3, x_shape=(3, 8, 8))
+    with pytest.raises(ValueError, match="cond_channels must be an integer >= 1, got 0"):
+        PixelCNNDecoder(3, x_shape=(1, 8, 8), cond_channels=0)
+    with pytest.raises(ValueError, match="cond_hidden must be an integer >= 0, got -1"):
+        PixelCNNDecoder(3, x_shape=(1, 8, 8), cond_hidden=-1)
 
 
 def test_vae_with_pixelcnn_decoder():
