@@ -108,6 +108,7 @@ student: $(STAMP)
 checkpoints: $(STAMP) data
 	@for script in tools/train_lecture*.py; do \
 	  echo "== $$script"; $(PY) $$script || exit 1; done
+	$(PY) tools/train_lecture05.py --long
 
 lock: $(STAMP)
 	$(PY) tools/lock.py
