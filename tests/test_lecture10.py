@@ -19,29 +19,6 @@ DT = torch.float64
 CHECKPOINT_FIGURES: dict[str, Callable[[nn.Module], tuple[float, float, float]]] = {}
 
 
-def lbfgs(params: list[torch.Tensor], loss_fn, max_iter: int = 500, tol: float = 1e-10) -> float:
-    """Minimise loss_fn() over params with L-BFGS (strong Wolfe); the final loss."""
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=max_iter,
-        tolerance_grad=tol,
-        tolerance_change=1e-15,
-        history_size=50,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return loss_fn().item()
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_every_harmonium_has_a_tight_elbo_with_its_affine_encoder(seed):
     """The theorem's sufficiency, on random RBMs (n = 5, m = 4): the encoder W^T x + v gives
@@ -96,7 +73,7 @@ def elbo_optimum(p_d: torch.Tensor, start: torch.Tensor) -> tuple[float, torch.T
     theta = start.clone().requires_grad_(True)
     lj = harmonium.log_joint(UNIFORM2, two_cause_logits(start))
     ell = harmonium.best_factorised_logits(lj).requires_grad_(True)
-    value = -lbfgs(
+    value = -harmonium.lbfgs_minimise(
         [theta, ell],
         lambda: -(p_d * harmonium.elbo(UNIFORM2, two_cause_logits(theta), ell)).sum(),
         max_iter=1500,
@@ -107,7 +84,7 @@ def elbo_optimum(p_d: torch.Tensor, start: torch.Tensor) -> tuple[float, torch.T
 def consistent_ml(p_d: torch.Tensor) -> float:
     """max of E_pd log p(x) over the consistent set w1 = 0, no encoder."""
     wb = torch.tensor([1.0, 0.0], dtype=DT, requires_grad=True)
-    return -lbfgs(
+    return -harmonium.lbfgs_minimise(
         [wb],
         lambda: (
             -(
@@ -166,10 +143,12 @@ def encoder_gaps(log_prior: torch.Tensor, logits: torch.Tensor) -> tuple[float, 
     W2 = (torch.randn(64, 3, generator=gm, dtype=DT) / 8).requires_grad_(True)
     b1 = torch.zeros(64, dtype=DT, requires_grad=True)
     b2 = torch.zeros(3, dtype=DT, requires_grad=True)
-    mlp = lbfgs([W1, b1, W2, b2], lambda: mean_gap(torch.tanh(x @ W1 + b1) @ W2 + b2), 200)
+    mlp = harmonium.lbfgs_minimise(
+        [W1, b1, W2, b2], lambda: mean_gap(torch.tanh(x @ W1 + b1) @ W2 + b2), 200
+    )
     A = torch.zeros(5, 3, dtype=DT, requires_grad=True)
     b = torch.zeros(3, dtype=DT, requires_grad=True)
-    return floor, mlp, lbfgs([A, b], lambda: mean_gap(x @ A + b))
+    return floor, mlp, harmonium.lbfgs_minimise([A, b], lambda: mean_gap(x @ A + b))
 
 
 def test_a_bigger_encoder_only_reaches_the_lookup_floor():
