@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dgmlib import checks
+from dgmlib.avb import avb_losses
 from dgmlib.bounds import iwae_bound
 from dgmlib.dequantization import discretized_logistic_log_prob
 from dgmlib.diagnostics import active_units
@@ -114,8 +115,33 @@ def optimal_linear_encoder(W, b, sigma2):
     return A, -A @ b, 1.0 / torch.diagonal(precision)
 
 
+def topdown_kls(m2, l2, m1, l1, mp, lp):
+    kl2 = 0.5 * (l2.exp() + m2**2 - 1 - l2).sum(-1)
+    kl1 = 0.5 * (lp - l1 + (l1.exp() + (m1 - mp) ** 2) / lp.exp() - 1).sum(-1)
+    return kl2, kl1
+
+
+def ladder_merge(ma, la, mb, lb):
+    pa, pb = torch.exp(-la), torch.exp(-lb)
+    return (ma * pa + mb * pb) / (pa + pb), -torch.log(pa + pb)
+
+
+def backward_message(log_px_z1, log_pz1_z2):
+    return torch.logsumexp(log_px_z1[:, None, :] + log_pz1_z2[None, :, :], dim=-1)
+
+
+def avb_loss_pair(decoder, disc, x, z, z_prior):
+    t = avb_losses(decoder, disc, x, z, z_prior)
+    return t["primal"], t["dual"]
+
+
 REFERENCES = {
     "check_interactions": (interactions, 6),
+    "check_kl_from_discriminator": (lambda d: torch.logit(d).mean(), 3),
+    "check_avb_losses": (avb_loss_pair, 5),
+    "check_topdown_kls": (topdown_kls, 4),
+    "check_ladder_merge": (ladder_merge, 4),
+    "check_backward_message": (backward_message, 4),
     "check_optimal_linear_encoder": (optimal_linear_encoder, 4),
     "check_elbo_gaussian": (elbo_right, 4),
     "check_log_importance_estimate": (is_right, 5),
