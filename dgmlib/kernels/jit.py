@@ -57,6 +57,73 @@ def _pairwise_config(m: int, n: int, k: int, dtype: torch.dtype) -> dict[str, in
 
 
 # ----------------------------------------------------------------------------------------------
+# Building blocks shared by the kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def span(start, BLOCK: tl.constexpr, n):
+    """int64 offsets ``start .. start + BLOCK - 1`` and the mask of those below ``n``."""
+    offs = start + tl.arange(0, BLOCK).to(tl.int64)
+    return offs, offs < n
+
+
+@triton.jit
+def tile_ptrs(P, rows, mask_rows, cols, mask_cols, stride_row, stride_col):
+    """Pointers to ``P[rows, cols]`` (a ``[len(rows), len(cols)]`` tile) and its mask."""
+    ptrs = P + rows[:, None] * stride_row + cols[None, :] * stride_col
+    return ptrs, mask_rows[:, None] & mask_cols[None, :]
+
+
+@triton.jit
+def load_tile(P, rows, mask_rows, cols, mask_cols, stride_row, stride_col):
+    """``P[rows, cols]`` with zeros outside the masks."""
+    ptrs, mask = tile_ptrs(P, rows, mask_rows, cols, mask_cols, stride_row, stride_col)
+    return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def store_tile(P, value, rows, mask_rows, cols, mask_cols, stride_row, stride_col):
+    """``P[rows, cols] = value`` inside the masks."""
+    ptrs, mask = tile_ptrs(P, rows, mask_rows, cols, mask_cols, stride_row, stride_col)
+    tl.store(ptrs, value, mask=mask)
+
+
+@triton.jit
+def online_lse_update(m_i, l_i, s):
+    """One tile ``s [R, T]`` of a running log-sum-exp over rows: new maximum and sum."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    return m_new, l_i * tl.exp(m_i - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), 1)
+
+
+@triton.jit
+def online_lse_result(m_i, l_i):
+    """``m + log l``; ``-inf`` where every logit was ``-inf`` (``l = 0``, log(0) never taken)."""
+    return tl.where(l_i > 0, m_i + tl.log(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+
+
+@triton.jit
+def pairwise_logits(
+    a, B, C, offs_n, mask_n, offs_k, mask_k, stride_bn, stride_bk, PRECISION: tl.constexpr
+):
+    """``s[m, n] = c[n] + <a[m], b[n]>`` for one n-tile (``-inf`` at masked n), and ``b^T``."""
+    bt = load_tile(B, offs_k, mask_k, offs_n, mask_n, stride_bk, stride_bn)
+    c = tl.load(C + offs_n, mask=mask_n, other=float("-inf"))
+    s = tl.dot(a, bt, input_precision=PRECISION, out_dtype=a.dtype) + c[None, :]
+    return tl.where(mask_n[None, :], s, float("-inf")), bt
+
+
+@triton.jit
+def log_normalizers(OUT, G, offs_m, mask_m):
+    """The forward pass's ``out[m]`` (``+inf`` for an all ``-inf`` row, so ``r = 0`` there and
+    not nan) and the incoming gradient ``g[m]`` (0 at masked m)."""
+    out = tl.load(OUT + offs_m, mask=mask_m, other=float("inf"))
+    out = tl.where(out == float("-inf"), float("inf"), out)
+    return out, tl.load(G + offs_m, mask=mask_m, other=0.0)
+
+
+# ----------------------------------------------------------------------------------------------
 # Pairwise log-sum-exp: out[m] = log sum_n exp(c[n] + <a[m], b[n]>)
 # ----------------------------------------------------------------------------------------------
 
@@ -69,36 +136,18 @@ def blse_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0).to(tl.int64)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
-    mask_m = offs_m < M
-    mask_k = offs_k < K
-    a = tl.load(
-        A + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak,
-        mask=mask_m[:, None] & mask_k[None, :],
-        other=0.0,
-    )
+    offs_m, mask_m = span(tl.program_id(0).to(tl.int64) * BLOCK_M, BLOCK_M, M)
+    offs_k, mask_k = span(0, BLOCK_K, K)
+    a = load_tile(A, offs_m, mask_m, offs_k, mask_k, stride_am, stride_ak)
     m_i = tl.full([BLOCK_M], float("-inf"), a.dtype)  # running max
     l_i = tl.zeros([BLOCK_M], a.dtype)  # running sum of exp(s - m_i)
     for start in range(0, N, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask_n = offs_n < N
-        bt = tl.load(
-            B + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
-            mask=mask_k[:, None] & mask_n[None, :],
-            other=0.0,
+        offs_n, mask_n = span(start, BLOCK_N, N)
+        s, _ = pairwise_logits(
+            a, B, C, offs_n, mask_n, offs_k, mask_k, stride_bn, stride_bk, PRECISION
         )
-        c = tl.load(C + offs_n, mask=mask_n, other=float("-inf"))
-        s = tl.dot(a, bt, input_precision=PRECISION, out_dtype=a.dtype) + c[None, :]
-        s = tl.where(mask_n[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        l_i = l_i * tl.exp(m_i - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), 1)
-        m_i = m_new
-    # l_i == 0 exactly when every logit was -inf: the result is -inf (and log(0) is never taken).
-    out = tl.where(l_i > 0, m_i + tl.log(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
-    tl.store(OUT + offs_m, out, mask=mask_m)
+        m_i, l_i = online_lse_update(m_i, l_i, s)
+    tl.store(OUT + offs_m, online_lse_result(m_i, l_i), mask=mask_m)
 
 
 @triton.jit
@@ -110,38 +159,19 @@ def blse_bwd_a_kernel(
     PRECISION: tl.constexpr,
 ):  # fmt: skip
     """ga[m] = sum_n g[m] r[m, n] b[n], r = exp(s - out): the responsibilities, recomputed."""
-    pid = tl.program_id(0).to(tl.int64)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
-    mask_m = offs_m < M
-    mask_k = offs_k < K
-    a = tl.load(
-        A + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak,
-        mask=mask_m[:, None] & mask_k[None, :],
-        other=0.0,
-    )
-    out = tl.load(OUT + offs_m, mask=mask_m, other=float("inf"))
-    out = tl.where(out == float("-inf"), float("inf"), out)  # all -inf row: r = 0, not nan
-    g = tl.load(G + offs_m, mask=mask_m, other=0.0)
+    offs_m, mask_m = span(tl.program_id(0).to(tl.int64) * BLOCK_M, BLOCK_M, M)
+    offs_k, mask_k = span(0, BLOCK_K, K)
+    a = load_tile(A, offs_m, mask_m, offs_k, mask_k, stride_am, stride_ak)
+    out, g = log_normalizers(OUT, G, offs_m, mask_m)
     acc = tl.zeros([BLOCK_M, BLOCK_K], a.dtype)
     for start in range(0, N, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask_n = offs_n < N
-        bt = tl.load(
-            B + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk,
-            mask=mask_k[:, None] & mask_n[None, :],
-            other=0.0,
+        offs_n, mask_n = span(start, BLOCK_N, N)
+        s, bt = pairwise_logits(
+            a, B, C, offs_n, mask_n, offs_k, mask_k, stride_bn, stride_bk, PRECISION
         )
-        c = tl.load(C + offs_n, mask=mask_n, other=float("-inf"))
-        s = tl.dot(a, bt, input_precision=PRECISION, out_dtype=a.dtype) + c[None, :]
-        s = tl.where(mask_n[None, :], s, float("-inf"))
         w = tl.exp(s - out[:, None]) * g[:, None]
         acc = tl.dot(w, tl.trans(bt), acc, input_precision=PRECISION, out_dtype=a.dtype)
-    tl.store(
-        GA + offs_m[:, None] * stride_gam + offs_k[None, :] * stride_gak,
-        acc,
-        mask=mask_m[:, None] & mask_k[None, :],
-    )
+    store_tile(GA, acc, offs_m, mask_m, offs_k, mask_k, stride_gam, stride_gak)
 
 
 @triton.jit
@@ -153,40 +183,22 @@ def blse_bwd_b_kernel(
     PRECISION: tl.constexpr,
 ):  # fmt: skip
     """gb[n] = sum_m g[m] r[m, n] a[m] and gc[n] = sum_m g[m] r[m, n], one program per n-tile."""
-    pid = tl.program_id(0).to(tl.int64)
-    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
-    mask_n = offs_n < N
-    mask_k = offs_k < K
-    b = tl.load(
-        B + offs_n[:, None] * stride_bn + offs_k[None, :] * stride_bk,
-        mask=mask_n[:, None] & mask_k[None, :],
-        other=0.0,
-    )
+    offs_n, mask_n = span(tl.program_id(0).to(tl.int64) * BLOCK_N, BLOCK_N, N)
+    offs_k, mask_k = span(0, BLOCK_K, K)
+    b = load_tile(B, offs_n, mask_n, offs_k, mask_k, stride_bn, stride_bk)
     c = tl.load(C + offs_n, mask=mask_n, other=float("-inf"))
     acc = tl.zeros([BLOCK_N, BLOCK_K], b.dtype)
     acc_c = tl.zeros([BLOCK_N], b.dtype)
     for start in range(0, M, BLOCK_M):
-        offs_m = start + tl.arange(0, BLOCK_M).to(tl.int64)
-        mask_m = offs_m < M
-        a = tl.load(
-            A + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak,
-            mask=mask_m[:, None] & mask_k[None, :],
-            other=0.0,
-        )
-        out = tl.load(OUT + offs_m, mask=mask_m, other=float("inf"))
-        out = tl.where(out == float("-inf"), float("inf"), out)
-        g = tl.load(G + offs_m, mask=mask_m, other=0.0)
+        offs_m, mask_m = span(start, BLOCK_M, M)
+        a = load_tile(A, offs_m, mask_m, offs_k, mask_k, stride_am, stride_ak)
+        out, g = log_normalizers(OUT, G, offs_m, mask_m)
         st = tl.dot(b, tl.trans(a), input_precision=PRECISION, out_dtype=b.dtype) + c[:, None]
         st = tl.where(mask_n[:, None], st, float("-inf"))
         wt = tl.exp(st - out[None, :]) * g[None, :]  # [BLOCK_N, BLOCK_M]; masked m: g = 0
         acc = tl.dot(wt, a, acc, input_precision=PRECISION, out_dtype=b.dtype)
         acc_c += tl.sum(wt, 1)
-    tl.store(
-        GB + offs_n[:, None] * stride_gbn + offs_k[None, :] * stride_gbk,
-        acc,
-        mask=mask_n[:, None] & mask_k[None, :],
-    )
+    store_tile(GB, acc, offs_n, mask_n, offs_k, mask_k, stride_gbn, stride_gbk)
     tl.store(GC + offs_n, acc_c, mask=mask_n)
 
 
@@ -247,26 +259,14 @@ def vq_argmin_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0).to(tl.int64)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
-    mask_m = offs_m < M
-    mask_k = offs_k < K
-    x = tl.load(
-        X + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-        mask=mask_m[:, None] & mask_k[None, :],
-        other=0.0,
-    )
+    offs_m, mask_m = span(tl.program_id(0).to(tl.int64) * BLOCK_M, BLOCK_M, M)
+    offs_k, mask_k = span(0, BLOCK_K, K)
+    x = load_tile(X, offs_m, mask_m, offs_k, mask_k, stride_xm, stride_xk)
     best = tl.full([BLOCK_M], float("inf"), x.dtype)
     best_idx = tl.zeros([BLOCK_M], tl.int64)
     for start in range(0, N, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask_n = offs_n < N
-        et = tl.load(
-            E + offs_n[None, :] * stride_en + offs_k[:, None] * stride_ek,
-            mask=mask_k[:, None] & mask_n[None, :],
-            other=0.0,
-        )
+        offs_n, mask_n = span(start, BLOCK_N, N)
+        et = load_tile(E, offs_k, mask_k, offs_n, mask_n, stride_ek, stride_en)
         h = tl.load(H + offs_n, mask=mask_n, other=float("inf"))
         score = h[None, :] - tl.dot(x, et, input_precision=PRECISION, out_dtype=x.dtype)
         score = tl.where(mask_n[None, :], score, float("inf"))
@@ -309,31 +309,37 @@ def _rowwise_config(r: int, c: int) -> dict[str, int]:
 
 
 @triton.jit
+def row_block(R, BLOCK_R: tl.constexpr):
+    """This program's rows (int64) and their mask."""
+    return span(tl.program_id(0).to(tl.int64) * BLOCK_R, BLOCK_R, R)
+
+
+@triton.jit
+def row_tile(rows, mask_r, start, BLOCK_C: tl.constexpr, C):
+    """Flat offsets of ``[rows, start:start + BLOCK_C]`` in a contiguous ``[R, C]`` tensor and
+    the tile's mask."""
+    cols, mask_c = span(start, BLOCK_C, C)
+    return tile_ptrs(0, rows, mask_r, cols, mask_c, C, 1)
+
+
+@triton.jit
 def lme_fwd_kernel(
     X, LSE, W, R, C,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    mask_r = rows < R
+    rows, mask_r = row_block(R, BLOCK_R)
     m_i = tl.full([BLOCK_R], float("-inf"), X.dtype.element_ty)
     l_i = tl.zeros([BLOCK_R], X.dtype.element_ty)
     for start in range(0, C, BLOCK_C):
-        cols = start + tl.arange(0, BLOCK_C).to(tl.int64)
-        mask = mask_r[:, None] & (cols[None, :] < C)
-        x = tl.load(X + rows[:, None] * C + cols[None, :], mask=mask, other=float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(x, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        l_i = l_i * tl.exp(m_i - m_safe) + tl.sum(tl.exp(x - m_safe[:, None]), 1)
-        m_i = m_new
-    lse = tl.where(l_i > 0, m_i + tl.log(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+        offs, mask = row_tile(rows, mask_r, start, BLOCK_C, C)
+        m_i, l_i = online_lse_update(m_i, l_i, tl.load(X + offs, mask=mask, other=float("-inf")))
+    lse = online_lse_result(m_i, l_i)
     tl.store(LSE + rows, lse, mask=mask_r)
     lse_safe = tl.where(lse == float("-inf"), float("inf"), lse)  # all -inf row: weights 0
     for start in range(0, C, BLOCK_C):
-        cols = start + tl.arange(0, BLOCK_C).to(tl.int64)
-        mask = mask_r[:, None] & (cols[None, :] < C)
-        x = tl.load(X + rows[:, None] * C + cols[None, :], mask=mask, other=float("-inf"))
-        tl.store(W + rows[:, None] * C + cols[None, :], tl.exp(x - lse_safe[:, None]), mask=mask)
+        offs, mask = row_tile(rows, mask_r, start, BLOCK_C, C)
+        x = tl.load(X + offs, mask=mask, other=float("-inf"))
+        tl.store(W + offs, tl.exp(x - lse_safe[:, None]), mask=mask)
 
 
 @triton.jit
@@ -342,24 +348,18 @@ def lme_bwd_kernel(
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """gx = w * (g_lme + g_w - sum_c w g_w): the softmax Jacobian plus d lme / d x = w."""
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    mask_r = rows < R
+    rows, mask_r = row_block(R, BLOCK_R)
     dot = tl.zeros([BLOCK_R], W.dtype.element_ty)
     for start in range(0, C, BLOCK_C):
-        cols = start + tl.arange(0, BLOCK_C).to(tl.int64)
-        mask = mask_r[:, None] & (cols[None, :] < C)
-        w = tl.load(W + rows[:, None] * C + cols[None, :], mask=mask, other=0.0)
-        gw = tl.load(G_W + rows[:, None] * C + cols[None, :], mask=mask, other=0.0)
-        dot += tl.sum(w * gw, 1)
-    g_lme = tl.load(G_LME + rows, mask=mask_r, other=0.0)
-    shift = g_lme - dot
+        offs, mask = row_tile(rows, mask_r, start, BLOCK_C, C)
+        w = tl.load(W + offs, mask=mask, other=0.0)
+        dot += tl.sum(w * tl.load(G_W + offs, mask=mask, other=0.0), 1)
+    shift = tl.load(G_LME + rows, mask=mask_r, other=0.0) - dot
     for start in range(0, C, BLOCK_C):
-        cols = start + tl.arange(0, BLOCK_C).to(tl.int64)
-        mask = mask_r[:, None] & (cols[None, :] < C)
-        w = tl.load(W + rows[:, None] * C + cols[None, :], mask=mask, other=0.0)
-        gw = tl.load(G_W + rows[:, None] * C + cols[None, :], mask=mask, other=0.0)
-        tl.store(GX + rows[:, None] * C + cols[None, :], w * (gw + shift[:, None]), mask=mask)
+        offs, mask = row_tile(rows, mask_r, start, BLOCK_C, C)
+        w = tl.load(W + offs, mask=mask, other=0.0)
+        gw = tl.load(G_W + offs, mask=mask, other=0.0)
+        tl.store(GX + offs, w * (gw + shift[:, None]), mask=mask)
 
 
 def lse_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -392,19 +392,14 @@ def reparam_fwd_kernel(
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """z = mu + exp(logvar / 2) eps; kl = sum_c (mu^2 + exp(logvar) - 1 - logvar) / 2."""
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    mask_r = rows < R
+    rows, mask_r = row_block(R, BLOCK_R)
     kl = tl.zeros([BLOCK_R], MU.dtype.element_ty)
     for start in range(0, C, BLOCK_C):
-        cols = start + tl.arange(0, BLOCK_C).to(tl.int64)
-        mask = mask_r[:, None] & (cols[None, :] < C)
-        offs = rows[:, None] * C + cols[None, :]
+        offs, mask = row_tile(rows, mask_r, start, BLOCK_C, C)
         mu = tl.load(MU + offs, mask=mask, other=0.0)
         lv = tl.load(LOGVAR + offs, mask=mask, other=0.0)
-        eps = tl.load(EPS + offs, mask=mask, other=0.0)
         std = tl.exp(0.5 * lv)
-        tl.store(Z + offs, mu + std * eps, mask=mask)
+        tl.store(Z + offs, mu + std * tl.load(EPS + offs, mask=mask, other=0.0), mask=mask)
         kl += tl.sum(tl.where(mask, mu * mu + std * std - 1.0 - lv, 0.0), 1)
     tl.store(KL + rows, 0.5 * kl, mask=mask_r)
 
@@ -414,14 +409,10 @@ def reparam_bwd_kernel(
     MU, LOGVAR, EPS, G_Z, G_KL, G_MU, G_LOGVAR, G_EPS, R, C,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    mask_r = rows < R
+    rows, mask_r = row_block(R, BLOCK_R)
     g_kl = tl.load(G_KL + rows, mask=mask_r, other=0.0)
     for start in range(0, C, BLOCK_C):
-        cols = start + tl.arange(0, BLOCK_C).to(tl.int64)
-        mask = mask_r[:, None] & (cols[None, :] < C)
-        offs = rows[:, None] * C + cols[None, :]
+        offs, mask = row_tile(rows, mask_r, start, BLOCK_C, C)
         mu = tl.load(MU + offs, mask=mask, other=0.0)
         lv = tl.load(LOGVAR + offs, mask=mask, other=0.0)
         eps = tl.load(EPS + offs, mask=mask, other=0.0)
