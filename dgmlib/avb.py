@@ -43,9 +43,24 @@ __all__ = [
     "ImplicitEncoder",
     "JointDiscriminator",
     "avb_losses",
+    "joint_input",
     "latent_grid",
     "log_marginal_on_grid",
 ]
+
+
+def joint_input(x: Tensor, x_dim: int, v: Tensor, name: str, v_dim: int, where: str) -> Tensor:
+    """``[x, v]`` along the last axis for ``x [B, x_dim]`` (or flattened images) and
+    ``v [B, v_dim]`` or ``[K, B, v_dim]`` (``x`` repeated over ``K``); a ValueError naming ``v``
+    otherwise."""
+    x = flatten_batch(x, x_dim, where)
+    check_tensor(v, name, where, min_ndim=2)
+    if v.shape[-1] != v_dim or v.shape[-2] != x.shape[0] or v.dim() > 3:
+        raise ValueError(
+            f"{where}: {name} must have shape [{x.shape[0]}, {v_dim}] or "
+            f"[K, {x.shape[0]}, {v_dim}], got {tuple(v.shape)}"
+        )
+    return torch.cat([x.expand(*v.shape[:-1], x_dim), v], dim=-1)
 
 
 class ImplicitEncoder(nn.Module):
@@ -78,15 +93,8 @@ class ImplicitEncoder(nn.Module):
     def transform(self, x: Tensor, eps: Tensor) -> Tensor:
         """``g(x, eps)``: ``x [B, x_dim]`` and ``eps [B, noise_dim]`` (or ``[K, B, noise_dim]``)
         -> ``[B, Z]`` (or ``[K, B, Z]``)."""
-        where = "ImplicitEncoder.transform"
-        x = flatten_batch(x, self.x_dim, where)
-        check_tensor(eps, "eps", where, min_ndim=2)
-        if eps.shape[-1] != self.noise_dim or eps.shape[-2] != x.shape[0] or eps.dim() > 3:
-            raise ValueError(
-                f"{where}: eps must have shape [{x.shape[0]}, {self.noise_dim}] or "
-                f"[K, {x.shape[0]}, {self.noise_dim}], got {tuple(eps.shape)}"
-            )
-        return self.net(torch.cat([x.expand(*eps.shape[:-1], self.x_dim), eps], dim=-1))
+        u = joint_input(x, self.x_dim, eps, "eps", self.noise_dim, "ImplicitEncoder.transform")
+        return self.net(u)
 
     def sample(
         self, x: Tensor, K: int | None = None, generator: torch.Generator | None = None
@@ -167,15 +175,7 @@ class JointDiscriminator(nn.Module):
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         """Logits ``[B]`` for ``x [B, x_dim]``, ``z [B, Z]``; ``[K, B]`` for ``z [K, B, Z]``."""
-        where = "JointDiscriminator"
-        x = flatten_batch(x, self.x_dim, where)
-        check_tensor(z, "z", where, min_ndim=2)
-        if z.shape[-1] != self.z_dim or z.shape[-2] != x.shape[0] or z.dim() > 3:
-            raise ValueError(
-                f"{where}: z must have shape [{x.shape[0]}, {self.z_dim}] or "
-                f"[K, {x.shape[0]}, {self.z_dim}], got {tuple(z.shape)}"
-            )
-        u = torch.cat([x.expand(*z.shape[:-1], self.x_dim), z], dim=-1)
+        u = joint_input(x, self.x_dim, z, "z", self.z_dim, "JointDiscriminator")
         out = self.net(u)
         if self.quad is not None:
             out = out + self.quad(u[..., self.pairs[0]] * u[..., self.pairs[1]])

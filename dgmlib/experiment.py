@@ -51,7 +51,9 @@ __all__ = [
     "epoch_order",
     "load_weights",
     "make",
+    "model_entry",
     "model_tensors",
+    "n_params",
     "save_model",
     "script_args",
     "script_parser",
@@ -252,6 +254,26 @@ def epoch_order(n: int, epoch: int, seed: int = 0) -> torch.Tensor:
     (resuming after epoch k gives the same batches as an uninterrupted run)."""
     g = torch.Generator().manual_seed(1000 * (seed + 1) + epoch)
     return torch.randperm(n, generator=g)
+
+
+def n_params(model: nn.Module) -> int:
+    """The number of weights of ``model`` (trained or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_entry(
+    path: str | os.PathLike, sha256: str, model: nn.Module, train_seconds: float, **fields: Any
+) -> dict[str, Any]:
+    """The results entry of a saved model (see :func:`write_results`): its checkpoint's file
+    name and SHA-256, the weights of ``model`` counted, the training time in seconds, and
+    ``fields`` (``test``, ``curves``, settings of that model)."""
+    return {
+        "checkpoint": Path(path).name,
+        "sha256": sha256,
+        "n_params": n_params(model),
+        "train_seconds": train_seconds,
+        **fields,
+    }
 
 
 def _refuse_ambiguous(value: Any, where: str) -> None:

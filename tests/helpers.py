@@ -9,6 +9,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,6 +19,34 @@ ROOT = Path(__file__).resolve().parent.parent
 #: about 0.02 nats; a wrong or mis-loaded weight, or a model of another epoch, moves such a
 #: figure by a nat or more.
 ROUNDOFF_784 = 784 * 2**-24 * 400
+
+#: Per-dtype tolerances of a kernel's output against a float64 reference computed from the same,
+#: already rounded, inputs (the torch paths and the Triton kernels alike): a few hundred ulps of
+#: float64, about a hundred of float32 and of the half formats (2^-10 and 2^-7 relative).
+KERNEL_TOL = {
+    torch.float64: dict(rtol=1e-9, atol=1e-9),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float16: dict(rtol=1e-3, atol=1e-3),
+    torch.bfloat16: dict(rtol=8e-3, atol=8e-3),
+}
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, tol: dict, scale: bool = False) -> None:
+    """``actual`` equals ``expected`` within ``tol`` (atol scaled by the largest reference entry
+    when ``scale``, as for gradients)."""
+    atol = tol["atol"] * (max(1.0, expected.abs().max().item()) if scale else 1.0)
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=tol["rtol"], atol=atol)
+
+
+def mixture_case(m: int, n: int, d: int, dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
+    """Arguments ``z [m, d], mu [n, d], logvar [n, d], log_w [n]`` of a mixture log-density,
+    drawn in float64 and rounded to ``dtype``."""
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(n, d, generator=g, dtype=torch.float64)
+    logvar = torch.rand(n, d, generator=g, dtype=torch.float64) * 2.0 - 1.5
+    z = 1.2 * torch.randn(m, d, generator=g, dtype=torch.float64)
+    log_w = torch.log_softmax(torch.randn(n, generator=g, dtype=torch.float64), 0)
+    return [t.to(dtype) for t in (z, mu, logvar, log_w)]
 
 
 def fails(check, fn, case_start: str, hint: str) -> str:

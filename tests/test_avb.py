@@ -13,6 +13,7 @@ from scipy import integrate, stats
 from sklearn.linear_model import LogisticRegression
 from torch.distributions import Normal
 
+from dgmlib import density_ratio
 from dgmlib.avb import (
     AVB,
     AVBObjective,
@@ -21,14 +22,6 @@ from dgmlib.avb import (
     avb_losses,
     latent_grid,
     log_marginal_on_grid,
-)
-from dgmlib.density_ratio import (
-    fit_logistic_regression,
-    gaussian_log_ratio_coefficients,
-    gaussian_ratio_mean,
-    kl_from_logits,
-    quadratic_features,
-    ratio_mean_from_logits,
 )
 from dgmlib.experiment import make
 from dgmlib.models.vae import BernoulliDecoder, GaussianDecoder
@@ -44,7 +37,9 @@ DT = torch.float64
 def test_gaussian_log_ratio_coefficients_match_torch_distributions(m1, s1, m0, s0):
     x = torch.linspace(-6, 6, 101, dtype=DT)
     m1, s1, m0, s0 = (torch.tensor(v, dtype=DT) for v in (m1, s1, m0, s0))
-    c0, c1, c2 = gaussian_log_ratio_coefficients(*(float(v) for v in (m1, s1, m0, s0)))
+    c0, c1, c2 = density_ratio.gaussian_log_ratio_coefficients(
+        *(float(v) for v in (m1, s1, m0, s0))
+    )
     ref = Normal(m1, s1).log_prob(x) - Normal(m0, s0).log_prob(x)
     torch.testing.assert_close(c0 + c1 * x + c2 * x * x, ref, rtol=0, atol=1e-12)
 
@@ -56,21 +51,21 @@ def test_gaussian_ratio_mean_matches_quadrature(m1, s1, m0, s0):
 
     ref, err = integrate.quad(integrand, -40, 40, epsabs=1e-13, epsrel=1e-12, limit=400)
     assert err < 1e-9
-    assert gaussian_ratio_mean(m1, s1, m0, s0) == pytest.approx(ref, rel=1e-9)
+    assert density_ratio.gaussian_ratio_mean(m1, s1, m0, s0) == pytest.approx(ref, rel=1e-9)
 
 
 def test_gaussian_ratio_mean_is_infinite_for_heavy_numerators():
-    assert gaussian_ratio_mean(0.0, 2.0, 0.0, 1.0) == math.inf  # 2 * 1 <= 4
+    assert density_ratio.gaussian_ratio_mean(0.0, 2.0, 0.0, 1.0) == math.inf  # 2 * 1 <= 4
     with pytest.raises(ValueError, match="std1 must be finite and > 0"):
-        gaussian_ratio_mean(0.0, -1.0, 0.0, 1.0)
+        density_ratio.gaussian_ratio_mean(0.0, -1.0, 0.0, 1.0)
 
 
 def test_quadratic_features():
     x = torch.tensor([0.0, 2.0, -1.5], dtype=DT)
     expected = torch.tensor([[1.0, 0.0, 0.0], [1.0, 2.0, 4.0], [1.0, -1.5, 2.25]], dtype=DT)
-    torch.testing.assert_close(quadratic_features(x), expected, rtol=0, atol=0)
+    torch.testing.assert_close(density_ratio.quadratic_features(x), expected, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"x must have shape \[N\]"):
-        quadratic_features(x[:, None])
+        density_ratio.quadratic_features(x[:, None])
 
 
 def _two_gaussians(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +79,8 @@ def _two_gaussians(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_logistic_regression_matches_sklearn_and_the_autograd_hessian():
     x, y = _two_gaussians(3000, seed=1)
-    f = quadratic_features(x)
-    fit = fit_logistic_regression(f, y)
+    f = density_ratio.quadratic_features(x)
+    fit = density_ratio.fit_logistic_regression(f, y)
     sk = LogisticRegression(C=np.inf, fit_intercept=False, tol=1e-12, max_iter=10_000)
     sk.fit(f.numpy(), y.numpy())
     np.testing.assert_allclose(fit.coef.numpy(), sk.coef_[0], rtol=0, atol=1e-5)
@@ -102,32 +97,32 @@ def test_logistic_regression_matches_sklearn_and_the_autograd_hessian():
 def test_logistic_regression_recovers_the_log_ratio_within_its_standard_errors():
     # fixed seed; the true coefficients lie within 4 standard errors (a 1e-4 two-sided event)
     x, y = _two_gaussians(20_000, seed=2)
-    fit = fit_logistic_regression(quadratic_features(x), y)
-    true = torch.tensor(gaussian_log_ratio_coefficients(1.0, 1.0, 0.0, 2.0), dtype=DT)
+    fit = density_ratio.fit_logistic_regression(density_ratio.quadratic_features(x), y)
+    true = torch.tensor(density_ratio.gaussian_log_ratio_coefficients(1.0, 1.0, 0.0, 2.0), dtype=DT)
     assert ((fit.coef - true).abs() < 4 * fit.se).all(), (fit.coef, true, fit.se)
 
 
 def test_logistic_regression_rejects_bad_input():
     f = torch.tensor([[1.0, -1.0], [1.0, 1.0]], dtype=DT)
     with pytest.raises(ValueError, match="did not converge"):
-        fit_logistic_regression(f, torch.tensor([0.0, 1.0], dtype=DT))  # separable
+        density_ratio.fit_logistic_regression(f, torch.tensor([0.0, 1.0], dtype=DT))  # separable
     with pytest.raises(ValueError, match="labels must be 0 or 1"):
-        fit_logistic_regression(f, torch.tensor([0.0, 2.0], dtype=DT))
+        density_ratio.fit_logistic_regression(f, torch.tensor([0.0, 2.0], dtype=DT))
     with pytest.raises(ValueError, match=r"features must be \[N, F\] and labels \[N\]"):
-        fit_logistic_regression(f, torch.zeros(3, dtype=DT))
+        density_ratio.fit_logistic_regression(f, torch.zeros(3, dtype=DT))
 
 
 def test_kl_and_ratio_mean_from_the_exact_logits():
     g = torch.Generator().manual_seed(3)
     x = 1 + torch.randn(200_000, generator=g, dtype=DT)
-    c0, c1, c2 = gaussian_log_ratio_coefficients(1.0, 1.0, 0.0, 2.0)
+    c0, c1, c2 = density_ratio.gaussian_log_ratio_coefficients(1.0, 1.0, 0.0, 2.0)
     logits = c0 + c1 * x + c2 * x * x
     kl = torch.distributions.kl_divergence(Normal(1.0, 1.0), Normal(0.0, 2.0)).item()
-    est, se = kl_from_logits(logits)
+    est, se = density_ratio.kl_from_logits(logits)
     assert (est, se) == mean_se(logits)
     assert abs(est - kl) < 4 * se
-    est, se = ratio_mean_from_logits(logits)
-    assert abs(est - gaussian_ratio_mean(1.0, 1.0, 0.0, 2.0)) < 4 * se
+    est, se = density_ratio.ratio_mean_from_logits(logits)
+    assert abs(est - density_ratio.gaussian_ratio_mean(1.0, 1.0, 0.0, 2.0)) < 4 * se
     assert (est, se) == mean_se(logits.exp())
 
 

@@ -17,6 +17,7 @@ from dgmlib.experiment import (
     epoch_order,
     load_model_file,
     make,
+    model_entry,
     model_tensors,
     save_model,
     spec_of,
@@ -180,15 +181,20 @@ def test_load_model_file_needs_a_spec_and_fitting_weights(tmp_path):
 def test_write_results_schema_and_manifest(tmp_path):
     model = small_vae()
     digest = save_model(tmp_path / "l99_small.safetensors", model)
+    entry = model_entry(
+        tmp_path / "l99_small.safetensors",
+        digest,
+        model,
+        1.5,
+        test={"log_px_z": -80.0, "kl": 20.0, "elbo": -100.0, "nll": 95.0},
+        curves=[{"epoch": 1, "elbo": -120.0}],
+    )
+    # the file's name, not its path; the weights counted by hand: encoder 12-5-5-4 (65 + 30 +
+    # 24), decoder 2-5-5-12 (15 + 30 + 72), mixture prior 3 x (2 means + 2 log-variances) + 3
+    # logits (15); the decoder's fixed sigma is a buffer, not a weight
+    assert entry["checkpoint"] == "l99_small.safetensors" and entry["n_params"] == 251
     models = {
-        "small": {
-            "checkpoint": "l99_small.safetensors",
-            "sha256": digest,
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "train_seconds": 1.5,
-            "test": {"log_px_z": -80.0, "kl": 20.0, "elbo": -100.0, "nll": 95.0},
-            "curves": [{"epoch": 1, "elbo": -120.0}],
-        },
+        "small": entry,
         "baseline": {"test": {"nll": 120.0}},  # no checkpoint: not in the manifest
     }
     (tmp_path / MANIFEST).write_text(json.dumps({"l98_other": {"file": "l98_other.safetensors"}}))

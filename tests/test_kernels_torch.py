@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import KERNEL_TOL, ROOT, close, mixture_case
 
 import dgmlib.kernels.backend as backend_mod
 import dgmlib.kernels.mixture as mixture_mod
@@ -29,29 +30,7 @@ from dgmlib.kernels import (
 from dgmlib.models.vae import VAE
 from dgmlib.objectives import ELBO, IWAEBound
 
-ROOT = Path(__file__).resolve().parent.parent
-
-# Per-dtype tolerances (relative to a float64 reference computed from the same rounded inputs).
-TOL = {
-    torch.float64: dict(rtol=1e-10, atol=1e-10),
-    torch.float32: dict(rtol=1e-5, atol=1e-5),
-    torch.float16: dict(rtol=1e-3, atol=1e-3),
-    torch.bfloat16: dict(rtol=8e-3, atol=8e-3),
-}
-
-
-def close(actual: torch.Tensor, expected: torch.Tensor, tol: dict, scale: bool = False) -> None:
-    atol = tol["atol"] * (max(1.0, expected.abs().max().item()) if scale else 1.0)
-    torch.testing.assert_close(actual.double(), expected.double(), rtol=tol["rtol"], atol=atol)
-
-
-def mixture_case(m: int, n: int, d: int, dtype: torch.dtype, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    mu = torch.randn(n, d, generator=g, dtype=torch.float64)
-    logvar = torch.rand(n, d, generator=g, dtype=torch.float64) * 2.0 - 1.5
-    z = 1.2 * torch.randn(m, d, generator=g, dtype=torch.float64)
-    log_w = torch.log_softmax(torch.randn(n, generator=g, dtype=torch.float64), 0)
-    return [t.to(dtype) for t in (z, mu, logvar, log_w)]
+TOL = KERNEL_TOL
 
 
 @pytest.fixture

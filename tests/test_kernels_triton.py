@@ -19,7 +19,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -46,21 +45,13 @@ if _SET_HERE and not CHILD:
     # by later tests (notebook kernels, say) do not inherit it.
     del os.environ["TRITON_INTERPRET"]
 
-from dgmlib.kernels import (  # noqa: E402
-    gaussian_rsample_kl,
-    gaussian_rsample_kl_ref,
-    iwae_logmeanexp,
-    iwae_logmeanexp_ref,
-    mixture_logpdf,
-    mixture_logpdf_ref,
-    vq_nearest,
-    vq_nearest_ref,
-)
+from helpers import KERNEL_TOL, ROOT, close, mixture_case  # noqa: E402
+
+from dgmlib import kernels  # noqa: E402
 from dgmlib.kernels.backend import autograd_nodes  # noqa: E402
 from dgmlib.models.vae import VAE  # noqa: E402
 from dgmlib.objectives import ELBO, IWAEBound  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 no_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
 interpreted = (
     pytest.mark.skipif(
@@ -81,49 +72,26 @@ def _interpreter(monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
-# Per-dtype tolerances for outputs (relative to the float64 reference computed from the same,
-# already rounded, inputs). Gradients use atol scaled by the largest reference entry.
-TOL = {
-    torch.float64: dict(rtol=1e-9, atol=1e-9),
-    torch.float32: dict(rtol=1e-5, atol=1e-5),
-    torch.float16: dict(rtol=1e-3, atol=1e-3),
-    torch.bfloat16: dict(rtol=8e-3, atol=8e-3),
-}
+TOL = KERNEL_TOL  # outputs; gradients use close(..., scale=True)
 GRAD_TOL = {
     torch.float64: dict(rtol=1e-9, atol=1e-9),
     torch.float32: dict(rtol=1e-5, atol=1e-5),
 }
 
 
-def close(actual: torch.Tensor, expected: torch.Tensor, tol: dict, scale: bool = False) -> None:
-    atol = tol["atol"] * (max(1.0, expected.abs().max().item()) if scale else 1.0)
-    torch.testing.assert_close(
-        actual.double(), expected.double(), rtol=tol["rtol"], atol=atol, equal_nan=False
-    )
-
-
-def mixture_case(m: int, n: int, d: int, dtype: torch.dtype, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    mu = torch.randn(n, d, generator=g, dtype=torch.float64)
-    logvar = torch.rand(n, d, generator=g, dtype=torch.float64) * 2.0 - 1.5
-    z = 1.2 * torch.randn(m, d, generator=g, dtype=torch.float64)
-    log_w = torch.log_softmax(torch.randn(n, generator=g, dtype=torch.float64), 0)
-    return [t.to(dtype) for t in (z, mu, logvar, log_w)]
-
-
 def grads_vs_reference(args, backend, seed=1):
     """Gradients of sum(g * out) for a random upstream g, from ``backend`` and the reference."""
     g = torch.randn(args[0].shape[0], generator=torch.Generator().manual_seed(seed))
     leaves = [a.clone().requires_grad_() for a in args]
-    out = mixture_logpdf(*leaves, backend=backend)
+    out = kernels.mixture_logpdf(*leaves, backend=backend)
     got = torch.autograd.grad(out, leaves, g.to(out.dtype))
     ref_leaves = [a.detach().double().requires_grad_() for a in args]
-    ref = torch.autograd.grad(mixture_logpdf_ref(*ref_leaves), ref_leaves, g.double())
+    ref = torch.autograd.grad(kernels.mixture_logpdf_ref(*ref_leaves), ref_leaves, g.double())
     return got, ref
 
 
 # ----------------------------------------------------------------------------------------------
-# mixture_logpdf
+# kernels.mixture_logpdf
 # ----------------------------------------------------------------------------------------------
 
 SIZES = [(1, 1, 1), (37, 5, 3), (129, 37, 7), (1, 129, 16), (37, 300, 33)]
@@ -134,11 +102,11 @@ SIZES = [(1, 1, 1), (37, 5, 3), (129, 37, 7), (1, 129, 16), (37, 300, 33)]
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_mixture_matches_reference(m, n, d, dtype):
     args = mixture_case(m, n, d, dtype)
-    out = mixture_logpdf(*args, backend="triton")
+    out = kernels.mixture_logpdf(*args, backend="triton")
     assert out.shape == (m,) and out.dtype == dtype
-    close(out, mixture_logpdf_ref(*(a.double() for a in args)), TOL[dtype])
-    uniform = mixture_logpdf(*args[:3], backend="triton")
-    close(uniform, mixture_logpdf_ref(*(a.double() for a in args[:3])), TOL[dtype])
+    close(out, kernels.mixture_logpdf_ref(*(a.double() for a in args)), TOL[dtype])
+    uniform = kernels.mixture_logpdf(*args[:3], backend="triton")
+    close(uniform, kernels.mixture_logpdf_ref(*(a.double() for a in args[:3])), TOL[dtype])
 
 
 @interpreted
@@ -146,9 +114,9 @@ def test_mixture_matches_reference(m, n, d, dtype):
 def test_mixture_half_precision(dtype):
     """Half inputs are computed in float32 (never bf16 arithmetic in a kernel) and rounded."""
     args = mixture_case(37, 129, 8, dtype)
-    out = mixture_logpdf(*args, backend="triton")
+    out = kernels.mixture_logpdf(*args, backend="triton")
     assert out.dtype == dtype
-    close(out, mixture_logpdf_ref(*(a.double() for a in args)), TOL[dtype])
+    close(out, kernels.mixture_logpdf_ref(*(a.double() for a in args)), TOL[dtype])
 
 
 @interpreted
@@ -164,7 +132,7 @@ def test_mixture_gradients(m, n, d, dtype):
 @interpreted
 def test_mixture_gradcheck_float64():
     args = [a.requires_grad_() for a in mixture_case(3, 5, 2, torch.float64, seed=3)]
-    assert torch.autograd.gradcheck(lambda *a: mixture_logpdf(*a, backend="triton"), args)
+    assert torch.autograd.gradcheck(lambda *a: kernels.mixture_logpdf(*a, backend="triton"), args)
 
 
 @interpreted
@@ -173,8 +141,8 @@ def test_mixture_far_away_queries():
     z, mu, logvar, log_w = mixture_case(37, 129, 8, torch.float32)
     direction = torch.nn.functional.normalize(torch.randn(37, 8), dim=1)
     z = mu.mean(0) + 1e3 * direction
-    out = mixture_logpdf(z, mu, logvar, log_w, backend="triton")
-    ref = mixture_logpdf_ref(z.double(), mu.double(), logvar.double(), log_w.double())
+    out = kernels.mixture_logpdf(z, mu, logvar, log_w, backend="triton")
+    ref = kernels.mixture_logpdf_ref(z.double(), mu.double(), logvar.double(), log_w.double())
     assert ref.max() < -1e5
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=0)
 
@@ -184,8 +152,8 @@ def test_mixture_far_from_origin():
     """A whole mixture at 1e4 from the origin: centring keeps full float32 accuracy."""
     z, mu, logvar, log_w = mixture_case(37, 129, 8, torch.float32)
     z, mu = z + 1e4, mu + 1e4
-    out = mixture_logpdf(z, mu, logvar, log_w, backend="triton")
-    ref = mixture_logpdf_ref(z.double(), mu.double(), logvar.double(), log_w.double())
+    out = kernels.mixture_logpdf(z, mu, logvar, log_w, backend="triton")
+    ref = kernels.mixture_logpdf_ref(z.double(), mu.double(), logvar.double(), log_w.double())
     close(out, ref, TOL[torch.float32])
 
 
@@ -194,7 +162,7 @@ def test_mixture_all_minus_inf_weights():
     z, mu, logvar, log_w = mixture_case(37, 300, 4, torch.float32)
     dead = torch.full_like(log_w, float("-inf"))
     leaves = [t.clone().requires_grad_() for t in (z, mu, logvar, dead)]
-    out = mixture_logpdf(*leaves, backend="triton")
+    out = kernels.mixture_logpdf(*leaves, backend="triton")
     assert torch.equal(out, torch.full_like(out, float("-inf")))
     grads = torch.autograd.grad(out, leaves, torch.randn_like(out))
     for g in grads:
@@ -204,8 +172,8 @@ def test_mixture_all_minus_inf_weights():
     part[:256] = float("-inf")
     part[256:] = torch.log_softmax(part[256:], 0)
     got, ref = grads_vs_reference([z, mu, logvar, part], "triton")
-    close(mixture_logpdf(z, mu, logvar, part, backend="triton"),
-          mixture_logpdf_ref(z.double(), mu.double(), logvar.double(), part.double()),
+    close(kernels.mixture_logpdf(z, mu, logvar, part, backend="triton"),
+          kernels.mixture_logpdf_ref(z.double(), mu.double(), logvar.double(), part.double()),
           TOL[torch.float32])  # fmt: skip
     for a, b in zip(got, ref, strict=True):
         assert torch.isfinite(a).all()
@@ -216,14 +184,14 @@ def test_mixture_all_minus_inf_weights():
 def test_mixture_triton_agrees_with_torch_path():
     args = mixture_case(129, 300, 16, torch.float32, seed=5)
     close(
-        mixture_logpdf(*args, backend="triton"),
-        mixture_logpdf(*args, backend="torch"),
+        kernels.mixture_logpdf(*args, backend="triton"),
+        kernels.mixture_logpdf(*args, backend="torch"),
         TOL[torch.float32],
     )
 
 
 # ----------------------------------------------------------------------------------------------
-# vq_nearest
+# kernels.vq_nearest
 # ----------------------------------------------------------------------------------------------
 
 
@@ -234,8 +202,8 @@ def test_vq_matches_reference(m, k, d, dtype):
     g = torch.Generator().manual_seed(m + k + d)
     x = torch.randn(m, d, generator=g, dtype=torch.float64).to(dtype)
     codebook = torch.randn(k, d, generator=g, dtype=torch.float64).to(dtype)
-    idx, sq = vq_nearest(x, codebook, backend="triton")
-    ref_idx, ref_sq = vq_nearest_ref(x.double(), codebook.double())
+    idx, sq = kernels.vq_nearest(x, codebook, backend="triton")
+    ref_idx, ref_sq = kernels.vq_nearest_ref(x.double(), codebook.double())
     assert idx.dtype == torch.int64 and sq.dtype == dtype
     assert torch.equal(idx, ref_idx)
     close(sq, ref_sq, TOL[dtype])
@@ -251,14 +219,14 @@ def test_vq_ties_and_duplicates():
     codebook[299] = codebook[3]
     x = torch.randint(-2, 3, (129, 4), generator=g).float()
     x[:5] = codebook[3]
-    idx, sq = vq_nearest(x, codebook, backend="triton")
-    ref_idx, ref_sq = vq_nearest_ref(x, codebook)
+    idx, sq = kernels.vq_nearest(x, codebook, backend="triton")
+    ref_idx, ref_sq = kernels.vq_nearest_ref(x, codebook)
     assert torch.equal(idx, ref_idx)
     assert torch.equal(idx, torch.cdist(x, codebook).argmin(1))
     assert torch.equal(sq, ref_sq)
     assert (idx[:5] <= 3).all() and (sq[:5] == 0).all()
     # far from the origin the shift is active and must keep the grid exact
-    idx_far, _ = vq_nearest(x + 1000, codebook + 1000, backend="triton")
+    idx_far, _ = kernels.vq_nearest(x + 1000, codebook + 1000, backend="triton")
     assert torch.equal(idx_far, ref_idx)
 
 
@@ -266,7 +234,7 @@ def test_vq_ties_and_duplicates():
 def test_vq_sq_dist_gradient():
     x = torch.randn(37, 8, requires_grad=True)
     codebook = torch.randn(20, 8, requires_grad=True)
-    idx, sq = vq_nearest(x, codebook, backend="triton")
+    idx, sq = kernels.vq_nearest(x, codebook, backend="triton")
     gx, ge = torch.autograd.grad(sq.sum(), (x, codebook))
     diff = x.detach() - codebook.detach()[idx]
     torch.testing.assert_close(gx, 2 * diff)
@@ -288,9 +256,9 @@ def test_iwae_logmeanexp(shape, dim, dtype):
     if shape[dim] > 1:
         log_w.select(1 - (dim % 2), 0).fill_(float("-inf"))  # and a row of all -inf
     leaf = log_w.clone().requires_grad_()
-    lme, w = iwae_logmeanexp(leaf, dim, backend="triton")
+    lme, w = kernels.iwae_logmeanexp(leaf, dim, backend="triton")
     ref_leaf = log_w.double().requires_grad_()
-    ref_lme, ref_w = iwae_logmeanexp_ref(ref_leaf, dim)
+    ref_lme, ref_w = kernels.iwae_logmeanexp_ref(ref_leaf, dim)
     close(lme, ref_lme, TOL[dtype])
     close(w, ref_w, TOL[dtype])
     g_lme = torch.randn(lme.shape, generator=g, dtype=torch.float64)
@@ -307,9 +275,9 @@ def test_gaussian_rsample_kl(shape, dtype):
     g = torch.Generator().manual_seed(0)
     mu, logvar, eps = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3))
     leaves = [t.to(dtype).requires_grad_() for t in (mu, logvar, eps)]
-    z, kl = gaussian_rsample_kl(*leaves, backend="triton")
+    z, kl = kernels.gaussian_rsample_kl(*leaves, backend="triton")
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
-    ref_z, ref_kl = gaussian_rsample_kl_ref(*ref_leaves)
+    ref_z, ref_kl = kernels.gaussian_rsample_kl_ref(*ref_leaves)
     assert z.shape == shape and kl.shape == shape[:-1]
     close(z, ref_z, TOL[dtype])
     close(kl, ref_kl, TOL[dtype])
@@ -324,16 +292,18 @@ def test_gaussian_rsample_kl(shape, dtype):
 @interpreted
 def test_rowwise_half_precision_and_generator():
     log_w = torch.randn(37, 20).to(torch.bfloat16)
-    lme, w = iwae_logmeanexp(log_w, backend="triton")
-    ref_lme, ref_w = iwae_logmeanexp_ref(log_w.double())
+    lme, w = kernels.iwae_logmeanexp(log_w, backend="triton")
+    ref_lme, ref_w = kernels.iwae_logmeanexp_ref(log_w.double())
     assert lme.dtype == w.dtype == torch.bfloat16
     close(lme, ref_lme, TOL[torch.bfloat16])
     close(w, ref_w, TOL[torch.bfloat16])
     mu, logvar = torch.randn(5, 8), torch.randn(5, 8)
-    a = gaussian_rsample_kl(
+    a = kernels.gaussian_rsample_kl(
         mu, logvar, generator=torch.Generator().manual_seed(1), backend="triton"
     )
-    b = gaussian_rsample_kl(mu, logvar, generator=torch.Generator().manual_seed(1), backend="torch")
+    b = kernels.gaussian_rsample_kl(
+        mu, logvar, generator=torch.Generator().manual_seed(1), backend="torch"
+    )
     close(a[0], b[0], TOL[torch.float32])
     close(a[1], b[1], TOL[torch.float32])
 
@@ -460,8 +430,8 @@ def test_gpu_codegen_without_a_gpu():
 class TestCompiledOnGPU:
     def test_mixture(self):
         args = [a.cuda() for a in mixture_case(1000, 3000, 32, torch.float32)]
-        ref = mixture_logpdf(*(a.double() for a in args), backend="torch")
-        close(mixture_logpdf(*args, backend="triton"), ref, TOL[torch.float32])
+        ref = kernels.mixture_logpdf(*(a.double() for a in args), backend="torch")
+        close(kernels.mixture_logpdf(*args, backend="triton"), ref, TOL[torch.float32])
         got, ref = grads_vs_reference([a.cpu() for a in args], "torch")
         got_gpu, _ = grads_vs_reference(args, "triton")
         for a, b in zip(got_gpu, ref, strict=True):
@@ -469,13 +439,15 @@ class TestCompiledOnGPU:
 
     def test_vq(self):
         x, codebook = torch.randn(4096, 64).cuda(), torch.randn(512, 64).cuda()
-        idx, _ = vq_nearest(x.double(), codebook.double(), backend="triton")
+        idx, _ = kernels.vq_nearest(x.double(), codebook.double(), backend="triton")
         assert torch.equal(idx, torch.cdist(x.double(), codebook.double()).argmin(1))
 
     def test_rowwise(self):
         log_w = torch.randn(64, 1000, device="cuda")
         for a, b in zip(
-            iwae_logmeanexp(log_w, backend="triton"), iwae_logmeanexp_ref(log_w), strict=True
+            kernels.iwae_logmeanexp(log_w, backend="triton"),
+            kernels.iwae_logmeanexp_ref(log_w),
+            strict=True,
         ):
             close(a, b, TOL[torch.float32])
 

@@ -38,7 +38,13 @@ sys.path.insert(0, str(ROOT))
 
 from dgmlib.bounds import estimate_nll  # noqa: E402
 from dgmlib.data import binarize_dynamic, binarize_fixed, load_fashion_mnist  # noqa: E402
-from dgmlib.experiment import save_model, script_args, script_parser, write_results  # noqa: E402
+from dgmlib.experiment import (  # noqa: E402
+    model_entry,
+    save_model,
+    script_args,
+    script_parser,
+    write_results,
+)
 from dgmlib.io import read_json  # noqa: E402
 from dgmlib.models import VAE  # noqa: E402
 from dgmlib.objectives import ELBO  # noqa: E402
@@ -165,16 +171,16 @@ def train(
     test.update(nll_subset(model, x_test[: cfg["nll_n"]], cfg["nll_k"]))
     path = out / f"l02_vae_{name}.safetensors"
     meta = {"name": name, "z_dim": MODELS[name], "epochs": cfg["epochs"], "command": COMMAND}
-    return {
-        "checkpoint": path.name,
-        "sha256": save_model(path, model, **meta),
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "train_seconds": round(seconds),
-        "z_dim": MODELS[name],
-        "test": test,
-        "curves": curves,
-        "history": {k: history[k] for k in ("step", "elbo", "kl", "log_px_z")},
-    }
+    return model_entry(
+        path,
+        save_model(path, model, **meta),
+        model,
+        round(seconds),
+        z_dim=MODELS[name],
+        test=test,
+        curves=curves,
+        history={k: history[k] for k in ("step", "elbo", "kl", "log_px_z")},
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -74,7 +74,7 @@ from dgmlib.data import (  # noqa: E402
     load_fashion_mnist,
 )
 from dgmlib.diagnostics import active_units, kl_per_dimension  # noqa: E402
-from dgmlib.experiment import epoch_order, make, save_model, write_results  # noqa: E402
+from dgmlib.experiment import epoch_order, make, model_entry, save_model, write_results  # noqa: E402
 from dgmlib.io import read_json, sidecar_path  # noqa: E402
 from dgmlib.kl_control import linear_warmup, scheduled  # noqa: E402
 from dgmlib.models import VAE, BernoulliDecoder, MLPGaussianEncoder, PixelCNNDecoder  # noqa: E402
@@ -351,16 +351,16 @@ def train(
     history = trainer.fit(batches, cfg["epochs"], on_epoch_end=on_epoch_end)
     seconds = time.perf_counter() - t0
     path = out / f"l04_{variant}.safetensors"
-    return {
-        "checkpoint": path.name,
-        "sha256": save_model(path, model, variant=variant, command=COMMAND),
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "train_seconds": round(seconds),
-        "experiment": "bas" if variant.startswith("bas_") else "fashion",
-        "test": evaluate(model, x_eval),
-        "curves": curves,
-        "history": {k: history[k] for k in ("step", "kl", "elbo", "log_px_z")},
-    }
+    return model_entry(
+        path,
+        save_model(path, model, variant=variant, command=COMMAND),
+        model,
+        round(seconds),
+        experiment="bas" if variant.startswith("bas_") else "fashion",
+        test=evaluate(model, x_eval),
+        curves=curves,
+        history={k: history[k] for k in ("step", "kl", "elbo", "log_px_z")},
+    )
 
 
 def train_rf(
@@ -407,20 +407,20 @@ def train_rf(
     batches = bas_batches(cfg["steps_per_epoch"], seed)
     history = trainer.fit(batches, cfg["epochs"], checkpoint=resume, on_epoch_end=on_epoch_end)
     path = out / f"l04_{name}.safetensors"
-    return {
-        "checkpoint": path.name,
-        "sha256": save_model(path, model, variant=name, command=RF_COMMAND),
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "train_seconds": round(trainer.state["train_seconds"]),
-        "experiment": "rf",
-        "kernel_size": kernel_size,
-        "seed": seed,
-        "z_path": "rich" if rich else "narrow",
-        "rows_up": model.decoder.rows_up,
-        "test": evaluate(model, x_eval),
-        "curves": trainer.state["curves"],
-        "history": {k: history[k] for k in ("step", "kl", "elbo", "log_px_z")},
-    }
+    return model_entry(
+        path,
+        save_model(path, model, variant=name, command=RF_COMMAND),
+        model,
+        round(trainer.state["train_seconds"]),
+        experiment="rf",
+        kernel_size=kernel_size,
+        seed=seed,
+        z_path="rich" if rich else "narrow",
+        rows_up=model.decoder.rows_up,
+        test=evaluate(model, x_eval),
+        curves=trainer.state["curves"],
+        history={k: history[k] for k in ("step", "kl", "elbo", "log_px_z")},
+    )
 
 
 def run_rf_part(out: Path, quick: bool, device: torch.device) -> None:

@@ -74,7 +74,7 @@ sys.path.insert(0, str(ROOT))
 from dgmlib.bounds import estimate_nll, iwae_bound  # noqa: E402
 from dgmlib.data import binarize_dynamic, binarize_fixed, load_fashion_mnist  # noqa: E402
 from dgmlib.diagnostics import active_units  # noqa: E402
-from dgmlib.experiment import load_model_file, save_model, write_results  # noqa: E402
+from dgmlib.experiment import load_model_file, model_entry, save_model, write_results  # noqa: E402
 from dgmlib.io import atomic_write_json, load_checkpoint, read_json  # noqa: E402
 from dgmlib.models import VAE  # noqa: E402
 from dgmlib.objectives import ELBO, IWAEBound  # noqa: E402
@@ -452,15 +452,15 @@ def run_long(
         if not quick and epochs >= EPOCHS and lecture.is_file():
             versus |= weight_difference(work / f"{name}.epoch{EPOCHS}.safetensors", lecture)
             print(f"  {key}: epoch {EPOCHS} against {lecture.name}: {versus}", flush=True)
-        models[key] = {
-            "checkpoint": ckpt.name,
-            "sha256": digest,
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "train_seconds": round(seconds, 1),
-            "K_train": MODELS[name],
-            "curves": curves,
-            "lecture_checkpoint": versus,
-        }
+        models[key] = model_entry(
+            ckpt,
+            digest,
+            model,
+            round(seconds, 1),
+            K_train=MODELS[name],
+            curves=curves,
+            lecture_checkpoint=versus,
+        )
         atomic_write_json(cache, models[key])
 
     x_eval = x_test[: cfg["n_eval"]]
@@ -543,16 +543,16 @@ def main(argv: list[str] | None = None) -> int:
         digest = save_model(ckpt, model, **checkpoint_metadata(name, cfg["epochs"]))
         print(f"  {name}: wrote {ckpt.name} (sha256 {digest[:12]}...)", flush=True)
         test = evaluate(name, i, model, x_test, x_nll, cfg)
-        models[name] = {
-            "checkpoint": ckpt.name,
-            "sha256": digest,
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "train_seconds": round(seconds, 1),
-            "K_train": MODELS[name],
-            "test": test,
-            "curves": curves,
-            "burda2016_table1_mnist": BURDA_TABLE1_MNIST[name],
-        }
+        models[name] = model_entry(
+            ckpt,
+            digest,
+            model,
+            round(seconds, 1),
+            K_train=MODELS[name],
+            test=test,
+            curves=curves,
+            burda2016_table1_mnist=BURDA_TABLE1_MNIST[name],
+        )
         atomic_write_json(cache, models[name])
         print(
             f"  {name}: ELBO {test['elbo']:.3f}  L_5 {test['iwae_5']:.3f}  "

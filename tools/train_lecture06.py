@@ -71,7 +71,15 @@ from dgmlib.data import (  # noqa: E402
     load_fashion_mnist,
     to_unit_interval,
 )
-from dgmlib.experiment import load_model_file, save_model, script_args, script_parser, write_results  # noqa: E402
+from dgmlib.experiment import (  # noqa: E402
+    load_model_file,
+    model_entry,
+    n_params,
+    save_model,
+    script_args,
+    script_parser,
+    write_results,
+)
 from dgmlib.io import atomic_write_json, read_json  # noqa: E402
 from dgmlib.models import VAE  # noqa: E402
 from dgmlib.objectives import ELBO  # noqa: E402
@@ -358,17 +366,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: trained in {seconds:.0f} s", flush=True)
         digest = save_model(ckpt, model, **checkpoint_metadata(name, cfg["epochs"]))
         print(f"  {name}: wrote {ckpt.name} (sha256 {digest[:12]}...)", flush=True)
-        models[name] = {
-            "checkpoint": ckpt.name,
-            "sha256": digest,
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "n_prior_params": sum(p.numel() for p in model.prior.parameters()),
-            "train_seconds": round(seconds, 1),
-            "z_dim": z_dim,
-            "prior": prior,
+        models[name] = model_entry(
+            ckpt,
+            digest,
+            model,
+            round(seconds, 1),
+            n_prior_params=n_params(model.prior),
+            z_dim=z_dim,
+            prior=prior,
             **evaluate(i, model, x_test, x_nll, x_train_fixed, cfg),
-            "curves": curves,
-        }
+            curves=curves,
+        )
         atomic_write_json(cache, models[name])
         t, s, h = (models[name][k] for k in ("test", "surgery", "holes"))
         print(

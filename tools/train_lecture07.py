@@ -203,14 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         path = args.out / f"l07_{name}.safetensors"
         digest = experiment.save_model(path, model, name=name, command=COMMAND, epochs=epochs)
-        models[name] = {
-            "checkpoint": path.name,
-            "sha256": digest,
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "train_seconds": round(time.perf_counter() - t0),
-            "test": evaluate(model, x_test),
-            "curves": curves,
-        }
+        models[name] = experiment.model_entry(
+            path,
+            digest,
+            model,
+            round(time.perf_counter() - t0),
+            test=evaluate(model, x_test),
+            curves=curves,
+        )
         shown = {k: v for k, v in models[name]["test"].items() if k != "code_counts"}
         print(f"[{name}] {models[name]['train_seconds']} s, test {shown}", flush=True)
 

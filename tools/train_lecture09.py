@@ -78,7 +78,7 @@ from dgmlib.avb import (  # noqa: E402
     log_marginal_on_grid,
 )
 from dgmlib.density_ratio import RatioEstimator  # noqa: E402
-from dgmlib.experiment import make, save_model, write_results  # noqa: E402
+from dgmlib.experiment import make, model_entry, save_model, write_results  # noqa: E402
 from dgmlib.gan import discriminator_loss, kl  # noqa: E402
 from dgmlib.models.vae import VAE, BernoulliDecoder, GaussianDecoder, MLPGaussianEncoder  # noqa: E402
 from dgmlib.objectives import ELBO  # noqa: E402
@@ -138,11 +138,6 @@ QUICK = {"epochs": 2, "steps": 30, "mixture_components": 64}  # --quick: a smoke
 def log(msg: str) -> None:
     """Print a progress line at once."""
     print(msg, flush=True)
-
-
-def n_params(model: nn.Module) -> int:
-    """The number of weights (trained or not)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def cosine(epoch: int, epochs: int) -> float:
@@ -477,15 +472,15 @@ def main(argv: list[str] | None = None) -> int:
             f"[{name}] trained in {clock['cpu_seconds']:.0f} s of CPU time; "
             + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
         )
-        models[name] = {
-            "checkpoint": path.name,
-            "sha256": digest,
-            "n_params": n_params(model),
-            "train_seconds": round(clock["cpu_seconds"]),
-            "train_wall_seconds": round(clock["wall_seconds"]),
-            "test": test,
-            "curves": curves,
-        }
+        models[name] = model_entry(
+            path,
+            digest,
+            model,
+            round(clock["cpu_seconds"]),
+            train_wall_seconds=round(clock["wall_seconds"]),
+            test=test,
+            curves=curves,
+        )
     command = COMMAND + (" --quick" if args.quick else "")
     write_results(out, "l09", LECTURE, command, settings(), models, quick=args.quick)
     shutil.rmtree(resume_dir, ignore_errors=True)

@@ -59,7 +59,7 @@ from dgmlib.data import (  # noqa: E402
     load_digits,
     load_fashion_mnist,
 )
-from dgmlib.experiment import epoch_order, make, save_model, write_results  # noqa: E402
+from dgmlib.experiment import epoch_order, make, model_entry, save_model, write_results  # noqa: E402
 from dgmlib.io import atomic_write_json, read_json, sha256_file  # noqa: E402
 from dgmlib.kl_control import linear_warmup, scheduled  # noqa: E402
 from dgmlib.models.binary_hierarchy import BinaryHierarchyVAE  # noqa: E402
@@ -113,10 +113,6 @@ BIN_LR = 1e-2  # Adam, constant
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def fmnist_name(variant: str, seed: int) -> str:
@@ -243,19 +239,19 @@ def run_fmnist(out: Path, quick: bool, device: str, resume_dir: Path) -> dict:
             digest = save_model(
                 path, model, command=COMMAND, variant=variant, seed=seed, epochs=epochs
             )
-            models[name] = {
-                "checkpoint": path.name,
-                "sha256": digest,
-                "n_params": n_params(model),
-                "train_seconds": round(cpu_seconds, 1),
-                "variant": variant,
-                "inference": inference,
-                "kl_warmup": warmup,
-                "seed": seed,
-                "test": test,
-                "check_kl_z2": check_figure(model, x_test[:CHECK_IMAGES]),
-                "curves": curves,
-            }
+            models[name] = model_entry(
+                path,
+                digest,
+                model,
+                round(cpu_seconds, 1),
+                variant=variant,
+                inference=inference,
+                kl_warmup=warmup,
+                seed=seed,
+                test=test,
+                check_kl_z2=check_figure(model, x_test[:CHECK_IMAGES]),
+                curves=curves,
+            )
             save_finished(done_file, {name: models[name]})
             (resume_dir / f"{name}.train.safetensors").unlink(missing_ok=True)
             log(f"  {name}: {test}")
@@ -353,20 +349,20 @@ def run_binary(out: Path, quick: bool, device: str, resume_dir: Path) -> dict:
         test = binary_eval(model, x_test)
         digest = save_model(out / f"{name}.safetensors", model, command=COMMAND, mode=mode)
         steps = trainer.history["step"]
-        models[name] = {
-            "checkpoint": f"{name}.safetensors",
-            "sha256": digest,
-            "n_params": n_params(model),
-            "train_seconds": round(cpu_seconds, 1),
-            "mode": mode,
-            "test": test,
-            "train": binary_eval(model, x_train),
-            "curves": [
+        models[name] = model_entry(
+            f"{name}.safetensors",
+            digest,
+            model,
+            round(cpu_seconds, 1),
+            mode=mode,
+            test=test,
+            train=binary_eval(model, x_train),
+            curves=[
                 {"step": int(s), "elbo": e}
                 for s, e in zip(steps, trainer.history["elbo"], strict=True)
                 if int(s) % 150 == 0
             ],
-        }
+        )
         save_finished(done_file, {name: models[name]})
         log(f"  {name}: {test}")
     return models

@@ -69,6 +69,7 @@ from dgmlib.diffusion import alpha_bars, ddpm_sample, elbo_estimate, eps_kl_weig
 from dgmlib.experiment import (  # noqa: E402
     RESULTS_SCHEMA,
     make,
+    model_entry,
     model_tensors,
     save_model,
     script_args,
@@ -156,11 +157,6 @@ def bits_per_dim(elbo_nats: torch.Tensor, d: int) -> torch.Tensor:
     return nats_to_bits_per_dim(-log_p_int, d)
 
 
-def n_params(model: DDPM) -> int:
-    """Trained parameters (the network; its EMA copy holds as many)."""
-    return sum(p.numel() for p in model.net.parameters())
-
-
 # --------------------------------------------------------------------------------------------
 # the 2-D toy model
 # --------------------------------------------------------------------------------------------
@@ -226,15 +222,15 @@ def run_toy(out: Path, quick: bool, device: str) -> dict:
         meta = {"command": COMMAND, "part": "toy", "weighting": weighting, "epochs": epochs}
         digest = save_model(path, model, **meta)
         test = evaluate_toy(model, n_eval)
-        models[f"ring_{weighting}"] = {
-            "checkpoint": path.name,
-            "sha256": digest,
-            "n_params": n_params(model),
-            "train_seconds": round(time.process_time() - t0),
-            "weighting": weighting,
-            "test": test,
-            "curves": curves,
-        }
+        models[f"ring_{weighting}"] = model_entry(
+            path,
+            digest,
+            model.net,  # the trained weights (the EMA copy holds as many)
+            round(time.process_time() - t0),
+            weighting=weighting,
+            test=test,
+            curves=curves,
+        )
         log(f"[toy/{weighting}] ELBO {test['elbo']:.4f} +- {test['elbo_se']:.4f} nats")
     return models
 
@@ -457,20 +453,20 @@ def run_fmnist(out: Path, quick: bool, device: str) -> dict:
     )
     shutil.rmtree(resume_dir, ignore_errors=True)
     return {
-        "fmnist": {
-            "checkpoint": path.name,
-            "sha256": digest,
-            "n_params": n_params(model),
-            "train_seconds": sum(c["cpu_seconds"] for c in curves),
-            "steps": trainer.step,
-            "decoder_var": decoder_var,
-            "test": r,
-            "test_first_1000_decoder_beta1": r_beta1,
-            "step_kl_curve": curve,
-            "curves": curves,
-            "samples": "samples",
-            "sample_seed": FM_SAMPLE_SEED,
-        }
+        "fmnist": model_entry(
+            path,
+            digest,
+            model.net,
+            sum(c["cpu_seconds"] for c in curves),
+            steps=trainer.step,
+            decoder_var=decoder_var,
+            test=r,
+            test_first_1000_decoder_beta1=r_beta1,
+            step_kl_curve=curve,
+            curves=curves,
+            samples="samples",
+            sample_seed=FM_SAMPLE_SEED,
+        )
     }
 
 

@@ -42,7 +42,14 @@ sys.path.insert(0, str(ROOT))
 
 from dgmlib.cnf import CNF, ConcatMLP, ring_log_prob  # noqa: E402
 from dgmlib.data import toy_2d  # noqa: E402
-from dgmlib.experiment import make, save_model, script_args, script_parser, write_results  # noqa: E402
+from dgmlib.experiment import (  # noqa: E402
+    make,
+    model_entry,
+    save_model,
+    script_args,
+    script_parser,
+    write_results,
+)
 from dgmlib.ode import fixed_grid  # noqa: E402
 from dgmlib.stats import mean_se  # noqa: E402
 from dgmlib.train import Trainer  # noqa: E402
@@ -173,14 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     figures = evaluate(model, test_data(n_test))
     print(f"[cnf] {figures}, trained in {train_seconds} s", flush=True)
 
-    entry = {
-        "checkpoint": path.name,
-        "sha256": digest,
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "train_seconds": train_seconds,
-        "test": figures,
-        "curves": curve,
-    }
+    entry = model_entry(
+        path,
+        digest,
+        model,
+        train_seconds,
+        test=figures,
+        curves=curve,
+    )
     results = write_results(
         out,
         "lA1",
