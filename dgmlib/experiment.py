@@ -28,7 +28,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,16 +49,19 @@ __all__ = [
     "MANIFEST",
     "RESULTS_SCHEMA",
     "build",
+    "config_values",
     "epoch_order",
     "load_weights",
     "make",
     "model_entry",
     "model_tensors",
     "n_params",
+    "resumed_entry",
     "save_model",
     "script_args",
     "script_parser",
     "spec_of",
+    "train_each",
     "write_results",
 ]
 
@@ -256,6 +260,19 @@ def epoch_order(n: int, epoch: int, seed: int = 0) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+def config_values(namespace: Mapping[str, Any], names: str) -> dict[str, Any]:
+    """``{name.lower(): namespace[name]}`` for the space-separated ``names`` of a training
+    script's configuration constants, e.g. ``config_values(globals(), "SEED EPOCHS LR")`` ->
+    ``{"seed": 0, "epochs": 10, "lr": 0.001}``: the settings a results file records, under the
+    constants' own names. A name missing from ``namespace`` is a KeyError naming it."""
+    out = {}
+    for name in names.split():
+        if name not in namespace:
+            raise KeyError(f"config_values: no constant {name!r} in the namespace given")
+        out[name.lower()] = namespace[name]
+    return out
+
+
 def n_params(model: nn.Module) -> int:
     """The number of weights of ``model`` (trained or not)."""
     return sum(p.numel() for p in model.parameters())
@@ -298,9 +315,11 @@ def write_results(
     settings: Mapping[str, Any],
     models: Mapping[str, Mapping[str, Any]],
     quick: bool = False,
+    resume_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``out/<prefix>_results.json`` (the schema of the module docstring) and record each
-    model's checkpoint and hash in ``out/manifest.json``; return the results path."""
+    model's checkpoint and hash in ``out/manifest.json``; then remove ``resume_dir`` (the run's
+    resume state, no longer needed) if given; return the results path."""
     out = Path(out)
     _refuse_ambiguous(dict(models), "models")
     doc = {
@@ -326,4 +345,43 @@ def write_results(
             "command": command,
         }
     atomic_write_json(manifest_path, dict(sorted(manifest.items())))
+    if resume_dir is not None:
+        shutil.rmtree(resume_dir, ignore_errors=True)
     return path
+
+
+def resumed_entry(cache: str | os.PathLike, checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """The results entry a run stored in ``cache`` (JSON) after saving ``checkpoint``, with the
+    checkpoint verified against its hash, if both files are there (the model was trained and
+    evaluated before an interruption); ``None`` otherwise."""
+    cache, checkpoint = Path(cache), Path(checkpoint)
+    if not (cache.is_file() and checkpoint.is_file()):
+        return None
+    entry = read_json(cache)
+    load_model_file(checkpoint, entry["sha256"])  # raises CheckpointError if it does not match
+    return entry
+
+
+def train_each(
+    keys: Iterable[str],
+    out: str | os.PathLike,
+    prefix: str,
+    resume_dir: str | os.PathLike,
+    run: Callable[[str, Path], dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """The results entries of the models ``keys``, made one at a time: ``run(key, checkpoint)``
+    trains one, saves it to ``checkpoint = out/<prefix>_<key>.safetensors`` and returns its
+    entry (:func:`model_entry`), which is kept in ``resume_dir/<key>.json``. A model whose entry
+    and checkpoint are there from before an interruption is not run again
+    (:func:`resumed_entry`)."""
+    resume_dir = Path(resume_dir)
+    resume_dir.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        checkpoint, cache = Path(out) / f"{prefix}_{key}.safetensors", resume_dir / f"{key}.json"
+        entry = resumed_entry(cache, checkpoint)
+        if entry is None:
+            entry = run(key, checkpoint)
+            atomic_write_json(cache, entry)
+        entries[key] = entry
+    return entries

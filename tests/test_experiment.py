@@ -19,8 +19,10 @@ from dgmlib.experiment import (
     make,
     model_entry,
     model_tensors,
+    resumed_entry,
     save_model,
     spec_of,
+    train_each,
     write_results,
 )
 from dgmlib.io import (
@@ -257,3 +259,41 @@ def test_epoch_order_is_a_seeded_permutation_per_epoch():
     assert torch.equal(
         epoch_order(n, 3, seed=1), torch.randperm(n, generator=torch.Generator().manual_seed(2003))
     )
+
+
+def test_resumed_entry_verifies_the_checkpoint_and_write_results_removes_the_resume_state(
+    tmp_path,
+):
+    ckpt, cache = tmp_path / "l99_small.safetensors", tmp_path / "resume" / "small.json"
+    assert resumed_entry(cache, ckpt) is None  # nothing trained yet
+    model = small_vae()
+    entry = model_entry(ckpt, save_model(ckpt, model), model, 2.0, test={"elbo": -100.0})
+    assert resumed_entry(cache, ckpt) is None  # trained, but interrupted before the evaluation
+    cache.parent.mkdir()
+    cache.write_text(json.dumps(entry))
+    assert resumed_entry(cache, ckpt) == entry
+    data = bytearray(ckpt.read_bytes())
+    data[-1] ^= 1  # one flipped bit in the weights
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="l99_small.safetensors"):
+        resumed_entry(cache, ckpt)
+    write_results(tmp_path, "l99", "99", "cmd", {}, {"small": entry}, resume_dir=cache.parent)
+    assert not cache.parent.exists() and (tmp_path / "l99_results.json").is_file()
+
+
+def test_train_each_runs_only_the_models_an_interruption_left(tmp_path):
+    calls = []
+
+    def run(key, checkpoint):
+        calls.append(key)
+        if key == "b" and len(calls) == 2:
+            raise KeyboardInterrupt  # interrupted while training the second model
+        model = small_vae()
+        return model_entry(checkpoint, save_model(checkpoint, model), model, 1.0, key=key)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_each(["a", "b", "c"], tmp_path, "l99", tmp_path / "resume", run)
+    entries = train_each(["a", "b", "c"], tmp_path, "l99", tmp_path / "resume", run)
+    assert calls == ["a", "b", "b", "c"]  # "a" was not trained again
+    assert [e["key"] for e in entries.values()] == ["a", "b", "c"]
+    assert entries["a"]["checkpoint"] == "l99_a.safetensors"

@@ -218,7 +218,11 @@ def test_mixture_empty_queries():
     "change,error,match",
     [
         (dict(z=torch.zeros(4)), ValueError, r"`z` must have shape \[M, D\], got \[4\]"),
-        (dict(z=torch.zeros(4, 2)), ValueError, r"`z` must have shape \[M, D\] = \[M, 3\]"),
+        (
+            dict(z=torch.zeros(4, 2)),
+            ValueError,
+            r"`z` must have shape \[M, D\] with D from `mu`, \[4, 3\], got \[4, 2\]",
+        ),
         (dict(logvar=torch.zeros(5, 2)), ValueError, r"`logvar` must have the shape of `mu`"),
         (dict(log_weights=torch.zeros(4)), ValueError, r"`log_weights` must have shape \[N\]"),
         (dict(mu=torch.zeros(0, 3), logvar=torch.zeros(0, 3)), ValueError, r"N, D >= 1"),

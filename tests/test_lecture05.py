@@ -206,7 +206,7 @@ def test_long_run_is_deterministic_and_resumable(tmp_path: Path, monkeypatch):
     straight = script.run_long(images, x_test, cfg, tmp_path / "straight", quick=True)
 
     out = tmp_path / "resumed"
-    save_model, compare_epoch = script.save_model, script.compare_epoch
+    save_model, compare_epoch = script.experiment.save_model, script.compare_epoch
 
     def crash_in_training(path, *args, **kwargs):
         if Path(path).name == "iwae5.epoch2.safetensors":
@@ -219,7 +219,7 @@ def test_long_run_is_deterministic_and_resumable(tmp_path: Path, monkeypatch):
         return compare_epoch(vae, iwae5, x, epoch)
 
     for patch in (
-        (script, "save_model", crash_in_training),
+        (script.experiment, "save_model", crash_in_training),
         (script, "compare_epoch", crash_in_comparison),
     ):
         with monkeypatch.context() as m:

@@ -63,13 +63,19 @@ def student_notebook(src: Path) -> tuple[nbformat.NotebookNode, int]:
     return nb, total
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="student", help="output folder (default: student)")
-    ap.add_argument("sources", nargs="*", help="notebook sources (default: notebooks/*.py)")
+def lecture_args(doc: str, argv: list[str], out: str, what: str) -> tuple[Path, list[Path]]:
+    """The command line of the notebook tools: ``--out`` (default ``out``, the ``what``) and the
+    lecture sources (default: every ``notebooks/NN_topic.py``)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", default=out, help=f"{what} (default: {out})")
+    ap.add_argument("sources", nargs="*", help="lecture sources (default: notebooks/*.py)")
     args = ap.parse_args(argv)
     sources = [Path(s) for s in args.sources] or sorted((ROOT / "notebooks").glob("[0-9A]*.py"))
-    out = Path(args.out)
+    return Path(args.out), sources
+
+
+def main(argv: list[str]) -> int:
+    out, sources = lecture_args(__doc__, argv, "student", "output folder")
     out.mkdir(parents=True, exist_ok=True)
     for src in sources:
         nb, n = student_notebook(src)

@@ -36,15 +36,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgmlib import experiment  # noqa: E402
 from dgmlib.bounds import estimate_nll  # noqa: E402
 from dgmlib.data import binarize_dynamic, binarize_fixed, load_fashion_mnist  # noqa: E402
-from dgmlib.experiment import (  # noqa: E402
-    model_entry,
-    save_model,
-    script_args,
-    script_parser,
-    write_results,
-)
 from dgmlib.io import read_json  # noqa: E402
 from dgmlib.models import VAE  # noqa: E402
 from dgmlib.objectives import ELBO  # noqa: E402
@@ -79,21 +73,11 @@ DEFAULT_OUT = ROOT / "data" / "checkpoints"
 def settings(quick: bool = False) -> dict:
     """The settings recorded in ``l02_results.json`` (``quick``: those of the smoke test)."""
     s = {
-        "seed": SEED,
-        "threads": THREADS,
-        "hidden": HIDDEN,
-        "models": MODELS,
-        "batch": BATCH,
-        "epochs": EPOCHS,
-        "lr": LR,
-        "log_every": LOG_EVERY,
-        "n_train": N_TRAIN,
-        "n_test": N_TEST,
-        "test_binarization_seed": TEST_BINARIZATION_SEED,
-        "eval_seed": EVAL_SEED,
-        "nll_k": NLL_K,
-        "nll_n": NLL_N,
-        "nll_seed": NLL_SEED,
+        **experiment.config_values(
+            globals(),
+            "SEED THREADS HIDDEN MODELS BATCH EPOCHS LR LOG_EVERY N_TRAIN N_TEST "
+            "TEST_BINARIZATION_SEED EVAL_SEED NLL_K NLL_N NLL_SEED",
+        ),
     }
     return {**s, **QUICK} if quick else s
 
@@ -171,9 +155,9 @@ def train(
     test.update(nll_subset(model, x_test[: cfg["nll_n"]], cfg["nll_k"]))
     path = out / f"l02_vae_{name}.safetensors"
     meta = {"name": name, "z_dim": MODELS[name], "epochs": cfg["epochs"], "command": COMMAND}
-    return model_entry(
+    return experiment.model_entry(
         path,
-        save_model(path, model, **meta),
+        experiment.save_model(path, model, **meta),
         model,
         round(seconds),
         z_dim=MODELS[name],
@@ -184,9 +168,9 @@ def train(
 
 
 def main(argv: list[str]) -> int:
-    parser = script_parser(__doc__)
+    parser = experiment.script_parser(__doc__)
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    args = script_args(parser, argv)
+    args = experiment.script_args(parser, argv)
     device = args.device
     set_threads(THREADS)
     cfg = settings(args.quick)
@@ -202,7 +186,7 @@ def main(argv: list[str]) -> int:
         models[name] = train(name, train_images, x_test, args.out, cfg, device)
         print(f"{name}: done in {models[name]['train_seconds']} s of training", flush=True)
         ordered = {m: models[m] for m in MODELS if m in models}
-        write_results(args.out, "l02", LECTURE, COMMAND, cfg, ordered, quick=args.quick)
+        experiment.write_results(args.out, "l02", LECTURE, COMMAND, cfg, ordered, quick=args.quick)
     return 0
 
 

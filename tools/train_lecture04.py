@@ -21,7 +21,7 @@ Two experiments, the same four variants in each:
 8-dimensional latent code, and a PixelCNN whose first kernel sees every earlier pixel, so that it
 can model the data exactly without ``z``. **Fashion-MNIST** (``<variant>``): the first ``N_TRAIN``
 training images binarized by thresholding (intensity > 0.5, clean silhouettes that an
-autoregressive decoder models well) in a seeded order (``dgmlib.experiment.epoch_order``), an
+autoregressive decoder models well) in a seeded order (``dgmlib.epoch_order``), an
 MLP Gaussian encoder and a 16-dimensional latent code.
 
 Everything is deterministic: one CPU thread, fixed seeds, a fixed training subset and order.
@@ -67,6 +67,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgmlib import experiment  # noqa: E402
 from dgmlib.data import (  # noqa: E402
     bars_and_stripes,
     bars_and_stripes_log_prob,
@@ -74,7 +75,6 @@ from dgmlib.data import (  # noqa: E402
     load_fashion_mnist,
 )
 from dgmlib.diagnostics import active_units, kl_per_dimension  # noqa: E402
-from dgmlib.experiment import epoch_order, make, model_entry, save_model, write_results  # noqa: E402
 from dgmlib.io import read_json, sidecar_path  # noqa: E402
 from dgmlib.kl_control import linear_warmup, scheduled  # noqa: E402
 from dgmlib.models import VAE, BernoulliDecoder, MLPGaussianEncoder, PixelCNNDecoder  # noqa: E402
@@ -149,21 +149,11 @@ Batches = Callable[[int], Iterator[torch.Tensor]]
 def fashion_settings(quick: bool = False) -> dict:
     """The settings of the Fashion-MNIST experiment (``quick``: those of the smoke test)."""
     s = {
-        "seed": SEED,
-        "threads": THREADS,
-        "z_dim": Z_DIM,
-        "hidden": HIDDEN,
-        "n_train": N_TRAIN,
-        "batch": BATCH,
-        "epochs": EPOCHS,
-        "lr": LR,
-        "log_every": LOG_EVERY,
-        "pixelcnn": PIXELCNN,
-        "warmup_epochs": WARMUP_EPOCHS,
-        "free_bits": FREE_BITS,
-        "n_eval": N_EVAL,
-        "eval_seed": EVAL_SEED,
-        "au_threshold": AU_THRESHOLD,
+        **experiment.config_values(
+            globals(),
+            "SEED THREADS Z_DIM HIDDEN N_TRAIN BATCH EPOCHS LR LOG_EVERY PIXELCNN WARMUP_EPOCHS "
+            "FREE_BITS N_EVAL EVAL_SEED AU_THRESHOLD",
+        ),
         "binarization": "threshold 0.5",
     }
     return {**s, **QUICK} if quick else s
@@ -172,11 +162,7 @@ def fashion_settings(quick: bool = False) -> dict:
 def bas_settings(quick: bool = False) -> dict:
     """The settings of the bars-and-stripes experiment (``quick``: those of the smoke test)."""
     s = {
-        "seed": SEED,
-        "threads": THREADS,
-        "log_every": LOG_EVERY,
-        "eval_seed": EVAL_SEED,
-        "au_threshold": AU_THRESHOLD,
+        **experiment.config_values(globals(), "SEED THREADS LOG_EVERY EVAL_SEED AU_THRESHOLD"),
         **BAS,
     }
     return {**s, **BAS_QUICK} if quick else s
@@ -186,10 +172,7 @@ def rf_settings(quick: bool = False) -> dict:
     """The settings of the receptive-field sweep (``quick``: those of the smoke test)."""
     keys = ("size", "z_dim", "hidden", "batch", "steps_per_epoch", "lr", "n_eval")
     s = {
-        "threads": THREADS,
-        "log_every": LOG_EVERY,
-        "eval_seed": EVAL_SEED,
-        "au_threshold": AU_THRESHOLD,
+        **experiment.config_values(globals(), "THREADS LOG_EVERY EVAL_SEED AU_THRESHOLD"),
         "eval_data_seed": BAS["eval_data_seed"],
         **{k: BAS[k] for k in keys},
         **RF,
@@ -211,8 +194,10 @@ def build_rf(kernel_size: int, seed: int, rich: bool) -> VAE:
     """A model of the sweep (with its build spec), freshly initialised from ``seed``."""
     torch.manual_seed(seed)
     side = BAS["size"]
-    encoder = make(MLPGaussianEncoder, x_dim=side * side, hidden=BAS["hidden"], z_dim=BAS["z_dim"])
-    decoder = make(
+    encoder = experiment.make(
+        MLPGaussianEncoder, x_dim=side * side, hidden=BAS["hidden"], z_dim=BAS["z_dim"]
+    )
+    decoder = experiment.make(
         PixelCNNDecoder,
         z_dim=BAS["z_dim"],
         kernel_size=kernel_size,
@@ -220,7 +205,7 @@ def build_rf(kernel_size: int, seed: int, rich: bool) -> VAE:
         **(RF["rich_path"] if rich else {}),
         x_shape=(1, side, side),
     )
-    return make(VAE, encoder=encoder, decoder=decoder)
+    return experiment.make(VAE, encoder=encoder, decoder=decoder)
 
 
 def build(variant: str) -> VAE:
@@ -231,12 +216,12 @@ def build(variant: str) -> VAE:
     else:
         side, z_dim, hidden, pixelcnn = 28, Z_DIM, HIDDEN, PIXELCNN
     x_shape = (1, side, side)
-    encoder = make(MLPGaussianEncoder, x_dim=side * side, hidden=hidden, z_dim=z_dim)
+    encoder = experiment.make(MLPGaussianEncoder, x_dim=side * side, hidden=hidden, z_dim=z_dim)
     if variant.endswith("mlp"):
-        decoder = make(BernoulliDecoder, z_dim=z_dim, hidden=hidden, x_shape=x_shape)
+        decoder = experiment.make(BernoulliDecoder, z_dim=z_dim, hidden=hidden, x_shape=x_shape)
     else:
-        decoder = make(PixelCNNDecoder, z_dim=z_dim, **pixelcnn, x_shape=x_shape)
-    return make(VAE, encoder=encoder, decoder=decoder)
+        decoder = experiment.make(PixelCNNDecoder, z_dim=z_dim, **pixelcnn, x_shape=x_shape)
+    return experiment.make(VAE, encoder=encoder, decoder=decoder)
 
 
 def objective(variant: str) -> ELBO:
@@ -289,7 +274,7 @@ def fashion_batches(train_images: torch.Tensor) -> Batches:
     ``[BATCH, 1, 28, 28]``."""
 
     def batches(epoch: int) -> Iterator[torch.Tensor]:
-        order = epoch_order(len(train_images), epoch, SEED)
+        order = experiment.epoch_order(len(train_images), epoch, SEED)
         for start in range(0, len(order), BATCH):
             yield binarize_threshold(train_images[order[start : start + BATCH]]).unsqueeze(1)
 
@@ -351,9 +336,9 @@ def train(
     history = trainer.fit(batches, cfg["epochs"], on_epoch_end=on_epoch_end)
     seconds = time.perf_counter() - t0
     path = out / f"l04_{variant}.safetensors"
-    return model_entry(
+    return experiment.model_entry(
         path,
-        save_model(path, model, variant=variant, command=COMMAND),
+        experiment.save_model(path, model, variant=variant, command=COMMAND),
         model,
         round(seconds),
         experiment="bas" if variant.startswith("bas_") else "fashion",
@@ -407,9 +392,9 @@ def train_rf(
     batches = bas_batches(cfg["steps_per_epoch"], seed)
     history = trainer.fit(batches, cfg["epochs"], checkpoint=resume, on_epoch_end=on_epoch_end)
     path = out / f"l04_{name}.safetensors"
-    return model_entry(
+    return experiment.model_entry(
         path,
-        save_model(path, model, variant=name, command=RF_COMMAND),
+        experiment.save_model(path, model, variant=name, command=RF_COMMAND),
         model,
         round(trainer.state["train_seconds"]),
         experiment="rf",
@@ -440,7 +425,7 @@ def run_rf_part(out: Path, quick: bool, device: torch.device) -> None:
         models[name] = train_rf(name, kernel_size, seed, rich, x_eval, cfg, out, device)
         print(f"{name}: done in {models[name]['train_seconds']} s of training", flush=True)
         ordered = {n: models[n] for n in names if n in models}
-        write_results(out, "l04_rf", LECTURE, RF_COMMAND, cfg, ordered, quick=quick)
+        experiment.write_results(out, "l04_rf", LECTURE, RF_COMMAND, cfg, ordered, quick=quick)
         (out / "l04_rf_resume" / f"{name}.train.safetensors").unlink()
         sidecar_path(out / "l04_rf_resume" / f"{name}.train.safetensors").unlink()
     resume_dir = out / "l04_rf_resume"
@@ -473,7 +458,7 @@ def run_main_part(out: Path, variants: list[str], quick: bool, device: torch.dev
         models[variant] = train(variant, batches, x_eval, cfg[experiment], out, device)
         print(f"{variant}: done in {models[variant]['train_seconds']} s of training", flush=True)
         ordered = {v: models[v] for v in VARIANTS + BAS_VARIANTS if v in models}
-        write_results(out, "l04", LECTURE, COMMAND, cfg, ordered, quick=quick)
+        experiment.write_results(out, "l04", LECTURE, COMMAND, cfg, ordered, quick=quick)
 
 
 def main(argv: list[str]) -> int:

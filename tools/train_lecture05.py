@@ -59,7 +59,6 @@ and the paired differences with their standard errors; the lecture's ``l05_vae``
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -71,10 +70,10 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgmlib import experiment  # noqa: E402
 from dgmlib.bounds import estimate_nll, iwae_bound  # noqa: E402
 from dgmlib.data import binarize_dynamic, binarize_fixed, load_fashion_mnist  # noqa: E402
 from dgmlib.diagnostics import active_units  # noqa: E402
-from dgmlib.experiment import load_model_file, model_entry, save_model, write_results  # noqa: E402
 from dgmlib.io import atomic_write_json, load_checkpoint, read_json  # noqa: E402
 from dgmlib.models import VAE  # noqa: E402
 from dgmlib.objectives import ELBO, IWAEBound  # noqa: E402
@@ -418,21 +417,15 @@ def run_long(
     ``l05_long_results.json`` into ``out`` and return its path. Resumable from
     ``out/l05_long_resume``, removed at the end."""
     work = out / "l05_long_resume"
-    work.mkdir(parents=True, exist_ok=True)
     epochs = cfg["epochs"]
-    models: dict = {}
-    for name in LONG_MODELS:
-        key, ckpt = f"{name}_long", out / f"l05_{name}_long.safetensors"
-        cache = work / f"{name}.json"
-        if cache.is_file() and ckpt.is_file():  # trained before an interruption
-            models[key] = read_json(cache)
-            load_model_file(ckpt, models[key]["sha256"])  # verifies the file
-            continue
+
+    def run(key: str, ckpt: Path) -> dict:
+        name = key.removesuffix("_long")
         print(f"[{key}] K = {MODELS[name]}, {epochs} epochs", flush=True)
 
-        def snapshot(tr: Trainer, name: str = name) -> None:
+        def snapshot(tr: Trainer) -> None:
             path = work / f"{name}.epoch{tr.epoch}.safetensors"
-            save_model(path, tr.model, name=name, epoch=tr.epoch)
+            experiment.save_model(path, tr.model, name=name, epoch=tr.epoch)
 
         model, curves, seconds = train_one(
             name,
@@ -444,7 +437,7 @@ def run_long(
             work / f"{name}.train.safetensors",
             snapshot,
         )
-        digest = save_model(ckpt, model, **checkpoint_metadata(name, epochs, long=True))
+        digest = experiment.save_model(ckpt, model, **checkpoint_metadata(name, epochs, long=True))
         print(f"  {key}: wrote {ckpt.name} (sha256 {digest[:12]}...)", flush=True)
         lecture = out / f"l05_{name}.safetensors"
         # the lecture's model against this run's epoch EPOCHS (not in a smoke test)
@@ -452,16 +445,10 @@ def run_long(
         if not quick and epochs >= EPOCHS and lecture.is_file():
             versus |= weight_difference(work / f"{name}.epoch{EPOCHS}.safetensors", lecture)
             print(f"  {key}: epoch {EPOCHS} against {lecture.name}: {versus}", flush=True)
-        models[key] = model_entry(
-            ckpt,
-            digest,
-            model,
-            round(seconds, 1),
-            K_train=MODELS[name],
-            curves=curves,
-            lecture_checkpoint=versus,
-        )
-        atomic_write_json(cache, models[key])
+        fields = {"K_train": MODELS[name], "curves": curves, "lecture_checkpoint": versus}
+        return experiment.model_entry(ckpt, digest, model, round(seconds, 1), **fields)
+
+    models = experiment.train_each([f"{name}_long" for name in LONG_MODELS], out, "l05", work, run)
 
     x_eval = x_test[: cfg["n_eval"]]
     t0, rows = time.perf_counter(), []
@@ -469,7 +456,7 @@ def run_long(
         cache = work / f"compare.epoch{epoch}.json"
         if not cache.is_file():
             pair = [
-                load_model_file(work / f"{n}.epoch{epoch}.safetensors").to(device)
+                experiment.load_model_file(work / f"{n}.epoch{epoch}.safetensors").to(device)
                 for n in LONG_MODELS
             ]
             atomic_write_json(cache, compare_epoch(*pair, x_eval, epoch))
@@ -486,7 +473,10 @@ def run_long(
     if not quick and all((out / f"l05_{n}.safetensors").is_file() for n in LONG_MODELS):
         cache = work / "compare.lecture.json"
         if not cache.is_file():
-            pair = [load_model_file(out / f"l05_{n}.safetensors").to(device) for n in LONG_MODELS]
+            pair = [
+                experiment.load_model_file(out / f"l05_{n}.safetensors").to(device)
+                for n in LONG_MODELS
+            ]
             atomic_write_json(cache, compare_epoch(*pair, x_eval, EPOCHS))
         lecture_pair = read_json(cache)
     print(f"  comparison on {len(x_eval)} images: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -500,10 +490,10 @@ def run_long(
     ]
     # the same comparison of the lecture's l05_vae and l05_iwae5 (epoch EPOCHS of the main run)
     models["iwae5_long"]["lecture_models_compared"] = lecture_pair
-    path = write_results(
-        out, "l05_long", LECTURE, LONG_COMMAND, long_settings(cfg, len(x_eval)), models, quick
+    settings_long = long_settings(cfg, len(x_eval))
+    path = experiment.write_results(
+        out, "l05_long", LECTURE, LONG_COMMAND, settings_long, models, quick, work
     )
-    shutil.rmtree(work, ignore_errors=True)
     print("wrote", path, flush=True)
     return path
 
@@ -522,7 +512,6 @@ def main(argv: list[str] | None = None) -> int:
         train_images, _ = load_fashion_mnist("train")
         run_long(train_images[: cfg["n_train"]], test_data(), cfg, out, str(device), args.quick)
         return 0
-    (out / "l05_resume").mkdir(parents=True, exist_ok=True)
     cfg = QUICK if args.quick else FULL
 
     train_images, _ = load_fashion_mnist("train")
@@ -530,41 +519,30 @@ def main(argv: list[str] | None = None) -> int:
     x_test = test_data()
     x_nll = x_test[nll_subset_indices(len(x_test), cfg["n_nll"])]
 
-    models: dict = {}
-    for i, name in enumerate(MODELS):
+    def run(name: str, ckpt: Path) -> dict:
         print(f"[{name}] K = {MODELS[name]}, {cfg['epochs']} epochs", flush=True)
-        cache = out / "l05_resume" / f"{name}.eval.json"
-        ckpt = out / f"l05_{name}.safetensors"
-        if cache.is_file() and ckpt.is_file():  # trained and evaluated before an interruption
-            models[name] = read_json(cache)
-            load_model_file(ckpt, models[name]["sha256"])  # verifies the file
-            continue
         model, curves, seconds = train_one(name, train_images, x_test, cfg, out, str(device))
-        digest = save_model(ckpt, model, **checkpoint_metadata(name, cfg["epochs"]))
+        digest = experiment.save_model(ckpt, model, **checkpoint_metadata(name, cfg["epochs"]))
         print(f"  {name}: wrote {ckpt.name} (sha256 {digest[:12]}...)", flush=True)
-        test = evaluate(name, i, model, x_test, x_nll, cfg)
-        models[name] = model_entry(
-            ckpt,
-            digest,
-            model,
-            round(seconds, 1),
-            K_train=MODELS[name],
-            test=test,
-            curves=curves,
-            burda2016_table1_mnist=BURDA_TABLE1_MNIST[name],
-        )
-        atomic_write_json(cache, models[name])
+        test = evaluate(name, list(MODELS).index(name), model, x_test, x_nll, cfg)
         print(
             f"  {name}: ELBO {test['elbo']:.3f}  L_5 {test['iwae_5']:.3f}  "
             f"L_50 {test['iwae_50']:.3f}  active units {test['active_units']}  "
             f"NLL {test['nll']:.3f} +- {test['nll_se']:.3f} nats",
             flush=True,
         )
+        paper = BURDA_TABLE1_MNIST[name]
+        fields = {"K_train": MODELS[name], "test": test, "curves": curves}
+        return experiment.model_entry(
+            ckpt, digest, model, round(seconds, 1), **fields, burda2016_table1_mnist=paper
+        )
 
-    path = write_results(
-        out, "l05", LECTURE, COMMAND, settings(cfg, len(x_test), len(x_nll)), models, args.quick
+    models = experiment.train_each(MODELS, out, "l05", out / "l05_resume", run)
+
+    settings_run = settings(cfg, len(x_test), len(x_nll))
+    path = experiment.write_results(
+        out, "l05", LECTURE, COMMAND, settings_run, models, args.quick, out / "l05_resume"
     )
-    shutil.rmtree(out / "l05_resume", ignore_errors=True)
     print("wrote", path, flush=True)
     return 0
 

@@ -53,7 +53,6 @@ the folder is removed once the results are written.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -64,6 +63,7 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgmlib import experiment  # noqa: E402
 from dgmlib.bounds import estimate_nll  # noqa: E402
 from dgmlib.data import (  # noqa: E402
     binarize_dynamic,
@@ -71,16 +71,6 @@ from dgmlib.data import (  # noqa: E402
     load_fashion_mnist,
     to_unit_interval,
 )
-from dgmlib.experiment import (  # noqa: E402
-    load_model_file,
-    model_entry,
-    n_params,
-    save_model,
-    script_args,
-    script_parser,
-    write_results,
-)
-from dgmlib.io import atomic_write_json, read_json  # noqa: E402
 from dgmlib.models import VAE  # noqa: E402
 from dgmlib.objectives import ELBO  # noqa: E402
 from dgmlib.stats import mean_se  # noqa: E402
@@ -339,9 +329,8 @@ def settings(cfg: dict, n_test: int, n_nll: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = script_args(script_parser(__doc__), argv)
+    args = experiment.script_args(experiment.script_parser(__doc__), argv)
     out, device = args.out, args.device
-    (out / "l06_resume").mkdir(parents=True, exist_ok=True)
     seed_everything(SEED, threads=THREADS)
     t_start = time.perf_counter()
     cfg = QUICK if args.quick else FULL
@@ -352,44 +341,37 @@ def main(argv: list[str] | None = None) -> int:
     x_test = fixed_binary("test", TEST_BINARIZATION_SEED)
     x_nll = x_test[nll_subset_indices(len(x_test), cfg["n_nll"])]
 
-    models: dict = {}
-    for i, name in enumerate(MODELS):
+    def run(name: str, ckpt: Path) -> dict:
         z_dim, prior = MODELS[name]
         print(f"[{name}] z = {z_dim}, prior {prior}, {cfg['epochs']} epochs", flush=True)
-        cache = out / "l06_resume" / f"{name}.eval.json"
-        ckpt = out / f"l06_{name}.safetensors"
-        if cache.is_file() and ckpt.is_file():  # trained and evaluated before an interruption
-            models[name] = read_json(cache)
-            load_model_file(ckpt, models[name]["sha256"])  # verifies the file
-            continue
         model, curves, seconds = train_one(name, train_images, x_test, cfg, out, str(device))
         print(f"  {name}: trained in {seconds:.0f} s", flush=True)
-        digest = save_model(ckpt, model, **checkpoint_metadata(name, cfg["epochs"]))
+        digest = experiment.save_model(ckpt, model, **checkpoint_metadata(name, cfg["epochs"]))
         print(f"  {name}: wrote {ckpt.name} (sha256 {digest[:12]}...)", flush=True)
-        models[name] = model_entry(
-            ckpt,
-            digest,
-            model,
-            round(seconds, 1),
-            n_prior_params=n_params(model.prior),
-            z_dim=z_dim,
-            prior=prior,
-            **evaluate(i, model, x_test, x_nll, x_train_fixed, cfg),
-            curves=curves,
-        )
-        atomic_write_json(cache, models[name])
-        t, s, h = (models[name][k] for k in ("test", "surgery", "holes"))
+        figures = evaluate(list(MODELS).index(name), model, x_test, x_nll, x_train_fixed, cfg)
+        t, s, h = (figures[k] for k in ("test", "surgery", "holes"))
         print(
             f"  {name}: test ELBO {t['elbo']:.2f}  KL {t['kl']:.2f}  NLL {t['nll']:.2f}  "
             f"KL(q(z)||p(z)) {s['marginal_kl']:.3f}  I {s['mutual_info']:.3f}  "
             f"(log N {s['log_n']:.3f})  hole mass {h['hole_mass']:.3f}",
             flush=True,
         )
+        fields = {"z_dim": z_dim, "prior": prior, **figures, "curves": curves}
+        return experiment.model_entry(
+            ckpt,
+            digest,
+            model,
+            round(seconds, 1),
+            n_prior_params=experiment.n_params(model.prior),
+            **fields,
+        )
 
-    path = write_results(
-        out, "l06", LECTURE, COMMAND, settings(cfg, len(x_test), len(x_nll)), models, args.quick
+    models = experiment.train_each(MODELS, out, "l06", out / "l06_resume", run)
+
+    settings_run = settings(cfg, len(x_test), len(x_nll))
+    path = experiment.write_results(
+        out, "l06", LECTURE, COMMAND, settings_run, models, args.quick, out / "l06_resume"
     )
-    shutil.rmtree(out / "l06_resume", ignore_errors=True)
     print("wrote", path, flush=True)
     print(f"total {time.perf_counter() - t_start:.0f} s", flush=True)
     return 0

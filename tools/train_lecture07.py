@@ -35,7 +35,6 @@ with ``.sha256`` sidecars, ``l07_results.json`` and the models' entries in ``man
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -232,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         "eval_seed": EVAL_SEED,
         "curve_images": CURVE_IMAGES,
     }
-    path = experiment.write_results(args.out, "l07", LECTURE, COMMAND, settings, models, args.quick)
-    shutil.rmtree(state_dir)
+    path = experiment.write_results(
+        args.out, "l07", LECTURE, COMMAND, settings, models, args.quick, state_dir
+    )
     print(f"wrote {path}; total {time.perf_counter() - t_start:.0f} s", flush=True)
     return 0
 

@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -69,6 +68,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgmlib import experiment  # noqa: E402
 from dgmlib.avb import (  # noqa: E402
     AVB,
     AVBObjective,
@@ -78,7 +78,6 @@ from dgmlib.avb import (  # noqa: E402
     log_marginal_on_grid,
 )
 from dgmlib.density_ratio import RatioEstimator  # noqa: E402
-from dgmlib.experiment import make, model_entry, save_model, write_results  # noqa: E402
 from dgmlib.gan import discriminator_loss, kl  # noqa: E402
 from dgmlib.models.vae import VAE, BernoulliDecoder, GaussianDecoder, MLPGaussianEncoder  # noqa: E402
 from dgmlib.objectives import ELBO  # noqa: E402
@@ -159,10 +158,10 @@ def build(name: str) -> nn.Module:
     """A freshly initialised model ``name`` (one of MODELS) with its build spec."""
     torch.manual_seed(SEED)
     if name == "ratio":
-        return make(RatioEstimator, **RATIO_NET, activation=nn.ELU)
+        return experiment.make(RatioEstimator, **RATIO_NET, activation=nn.ELU)
     if name == "gauss_avb":
-        enc = make(ImplicitEncoder, **GAUSS_ENCODER, activation=nn.ELU)
-        dec = make(
+        enc = experiment.make(ImplicitEncoder, **GAUSS_ENCODER, activation=nn.ELU)
+        dec = experiment.make(
             GaussianDecoder,
             z_dim=1,
             hidden=1,
@@ -174,16 +173,18 @@ def build(name: str) -> nn.Module:
         with torch.no_grad():  # the true decoder: mean x = z
             dec.net[0].weight.fill_(1.0)
             dec.net[0].bias.zero_()
-        disc = make(JointDiscriminator, **GAUSS_DISC, activation=nn.ELU)
-        return make(AVB, encoder=enc, decoder=dec, discriminator=disc)
+        disc = experiment.make(JointDiscriminator, **GAUSS_DISC, activation=nn.ELU)
+        return experiment.make(AVB, encoder=enc, decoder=dec, discriminator=disc)
     if name in ("toy_avb", "toy_vae"):
-        dec = make(BernoulliDecoder, **TOY_DECODER, activation=nn.ELU)
+        dec = experiment.make(BernoulliDecoder, **TOY_DECODER, activation=nn.ELU)
         if name == "toy_vae":
-            enc = make(MLPGaussianEncoder, **TOY_VAE_ENCODER, activation=nn.ELU)
-            return make(VAE, encoder=enc, decoder=dec)
-        enc = make(ImplicitEncoder, **TOY_ENCODER, activation=nn.ELU, output_std=TOY_OUTPUT_STD)
-        disc = make(JointDiscriminator, **TOY_DISC, activation=nn.ELU)
-        return make(AVB, encoder=enc, decoder=dec, discriminator=disc)
+            enc = experiment.make(MLPGaussianEncoder, **TOY_VAE_ENCODER, activation=nn.ELU)
+            return experiment.make(VAE, encoder=enc, decoder=dec)
+        enc = experiment.make(
+            ImplicitEncoder, **TOY_ENCODER, activation=nn.ELU, output_std=TOY_OUTPUT_STD
+        )
+        disc = experiment.make(JointDiscriminator, **TOY_DISC, activation=nn.ELU)
+        return experiment.make(AVB, encoder=enc, decoder=dec, discriminator=disc)
     raise ValueError(f"build: name must be one of {MODELS}, got {name!r}")
 
 
@@ -418,9 +419,7 @@ def evaluate(name: str, model: nn.Module, quick: bool) -> dict:
 def settings() -> dict:
     """The settings recorded in the results file."""
     return {
-        "seed": SEED,
-        "threads": THREADS,
-        "epochs": EPOCHS,
+        **experiment.config_values(globals(), "SEED THREADS EPOCHS"),
         "steps_per_epoch": STEPS,
         "learning_rates": LEARNING_RATES,
         "dual_steps": DUAL_STEPS,
@@ -466,13 +465,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in MODELS:
         model, curves, clock = train(name, resume_dir, args.quick, device)
         path = out / f"l09_{name}.safetensors"
-        digest = save_model(path, model, command=COMMAND, name=name, quick=args.quick)
+        digest = experiment.save_model(path, model, command=COMMAND, name=name, quick=args.quick)
         test = evaluate(name, model, args.quick)
         log(
             f"[{name}] trained in {clock['cpu_seconds']:.0f} s of CPU time; "
             + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
         )
-        models[name] = model_entry(
+        models[name] = experiment.model_entry(
             path,
             digest,
             model,
@@ -482,8 +481,9 @@ def main(argv: list[str] | None = None) -> int:
             curves=curves,
         )
     command = COMMAND + (" --quick" if args.quick else "")
-    write_results(out, "l09", LECTURE, command, settings(), models, quick=args.quick)
-    shutil.rmtree(resume_dir, ignore_errors=True)
+    experiment.write_results(
+        out, "l09", LECTURE, command, settings(), models, args.quick, resume_dir
+    )
     log(f"wrote {out / 'l09_results.json'}")
     return 0
 

@@ -9,7 +9,7 @@ Usage: python tools/train_lecture11.py [--out data/checkpoints] [--part fmnist|b
   the first ``WARMUP_STEPS`` steps) and each seed of ``SEEDS``: 12 models
   ``l11_<variant>_s<seed>``. Training: the 60k Fashion-MNIST training images, dynamically
   binarized (a fresh Bernoulli draw every epoch), mini-batches in the order of
-  ``dgmlib.experiment.epoch_order``, Adam, the ELBO of ``dgmlib.objectives.ELBO`` with one
+  ``dgmlib.epoch_order``, Adam, the ELBO of ``dgmlib.objectives.ELBO`` with one
   sample (its ``kl_weight`` set by ``dgmlib.kl_control.scheduled`` for the warm-up variants).
   Evaluation on the first ``N_EVAL`` test images binarized once with seed 0
   (``dgmlib.models.hierarchical.layer_statistics``: ELBO, per-layer KL terms, active units per
@@ -51,6 +51,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgmlib import experiment  # noqa: E402
 from dgmlib.bounds import estimate_nll  # noqa: E402
 from dgmlib.data import (  # noqa: E402
     binarize_dynamic,
@@ -59,7 +60,6 @@ from dgmlib.data import (  # noqa: E402
     load_digits,
     load_fashion_mnist,
 )
-from dgmlib.experiment import epoch_order, make, model_entry, save_model, write_results  # noqa: E402
 from dgmlib.io import atomic_write_json, read_json, sha256_file  # noqa: E402
 from dgmlib.kl_control import linear_warmup, scheduled  # noqa: E402
 from dgmlib.models.binary_hierarchy import BinaryHierarchyVAE  # noqa: E402
@@ -174,7 +174,7 @@ def train_fmnist_one(
         # every draw of an epoch derives from (seed, epoch): a resumed run is identical
         torch.manual_seed(20_000 * (seed + 1) + epoch)  # the reparametrization noise
         g = torch.Generator().manual_seed(10_000 * (seed + 1) + epoch)  # the binarization
-        order = epoch_order(n, epoch, seed)
+        order = experiment.epoch_order(n, epoch, seed)
         for start in range(0, n, BATCH):
             yield binarize_dynamic(train_images[order[start : start + BATCH]], g).unsqueeze(1)
 
@@ -236,10 +236,10 @@ def run_fmnist(out: Path, quick: bool, device: str, resume_dir: Path) -> dict:
             nll, nll_se = mean_se(estimate_nll(model.log_weights, x_test[:nll_images], NLL_K, 50))
             test.update({"nll": nll, "nll_se": nll_se})
             inference, warmup = VARIANTS[variant]
-            digest = save_model(
+            digest = experiment.save_model(
                 path, model, command=COMMAND, variant=variant, seed=seed, epochs=epochs
             )
-            models[name] = model_entry(
+            models[name] = experiment.model_entry(
                 path,
                 digest,
                 model,
@@ -327,7 +327,7 @@ def run_binary(out: Path, quick: bool, device: str, resume_dir: Path) -> dict:
             log(f"  {name}: done before, kept")
             continue
         seed_everything(BIN_SEED, threads=THREADS)
-        model = make(BinaryHierarchyVAE, **BIN_ARCH)
+        model = experiment.make(BinaryHierarchyVAE, **BIN_ARCH)
         trainer = Trainer(
             model,
             torch.optim.Adam(model.parameters(), lr=BIN_LR),
@@ -339,7 +339,7 @@ def run_binary(out: Path, quick: bool, device: str, resume_dir: Path) -> dict:
         n = len(x_train)
 
         def batches(epoch: int, n: int = n):
-            order = epoch_order(n, epoch, BIN_SEED)
+            order = experiment.epoch_order(n, epoch, BIN_SEED)
             return [x_train[order[s : s + BIN_BATCH]] for s in range(0, n, BIN_BATCH)]
 
         t0 = time.process_time()
@@ -347,9 +347,11 @@ def run_binary(out: Path, quick: bool, device: str, resume_dir: Path) -> dict:
         cpu_seconds = time.process_time() - t0
         model.cpu().eval()
         test = binary_eval(model, x_test)
-        digest = save_model(out / f"{name}.safetensors", model, command=COMMAND, mode=mode)
+        digest = experiment.save_model(
+            out / f"{name}.safetensors", model, command=COMMAND, mode=mode
+        )
         steps = trainer.history["step"]
-        models[name] = model_entry(
+        models[name] = experiment.model_entry(
             f"{name}.safetensors",
             digest,
             model,
@@ -379,19 +381,14 @@ def settings() -> dict:
             "epochs": EPOCHS,
             "batch_size": BATCH,
             "learning_rate": LR,
-            "warmup_steps": WARMUP_STEPS,
-            "n_eval": N_EVAL,
-            "eval_samples": EVAL_SAMPLES,
-            "mean_samples": MEAN_SAMPLES,
-            "eval_seed": EVAL_SEED,
+            **experiment.config_values(
+                globals(), "WARMUP_STEPS N_EVAL EVAL_SAMPLES MEAN_SAMPLES EVAL_SEED"
+            ),
             "active_unit_threshold": 0.01,
-            "nll_k": NLL_K,
-            "nll_images": NLL_IMAGES,
-            "nll_seed": NLL_SEED,
-            "curve_images": CURVE_IMAGES,
-            "curve_seed": CURVE_SEED,
-            "check_images": CHECK_IMAGES,
-            "check_seed": CHECK_SEED,
+            **experiment.config_values(
+                globals(),
+                "NLL_K NLL_IMAGES NLL_SEED CURVE_IMAGES CURVE_SEED CHECK_IMAGES CHECK_SEED",
+            ),
         },
         "binary": {
             "arch": BIN_ARCH,
@@ -413,7 +410,7 @@ def write(out: Path, models: dict, quick: bool) -> Path:
         doc = read_json(path)
         if doc.get("quick") == quick:
             models = {**doc["models"], **models}
-    return write_results(out, "l11", LECTURE, COMMAND, settings(), models, quick)
+    return experiment.write_results(out, "l11", LECTURE, COMMAND, settings(), models, quick)
 
 
 def main(argv: list[str] | None = None) -> int:

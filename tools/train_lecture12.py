@@ -63,20 +63,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgmlib import experiment  # noqa: E402
 from dgmlib.data import load_fashion_mnist, toy_2d  # noqa: E402
 from dgmlib.dequantization import uniform_dequantize  # noqa: E402
 from dgmlib.diffusion import alpha_bars, ddpm_sample, elbo_estimate, eps_kl_weights  # noqa: E402
-from dgmlib.experiment import (  # noqa: E402
-    RESULTS_SCHEMA,
-    make,
-    model_entry,
-    model_tensors,
-    save_model,
-    script_args,
-    script_parser,
-    spec_of,
-    write_results,
-)
 from dgmlib.io import read_json, save_checkpoint  # noqa: E402
 from dgmlib.models.denoiser import DDPM, EMATrainer, MLPDenoiser, UNetDenoiser  # noqa: E402
 from dgmlib.units import log_density_to_integer_units, nats_to_bits_per_dim  # noqa: E402
@@ -132,13 +122,13 @@ def build(part: str, weighting: str = "simple") -> DDPM:
     """A freshly initialised model with a build spec (weights depend only on ``SEED``)."""
     torch.manual_seed(SEED)
     if part == "toy":
-        net = make(MLPDenoiser, **TOY_NET)
+        net = experiment.make(MLPDenoiser, **TOY_NET)
     elif part == "fmnist":
-        net, weighting = make(UNetDenoiser, **FM_NET), "simple"
+        net, weighting = experiment.make(UNetDenoiser, **FM_NET), "simple"
     else:
         raise ValueError(f"build: part must be 'toy' or 'fmnist', got {part!r}")
     schedule = {"T": T, "beta_1": BETA_1, "beta_T": BETA_T}
-    return make(DDPM, net=net, weighting=weighting, ema_decay=EMA_DECAY, **schedule)
+    return experiment.make(DDPM, net=net, weighting=weighting, ema_decay=EMA_DECAY, **schedule)
 
 
 def to_unit(x_int: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -220,9 +210,9 @@ def run_toy(out: Path, quick: bool, device: str) -> dict:
         model, curves = train_toy(weighting, epochs, n_points, device)
         path = out / f"l12_ring_{weighting}.safetensors"
         meta = {"command": COMMAND, "part": "toy", "weighting": weighting, "epochs": epochs}
-        digest = save_model(path, model, **meta)
+        digest = experiment.save_model(path, model, **meta)
         test = evaluate_toy(model, n_eval)
-        models[f"ring_{weighting}"] = model_entry(
+        models[f"ring_{weighting}"] = experiment.model_entry(
             path,
             digest,
             model.net,  # the trained weights (the EMA copy holds as many)
@@ -448,12 +438,12 @@ def run_fmnist(out: Path, quick: bool, device: str) -> dict:
     meta = {"command": COMMAND, "part": "fmnist", "epochs": epochs, "steps": trainer.step}
     digest = save_checkpoint(
         path,
-        {**model_tensors(model), "samples": samples.clamp(-1, 1)},
-        {"spec": spec_of(model), **meta, "sample_seed": FM_SAMPLE_SEED},
+        {**experiment.model_tensors(model), "samples": samples.clamp(-1, 1)},
+        {"spec": experiment.spec_of(model), **meta, "sample_seed": FM_SAMPLE_SEED},
     )
     shutil.rmtree(resume_dir, ignore_errors=True)
     return {
-        "fmnist": model_entry(
+        "fmnist": experiment.model_entry(
             path,
             digest,
             model.net,
@@ -513,15 +503,15 @@ def write(out: Path, models: dict, quick: bool) -> Path:
     path = out / "l12_results.json"
     if path.is_file():
         doc = read_json(path)
-        if doc.get("schema") == RESULTS_SCHEMA and doc.get("quick") == quick:
+        if doc.get("schema") == experiment.RESULTS_SCHEMA and doc.get("quick") == quick:
             models = {**doc["models"], **models}
-    return write_results(out, "l12", LECTURE, COMMAND, settings(), models, quick)
+    return experiment.write_results(out, "l12", LECTURE, COMMAND, settings(), models, quick)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = script_parser(__doc__)
+    parser = experiment.script_parser(__doc__)
     parser.add_argument("--part", choices=("toy", "fmnist", "all"), default="all")
-    args = script_args(parser, argv)
+    args = experiment.script_args(parser, argv)
     out = args.out
     t0 = time.perf_counter()
     if args.part in ("toy", "all"):

@@ -40,16 +40,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgmlib import experiment  # noqa: E402
 from dgmlib.cnf import CNF, ConcatMLP, ring_log_prob  # noqa: E402
 from dgmlib.data import toy_2d  # noqa: E402
-from dgmlib.experiment import (  # noqa: E402
-    make,
-    model_entry,
-    save_model,
-    script_args,
-    script_parser,
-    write_results,
-)
 from dgmlib.ode import fixed_grid  # noqa: E402
 from dgmlib.stats import mean_se  # noqa: E402
 from dgmlib.train import Trainer  # noqa: E402
@@ -80,7 +73,7 @@ QUICK = {"steps": 20, "n_test": 200, "log_every": 10}  # --quick: a smoke test o
 def build_model() -> CNF:
     """A freshly initialised CNF with a build spec (weights depend only on ``SEED``)."""
     torch.manual_seed(SEED)
-    return make(CNF, net=make(ConcatMLP, **NET))
+    return experiment.make(CNF, net=experiment.make(ConcatMLP, **NET))
 
 
 def train_data(n: int = N_TRAIN) -> torch.Tensor:
@@ -143,11 +136,7 @@ def evaluate(model: CNF, x: torch.Tensor) -> dict:
 def settings(steps: int, n_test: int, log_every: int) -> dict:
     """The settings recorded in the results file."""
     return {
-        "seed": SEED,
-        "threads": THREADS,
-        "ring_std": RING_STD,
-        "n_train": N_TRAIN,
-        "train_seed": TRAIN_SEED,
+        **experiment.config_values(globals(), "SEED THREADS RING_STD N_TRAIN TRAIN_SEED"),
         "n_test": n_test,
         "test_seed": TEST_SEED,
         "net": NET,
@@ -163,7 +152,7 @@ def settings(steps: int, n_test: int, log_every: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = script_args(script_parser(__doc__), argv)
+    args = experiment.script_args(experiment.script_parser(__doc__), argv)
     out = args.out
     seed_everything(SEED, threads=THREADS)
     steps, n_test, log_every = (
@@ -176,11 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     model, curve = train(steps, log_every=log_every, device=args.device)
     train_seconds = round(time.perf_counter() - t_start)
     path = out / "lA1_cnf.safetensors"
-    digest = save_model(path, model, command=COMMAND, steps=steps)
+    digest = experiment.save_model(path, model, command=COMMAND, steps=steps)
     figures = evaluate(model, test_data(n_test))
     print(f"[cnf] {figures}, trained in {train_seconds} s", flush=True)
 
-    entry = model_entry(
+    entry = experiment.model_entry(
         path,
         digest,
         model,
@@ -188,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         test=figures,
         curves=curve,
     )
-    results = write_results(
+    results = experiment.write_results(
         out,
         "lA1",
         "A1_adjoint",

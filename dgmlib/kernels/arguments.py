@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -22,6 +24,13 @@ def check_tensor(op: str, name: str, t: object, shape: str, ndim: int | None = N
         raise TypeError(
             f"{op}: `{name}` must be float16, bfloat16, float32 or float64, got {t.dtype}"
         )
+
+
+def check_shape(op: str, name: str, t: torch.Tensor, expected: Sequence[int], what: str) -> None:
+    """``t.shape == expected``, else a ValueError saying which shape (``what``, e.g. "the shape of
+    `mu`") and its sizes."""
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"{op}: `{name}` must have {what}, {list(expected)}, got {list(t.shape)}")
 
 
 def check_same(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:

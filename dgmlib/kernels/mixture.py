@@ -48,6 +48,7 @@ from torch.autograd.function import once_differentiable
 from dgmlib.kernels.arguments import (
     check_finite,
     check_same,
+    check_shape,
     check_tensor,
     compute_dtype,
 )
@@ -124,20 +125,10 @@ def mixture_logpdf(
     n, d = mu.shape
     if d < 1 or n < 1:
         raise ValueError(f"{op}: `mu` must have shape [N, D] with N, D >= 1, got {list(mu.shape)}")
-    if z.shape[1] != d:
-        raise ValueError(
-            f"{op}: `z` must have shape [M, D] = [M, {d}] (D from `mu`), got {list(z.shape)}"
-        )
-    if logvar.shape != mu.shape:
-        raise ValueError(
-            f"{op}: `logvar` must have the shape of `mu`, [N, D] = {list(mu.shape)}, "
-            f"got {list(logvar.shape)}"
-        )
-    if log_weights is not None and log_weights.shape[0] != n:
-        raise ValueError(
-            f"{op}: `log_weights` must have shape [N] = [{n}] (N from `mu`), "
-            f"got {list(log_weights.shape)}"
-        )
+    check_shape(op, "z", z, (z.shape[0], d), "shape [M, D] with D from `mu`")
+    check_shape(op, "logvar", logvar, mu.shape, "the shape of `mu`")
+    if log_weights is not None:
+        check_shape(op, "log_weights", log_weights, (n,), "shape [N] with N from `mu`")
     check_finite(op, "z", z)
     check_finite(op, "mu", mu)
     check_finite(op, "logvar", logvar)

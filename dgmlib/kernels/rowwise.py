@@ -12,7 +12,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from dgmlib.kernels.arguments import check_same, check_tensor, compute_dtype
+from dgmlib.kernels.arguments import check_same, check_shape, check_tensor, compute_dtype
 from dgmlib.kernels.backend import resolve_backend, triton_kernels
 
 # ----------------------------------------------------------------------------------------------
@@ -126,19 +126,12 @@ def gaussian_rsample_kl(
     check_tensor(op, "logvar", logvar, "[..., D]")
     if mu.dim() == 0:
         raise ValueError(f"{op}: `mu` must have shape [..., D], got a scalar")
-    if logvar.shape != mu.shape:
-        raise ValueError(
-            f"{op}: `logvar` must have the shape of `mu`, {list(mu.shape)}, "
-            f"got {list(logvar.shape)}"
-        )
+    check_shape(op, "logvar", logvar, mu.shape, "the shape of `mu`")
     if eps is None:
         eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
     else:
         check_tensor(op, "eps", eps, "[..., D]")
-        if eps.shape != mu.shape:
-            raise ValueError(
-                f"{op}: `eps` must have the shape of `mu`, {list(mu.shape)}, got {list(eps.shape)}"
-            )
+        check_shape(op, "eps", eps, mu.shape, "the shape of `mu`")
     check_same(op, "mu", mu, logvar=logvar, eps=eps)
     backend = resolve_backend(backend, mu, logvar, eps, op=op)
     if backend == "torch":

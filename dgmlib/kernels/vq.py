@@ -30,7 +30,13 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from dgmlib.kernels.arguments import check_finite, check_same, check_tensor, compute_dtype
+from dgmlib.kernels.arguments import (
+    check_finite,
+    check_same,
+    check_shape,
+    check_tensor,
+    compute_dtype,
+)
 from dgmlib.kernels.backend import resolve_backend, triton_kernels
 
 MAX_TRITON_D = 512
@@ -73,10 +79,7 @@ def vq_nearest(
         raise ValueError(
             f"{op}: `codebook` must have shape [K, D] with K, D >= 1, got {list(codebook.shape)}"
         )
-    if x.shape[1] != d:
-        raise ValueError(
-            f"{op}: `x` must have shape [M, D] = [M, {d}] (D from `codebook`), got {list(x.shape)}"
-        )
+    check_shape(op, "x", x, (x.shape[0], d), "shape [M, D] with D from `codebook`")
     check_finite(op, "x", x)
     check_finite(op, "codebook", codebook)
     too_wide = f"supports D <= {MAX_TRITON_D}, got D = {d}" if d > MAX_TRITON_D else None

@@ -33,6 +33,7 @@ from dgmlib.models.vae import BernoulliDecoder
 from dgmlib.validation import check_int, check_positive, check_tensor
 
 __all__ = [
+    "CodeAutoencoder",
     "CategoricalVAE",
     "VQOutput",
     "VQVAE",
@@ -185,7 +186,41 @@ class VectorQuantizer(nn.Module):
         return VQOutput(z_q, idx, codebook_loss, commitment_loss)
 
 
-class VQVAE(nn.Module):
+class CodeAutoencoder(nn.Module):
+    """What the two discrete-latent models share: an MLP encoder ``x_dim -> hidden -> hidden ->
+    n_slots * slot_size`` (ReLU) whose output is read as ``[B, n_slots, slot_size]``, and (made
+    by :meth:`code_decoder`) a Bernoulli MLP decoder of the flattened code. ``names``: what the
+    model calls ``n_slots`` and ``slot_size``, for its error messages."""
+
+    def __init__(
+        self,
+        n_slots: int,
+        slot_size: int,
+        hidden: int,
+        x_shape: int | Sequence[int],
+        where: str,
+        names: tuple[str, str],
+    ) -> None:
+        super().__init__()
+        self.n_slots = check_int(n_slots, names[0], where)
+        self.slot_size = check_int(slot_size, names[1], where)
+        self.hidden = check_int(hidden, "hidden", where)
+        self.x_shape = shape_tuple(x_shape)
+        self.x_dim = math.prod(self.x_shape)
+        self.encoder = mlp(self.x_dim, hidden, n_slots * slot_size, 2, nn.ReLU)
+
+    def code_decoder(self) -> BernoulliDecoder:
+        """A decoder ``p(x | code)`` of a flattened code ``[B, n_slots * slot_size]``."""
+        code = self.n_slots * self.slot_size
+        return BernoulliDecoder(code, self.hidden, self.x_shape, 2, nn.ReLU)
+
+    def encoder_slots(self, x: Tensor, where: str) -> Tensor:
+        """The encoder's output for ``x [B, ...]``: ``[B, n_slots, slot_size]``."""
+        h = self.encoder(flatten_batch(x, self.x_dim, where))
+        return h.view(-1, self.n_slots, self.slot_size)
+
+
+class VQVAE(CodeAutoencoder):
     """A small MLP VQ-VAE for binary 28 x 28 images.
 
     Encoder ``x_dim -> hidden -> hidden -> P*D`` (ReLU), reshaped to ``P`` vectors of size
@@ -204,15 +239,11 @@ class VQVAE(nn.Module):
         beta: float = 0.25,
         x_shape: int | Sequence[int] = MNIST_SHAPE,
     ) -> None:
-        super().__init__()
-        check_int(n_positions, "n_positions", "VQVAE")
-        check_int(hidden, "hidden", "VQVAE")
-        self.x_shape = shape_tuple(x_shape)
-        self.x_dim = math.prod(self.x_shape)
+        names = ("n_positions", "code_dim")
+        super().__init__(n_positions, code_dim, hidden, x_shape, "VQVAE", names)
         self.n_positions, self.code_dim, self.n_codes = n_positions, code_dim, n_codes
-        self.encoder = mlp(self.x_dim, hidden, n_positions * code_dim, 2, nn.ReLU)
         self.quantizer = VectorQuantizer(n_codes, code_dim, beta)
-        self.decoder = BernoulliDecoder(n_positions * code_dim, hidden, self.x_shape, 2, nn.ReLU)
+        self.decoder = self.code_decoder()
 
     @property
     def kl(self) -> float:
@@ -221,8 +252,7 @@ class VQVAE(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """Continuous encoder output ``z_e``: ``[B, P, D]``."""
-        h = self.encoder(flatten_batch(x, self.x_dim, "VQVAE.encode"))
-        return h.view(-1, self.n_positions, self.code_dim)
+        return self.encoder_slots(x, "VQVAE.encode")
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """Training terms for ``x [B, ...]``, each a scalar averaged over the batch (nats for
@@ -301,7 +331,7 @@ class VQVAE(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-class CategoricalVAE(nn.Module):
+class CategoricalVAE(CodeAutoencoder):
     """``L`` categorical latent variables with ``C`` categories, a uniform prior, an MLP encoder
     of logits ``[B, L, C]`` and an MLP Bernoulli decoder of the ``L*C`` one-hot values.
 
@@ -317,19 +347,14 @@ class CategoricalVAE(nn.Module):
         tau: float = 1.0,
         x_shape: int | Sequence[int] = MNIST_SHAPE,
     ) -> None:
-        super().__init__()
-        check_int(n_latent, "n_latent", "CategoricalVAE")
-        check_int(n_categories, "n_categories", "CategoricalVAE")
-        self.x_shape = shape_tuple(x_shape)
-        self.x_dim = math.prod(self.x_shape)
+        names = ("n_latent", "n_categories")
+        super().__init__(n_latent, n_categories, hidden, x_shape, "CategoricalVAE", names)
         self.n_latent, self.n_categories, self.tau = n_latent, n_categories, float(tau)
-        self.encoder = mlp(self.x_dim, hidden, n_latent * n_categories, 2, nn.ReLU)
-        self.decoder = BernoulliDecoder(n_latent * n_categories, hidden, self.x_shape, 2, nn.ReLU)
+        self.decoder = self.code_decoder()
 
     def logits(self, x: Tensor) -> Tensor:
         """Encoder logits of ``q(c_l | x)``: ``[B, L, C]``."""
-        h = self.encoder(flatten_batch(x, self.x_dim, "CategoricalVAE.logits"))
-        return h.view(-1, self.n_latent, self.n_categories)
+        return self.encoder_slots(x, "CategoricalVAE.logits")
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """Training terms for ``x [B, ...]``, scalars averaged over the batch, nats.
