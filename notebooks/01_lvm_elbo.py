@@ -56,6 +56,7 @@
 import math
 from functools import partial
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -68,6 +69,7 @@ from dgmlib.data import load_digits
 from dgmlib.distributions import log_mean_exp, sample_mvn
 from dgmlib.models import PPCA
 from dgmlib.plot import image_grid
+from dgmlib.widgets import explore
 
 device = dgmlib.notebook_setup(0)  # unused: the closed-form checks below run on the CPU
 set_threads(1)  # every tensor in this lecture is tiny: one CPU thread is fastest
@@ -462,6 +464,63 @@ print(
 assert max_factor_gap < 1e-10
 assert abs(measured_growth - growth_per_dim) < 4 * growth_se
 assert jensen_z < 4
+
+# %% [markdown]
+# **Explore: the latent dimension.** Move the slider `latent dim k` through the latent dimensions
+# of the figure above. For one data point of the model with that $k$, the left panel follows 20
+# naive estimates as the number of prior samples grows to $K = 1000$ (each curve is the running
+# average of one stream of samples); the right panel shows where 100 such estimates end at
+# $K = 1000$. At small $k$ every curve settles near the truth within the first hundred samples.
+# As $k$ grows, the curves start far below it, stay flat while no sample lands near the
+# posterior, and jump when one finally does; at $K = 1000$ the histogram leaves $0$ behind and
+# drifts to the left — the downward bias of $\log\hat p_K$ that Jensen's inequality predicts,
+# made visible.
+
+
+# %%
+def naive_running_estimates(kk: int, n_runs: int = 100) -> np.ndarray:
+    """Running log p_K - log p(x), [K, n_runs], for one point of the k-dimensional model above."""
+    g_k = torch.Generator().manual_seed(100 + kk)  # a stream of its own: `gen` is not consumed
+    Q, _ = torch.linalg.qr(torch.randn(d_big, kk, generator=g_k))
+    model = PPCA(W=2.0 * Q, mu=torch.zeros(d_big), sigma2=1.0)
+    point = model.sample(1, g_k)  # [1, d]
+    z = torch.randn(K, n_runs, kk, generator=g_k)  # n_runs independent streams of prior samples
+    log_w = model.log_likelihood(point, z) - model.log_prob(point)  # [K, n_runs]
+    log_counts = torch.log(torch.arange(1.0, K + 1))[:, None]
+    return (torch.logcumsumexp(log_w, dim=0) - log_counts).numpy()
+
+
+running_by_k = {kk: naive_running_estimates(kk) for kk in latent_dims}  # ~1 s, once
+shown_K = np.unique(np.geomspace(1, K, 200).round().astype(int))  # 1..K, log-spaced
+ERR_LIM = (-30.0, 2.0)  # fixed axes (nats), so that moving k moves the curves, not the scale
+
+
+def draw_naive_estimates(axes, k: int) -> None:
+    """Left: 20 running naive estimates against K; right: where 100 of them end at K."""
+    ax1, ax2 = axes
+    runs = running_by_k[k]
+    ax1.semilogx(shown_K, runs[shown_K - 1, :20], lw=0.8, alpha=0.8)
+    ax1.axhline(0.0, color="k", ls="--", lw=1)
+    ax1.text(1.3, 0.5, r"truth: $\log p(\mathbf{x})$", fontsize=9)
+    ax1.set(xlim=(1, K), ylim=ERR_LIM, xlabel="number of prior samples $K$")
+    ax1.set_ylabel(r"$\log \hat p_K(\mathbf{x}) - \log p(\mathbf{x})$ (nats)")
+    ax1.set_title(f"20 running naive estimates, latent dimension k = {k}")
+    bins = np.linspace(*ERR_LIM, 65)
+    ax2.hist(np.clip(runs[-1], *ERR_LIM), bins=bins, color="tab:blue", alpha=0.8)
+    ax2.axvline(0.0, color="k", ls="--", lw=1, label="truth")
+    ax2.axvline(np.median(runs[-1]), color="tab:red", lw=1.5, label="median estimate")
+    ax2.set(xlim=ERR_LIM, ylim=(0, runs.shape[1]), ylabel="estimates (of 100)")
+    ax2.set_xlabel(rf"$\log \hat p_K(\mathbf{{x}}) - \log p(\mathbf{{x}})$ at $K$ = {K} (nats)")
+    ax2.set_title(f"Where 100 estimates end at K = {K}: below the truth")
+    ax2.legend(loc="upper left")
+
+
+explore(
+    draw_naive_estimates,
+    ncols=2,
+    figsize=(11.0, 3.8),
+    k=widgets.SelectionSlider(options=latent_dims, value=8, description="latent dim k"),
+)
 
 # %% [markdown]
 # ## 3. Importance sampling

@@ -41,6 +41,7 @@
 # %%
 import math
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -60,6 +61,7 @@ from dgmlib.dequantization import (
 from dgmlib.plot import image_grid
 from dgmlib.stats import fmt  # 4 significant digits: stable across runs
 from dgmlib.units import log_density_to_integer_units, nats_to_bits_per_dim
+from dgmlib.widgets import explore
 
 dgmlib.notebook_setup(0)
 torch.set_default_dtype(torch.float64)  # the checks below compare numbers to ~1e-9
@@ -209,6 +211,57 @@ ax.set_title("A spike on an integer: unbounded likelihood")
 ax.invert_xaxis()
 ax.legend(loc="upper left")
 plt.show()
+
+# %% [markdown]
+# **Explore: the width of the spike.** Move the slider `width σ` along the widths of the figure
+# above. The left panel shows the log-density $\log p_\sigma(y)$ around the bin $[0, 1)$ of level
+# $0$ and three things computed from it: its values at the integers (what $L$ averages), its
+# average over the bin (what $\tilde L$ averages for the pixels equal to $0$) and the log of the
+# bin's mass $\log P_\sigma(0)$. The right panel marks the same width on the three curves. Narrow
+# the spike: the value at $0$ climbs without limit, while the average over the bin falls back,
+# since the spike covers a vanishing part of the bin; the mass of the bin stops changing once the
+# spike fits inside it, and it never exceeds $0$. That is why the dequantized curve has a best
+# width and the integer curve has none.
+
+# %%
+spike_grid = np.linspace(-0.5, 2.5, 3001)  # where the log-density is drawn (includes 0, 1, 2)
+# E_u[log p_sigma(u)] over the bin [0, 1) of level 0, for every width, by quadrature (as deq_ll)
+bin0_deq = integrate.quad_vec(lambda u: spike_logpdf(u, sigmas), 0.0, 1.0, points=breaks)[0]
+bin0_log_mass = spike_log_mass(0, sigmas)
+LOG_DENSITY_LIM, AVERAGE_LIM = (-12.0, 12.0), (-5.0, 3.0)  # fixed axes (nats)
+
+
+def draw_spike(axes, sigma: float) -> None:
+    """Left: log p_sigma around the bin of 0; right: the width sigma on the curves above."""
+    ax1, ax2 = axes
+    i, s = list(sigmas).index(sigma), sigma
+    ax1.axvspan(0, 1, color="tab:orange", alpha=0.12, label="the bin $[0, 1)$ of level 0")
+    ax1.plot(spike_grid, spike_logpdf(spike_grid, s), color="tab:blue", label=r"$\log p_\sigma(y)$")
+    ax1.plot(levels[:3], spike_logpdf(levels[:3], s), "o", color="tab:blue", label="at integers")
+    ax1.hlines(bin0_deq[i], 0, 1, color="tab:orange", lw=2.5, label=r"$E_u[\log p_\sigma(u)]$")
+    ax1.hlines(bin0_log_mass[i], 0, 1, color="gray", ls="--", lw=2, label=r"$\log P_\sigma(0)$")
+    ax1.set(xlim=(spike_grid[0], spike_grid[-1]), ylim=LOG_DENSITY_LIM, xlabel="$y$")
+    ax1.set(ylabel="log-density (nats)", title=f"The spike at 0, width σ = {s:.2g}")
+    ax1.legend(loc="upper right", fontsize=8)
+    ax2.semilogx(sigmas, raw_ll, color="tab:blue", label="integer data: $L(\\sigma)$")
+    ax2.semilogx(sigmas, deq_ll, color="tab:orange", label="dequantized: $\\tilde L(\\sigma)$")
+    ax2.semilogx(sigmas, disc_ll, "--", color="gray", label="bin probabilities")
+    ax2.plot([s] * 3, [raw_ll[i], deq_ll[i], disc_ll[i]], "o", color="k")
+    ax2.axvline(s, color="k", lw=0.8)
+    ax2.axhline(0.0, color="k", lw=0.5, ls=":")
+    ax2.set(xlim=(sigmas[-1], sigmas[0]), ylim=AVERAGE_LIM, xlabel="width $\\sigma$ of the spike")
+    ax2.set(ylabel="average log-likelihood (nats)", title="All pixel values, at this width")
+    ax2.legend(loc="upper left", fontsize=8)
+
+
+explore(
+    draw_spike,
+    ncols=2,
+    figsize=(11.0, 3.8),
+    sigma=widgets.SelectionSlider(
+        options=[(f"{s:.2g}", s) for s in sigmas], value=sigmas[18], description="width σ"
+    ),
+)
 
 # %% [markdown]
 # Read the figure from left to right (the spike narrows). On the integers the log-likelihood

@@ -62,6 +62,7 @@
 # %%
 import math
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -91,6 +92,7 @@ from dgmlib.surgery import (
     summarize_surgery,
     surgery_samples,
 )
+from dgmlib.widgets import explore
 
 dgmlib.notebook_setup(0)  # seeds and plot style
 dgmlib.set_threads(1)  # one thread: small tensor operations are fastest and reproducible
@@ -368,6 +370,63 @@ ax.set_ylabel("nats")
 ax.set_title(f"ELBO surgery for N = {n_sweep} points encoded as N(x_n, σ² I)")
 ax.legend(loc="upper left", fontsize=9)
 plt.show()
+
+# %% [markdown]
+# **Explore: the width of the posteriors.** Move the slider `width σ` along the widths of the
+# figure above (the same 200 points). The left panel shows 2000 codes drawn from the aggregated
+# posterior $q(\mathbf z)$ over the prior's circles of radius 1 and 2; the right panel shows, for
+# each of these draws, the information term $\log q(\mathbf z\mid\mathbf x_n) - \log q(\mathbf z)$,
+# whose mean is $I_q(n;\mathbf z)$. At wide posteriors the codes form one blob that spills beyond
+# the prior and the terms sit near $0$: a code says little about its point. As $\sigma$ shrinks,
+# the blob breaks into 200 clusters, and the terms pile up against $\log N$ — never beyond it,
+# draw by draw, as §1 proved — while the picture on the left looks less and less like the prior:
+# the marginal KL of the figure above.
+
+# %%
+g_explore = torch.Generator().manual_seed(5)  # a stream of its own: the numbers above stay put
+
+
+def codes_at_width(sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """2000 codes from q(z) [2000, 2] and their information terms [2000] at posterior sd sigma."""
+    logvar = torch.full((n_sweep, 2), 2 * math.log(sigma), dtype=DT)
+    s = surgery_samples(x_sweep, logvar, standard_normal_log_prob, 2000, generator=g_explore)
+    return s.z.numpy(), (s.log_q_cond - s.log_q).numpy()
+
+
+codes_by_width = [codes_at_width(sigma) for sigma in sigmas]
+circle = np.linspace(0, 2 * np.pi, 200)
+info_bins = np.linspace(-3.0, math.log(n_sweep) + 0.5, 45)  # fixed axes (nats)
+
+
+def draw_codes(axes, sigma: float) -> None:
+    """Left: codes from q(z) at posterior width sigma; right: their per-draw information terms."""
+    ax1, ax2 = axes
+    z, info = codes_by_width[list(sigmas).index(sigma)]
+    ax1.scatter(x_sweep[:, 0], x_sweep[:, 1], s=6, color="k", marker="x", lw=0.6, label="$x_n$")
+    ax1.scatter(z[:, 0], z[:, 1], s=2, alpha=0.4, color="tab:blue", label=r"codes $z \sim q(z)$")
+    for r in (1, 2):
+        label = "prior: radii 1 and 2" if r == 1 else None
+        ax1.plot(r * np.cos(circle), r * np.sin(circle), "--", color="tab:red", lw=1, label=label)
+    ax1.set(xlim=(-5, 5), ylim=(-5, 5), aspect="equal", xlabel="$z_1$", ylabel="$z_2$")
+    ax1.set_title(f"The aggregated posterior, σ = {sigma:.2g}")
+    ax1.legend(loc="upper right", fontsize=7)
+    ax2.hist(np.clip(info, info_bins[0], info_bins[-1]), bins=info_bins, color="tab:green")
+    ax2.axvline(math.log(n_sweep), color="k", ls="--", label=r"$\log N$")
+    ax2.axvline(info.mean(), color="tab:olive", lw=2, label=r"mean: $I_q(n; z)$")
+    ax2.set(xlim=(info_bins[0], info_bins[-1]), ylim=(0, len(info)), ylabel="draws (of 2000)")
+    ax2.set_xlabel(r"$\log q(z \mid x_n) - \log q(z)$ per draw (nats)")
+    ax2.set_title("The information term, draw by draw")
+    ax2.legend(loc="upper left")
+
+
+explore(
+    draw_codes,
+    ncols=2,
+    figsize=(11.0, 4.2),
+    sigma=widgets.SelectionSlider(
+        options=[(f"{s:.2g}", s) for s in sigmas], value=sigmas[4], description="width σ"
+    ),
+)
 
 # %% [markdown]
 # ## 2. Surgery of a trained VAE, over the whole training set

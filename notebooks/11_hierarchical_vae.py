@@ -60,6 +60,7 @@
 # %%
 import math
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -86,6 +87,7 @@ from dgmlib.models.binary_hierarchy import (
 )
 from dgmlib.models.hierarchical import layer_statistics, precision_weighted
 from dgmlib.stats import fmt, mean_se
+from dgmlib.widgets import explore
 
 DEVICE = dgmlib.notebook_setup(0)
 DT = torch.float64  # the exact checks run in double precision
@@ -388,6 +390,93 @@ for name, q in (
     assert err < 1e-9
 torch.testing.assert_close(  # the marginal part is the top-down kl_z2 at the exact posterior
     top_layer_split(bottom_up_factors(post_many, k2))[1], t_td["kl_z2"], rtol=0, atol=1e-9
+)
+
+# %% [markdown]
+# **Exploration: the noise of layer 1 decides how the two splits share the KL.** The slider
+# scales the standard deviations of the layer-1 noise $S_1$ of the chain above (it starts at the
+# chain of this section; all other weights stay fixed), and the figure redraws the mean per-layer
+# terms over 1000 observations of the rescaled chain at its exact posterior. Move it to the left:
+# $\mathbf z_1$ becomes an almost deterministic function of $\mathbf z_2$, a $\mathbf z_2$ drawn
+# from $q(\mathbf z_2\mid\mathbf z_1)$ "knows" the sample $\mathbf z_1$, the hatched part of the
+# bottom-up top-layer term — $I_q(\mathbf z_1;\mathbf z_2\mid\mathbf x)$ — grows and the bottom-up
+# $\texttt{kl\_z1}$ falls further below zero. Move it to the right: the top layer's information
+# about $\mathbf x$ drowns in the layer-1 noise, the mutual information vanishes and the two splits
+# agree. Throughout, the top-down terms stay non-negative and the two totals (dashed) coincide.
+# The right panel shows the same terms over the whole range of the slider.
+
+# %%
+# the slider's positions: the layer-1 noise scaled by 10^(k/10), k = -10..15 (k = 0: this chain)
+noise_factors = 10.0 ** (np.arange(-10, 16) / 10)
+noise_grid = 0.1 * noise_factors  # the standard deviations' scale, 0.1 in this chain
+
+
+def split_terms(factor):
+    """Mean (bottom-up kl_z1, kl_z2, I_q(z1; z2 | x); top-down kl_z1, kl_z2) in nats at the exact
+    posterior of the chain whose layer-1 noise standard deviations are multiplied by factor."""
+    scaled = LinearGaussianChain(
+        A=chain.A, a=chain.a, S1=factor**2 * chain.S1, B=chain.B, b=chain.b, S0=chain.S0
+    )
+    x = scaled.sample(1000, torch.Generator().manual_seed(3))[2]  # the x_many of this scale
+    post_s = scaled.posterior(x)
+    bu = bottom_up_factors(post_s, k2)
+    t_up, t_down = elbo_terms(scaled, x, bu), elbo_terms(scaled, x, top_down_factors(post_s, k2))
+    info = 0.5 * (torch.logdet(q_joint(bu).covariance_matrix[0, :k2, :k2]) - torch.logdet(bu.P2))
+    return np.array(
+        [float(t_up["kl_z1"].mean()), float(t_up["kl_z2"].mean()), float(info)]
+        + [float(t_down["kl_z1"].mean()), float(t_down["kl_z2"].mean())]
+    )
+
+
+split_table = np.stack([split_terms(float(f)) for f in noise_factors])  # [26, 5], nats
+
+
+def draw_split(axes, noise1):
+    """Bars of the mean per-layer terms at one noise scale (left); all scales (right), nats."""
+    ax, ax_all = axes
+    bu1, bu2, info, td1, td2 = split_table[int(np.abs(noise_grid - noise1).argmin())]
+    ax.bar([0, 2], [bu1, td1], color="C0", label=r"kl_z1")
+    ax.bar([1, 3], [bu2 - info, td2], color="C3", label=r"kl_z2")
+    ax.bar(
+        1,
+        info,
+        bottom=bu2 - info,
+        color="none",
+        edgecolor="C3",
+        hatch="//",
+        label=r"$I_q(z_1; z_2 \mid x)$",
+    )
+    for x0, total in ((0, bu1 + bu2), (2, td1 + td2)):
+        ax.plot([x0 - 0.4, x0 + 1.4], [total] * 2, "k--", lw=1)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(
+        [0, 1, 2, 3],
+        [f"{k}\n{side}" for side in ("bottom-up", "top-down") for k in ("kl_z1", "kl_z2")],
+    )
+    ax.set(ylim=(-8, 12.5), ylabel="mean over 1000 x (nats)")
+    ax.set_title(f"layer-1 noise scale {noise1:.2g} (dashed: kl_z1 + kl_z2)")
+    ax.legend(loc="upper right", fontsize=8)
+    for j, (label, style) in enumerate(
+        (("bottom-up kl_z1", "C0-"), ("bottom-up kl_z2", "C3-"), ("$I_q(z_1; z_2 | x)$", "C3:"))
+        + (("top-down kl_z1", "C0--"), ("top-down kl_z2", "C3--"))
+    ):
+        ax_all.semilogx(noise_grid, split_table[:, j], style, label=label)
+    ax_all.axvline(noise1, color="k", lw=1)
+    ax_all.axhline(0, color="k", lw=0.8)
+    ax_all.set(ylim=(-8, 12.5), xlabel="layer-1 noise scale", ylabel="nats")
+    ax_all.set_title("the same terms over the slider's range")
+    ax_all.legend(fontsize=8)
+
+
+explore(
+    draw_split,
+    ncols=2,
+    figsize=(11, 4),
+    noise1=widgets.SelectionSlider(
+        options=[(f"{s:.2g}", float(s)) for s in noise_grid],
+        value=float(noise_grid[10]),
+        description="noise of z1",
+    ),
 )
 
 # %% [markdown]

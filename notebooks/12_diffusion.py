@@ -57,6 +57,7 @@
 # %%
 import math
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -86,6 +87,7 @@ from dgmlib.io import load_checkpoint
 from dgmlib.plot import image_grid
 from dgmlib.stats import fmt, mean_se
 from dgmlib.units import log_density_to_integer_units, nats_to_bits_per_dim
+from dgmlib.widgets import explore
 
 notebook_setup(0)
 set_threads(1)  # one thread: small tensor operations are fastest and reproducible
@@ -1185,6 +1187,59 @@ axes[1].set_xlabel("epoch")
 axes[1].set_ylabel("bits/dim (one-step estimate, 2 s.e.)")
 axes[1].set_title("Test bound during training (500 images)")
 plt.show()
+
+# %% [markdown]
+# **Exploration: what a step $t$ leaves of an image, and what it costs.** The slider sets the
+# step $t$. The left panel shows six test images $\mathbf x$, a draw of $\mathbf z_t\sim
+# q(\mathbf z_t\mid\mathbf x)$ for each (the same noise $\boldsymbol\epsilon$ at every $t$), and
+# the model's guess $\hat{\mathbf x} = (\mathbf z_t - \sqrt{1-\bar\alpha_t}\,
+# \hat{\boldsymbol\epsilon})/\sqrt{\bar\alpha_t}$ of the image (values outside $[-1, 1]$ clipped for
+# display); the right panel marks $t$ on the stored per-step KL curve above. Move $t$ through the
+# first ten steps: the noise is invisible and the guess is the image itself, yet these steps carry
+# the largest KL terms, the fine detail a density must get right. After a few hundred steps the
+# garment can hardly be seen in $\mathbf z_t$, yet the guess is still a blurred garment, mostly of
+# the right kind: these are the steps that shape an image, where $L_{\text{simple}}$ spends its
+# capacity (§5). At the last steps
+# $\mathbf z_t$ is pure noise, and the guess, divided by a tiny $\sqrt{\bar\alpha_t}$, is
+# meaningless — which is why sampling starts from $\mathcal N(\mathbf 0,\mathbf I)$ and not from
+# a guess.
+
+# %%
+shown_steps = [1, 2, 3, 5, 10, 20, 50, 100, 200, 300, 500, 700, 900, 1000]
+fm_ab = alpha_bars(fm_betas)
+x_show = (test_images[sub[:6]].float() + 0.5).reshape(6, 1, 28, 28) / 128 - 1  # the cells' centres
+eps_show = torch.randn(x_show.shape, generator=torch.Generator().manual_seed(33))
+z_show, x_hat_show = {}, {}
+with torch.no_grad():
+    for t in shown_steps:
+        a = fm_ab[t].float()
+        z_show[t] = a.sqrt() * x_show + (1 - a).sqrt() * eps_show
+        eps_hat = fm_model.ema(z_show[t], torch.full((6,), t, dtype=torch.long))
+        x_hat_show[t] = (z_show[t] - (1 - a).sqrt() * eps_hat) / a.sqrt()
+snr_fm = snr(fm_betas)
+
+
+def draw_step(axes, t):
+    """x, z_t and the guess x_hat(z_t) of six test images (left); step t on the KL curve (right)."""
+    ax, ax_kl = axes
+    rows = torch.cat([x_show, z_show[t], x_hat_show[t]])[:, 0]  # [18, 28, 28] in [-1, 1]
+    image_grid(((rows + 1) / 2).clamp(0, 1), nrow=6, ax=ax)
+    for r, label in enumerate(("$x$", "$z_t$", r"$\hat x(z_t)$")):
+        ax.text(-2, 14 + 29 * r, label, ha="right", va="center", fontsize=12)
+    ax.set_title(f"step t = {t}, snr_t = {float(snr_fm[t - 1]):.2g}")
+    ax_kl.loglog(t_grid.numpy(), kl_bits.numpy(), "o-", ms=3, label="stored mean KL of step t")
+    ax_kl.axvline(t, color="C3", lw=1.5, label=f"t = {t}")
+    ax_kl.set(xlim=(0.8, 1200), ylim=(3e-6, 1), xlabel="step t", ylabel="bits/dim")
+    ax_kl.set_title("what step t costs in the ELBO")
+    ax_kl.legend(loc="lower left")
+
+
+explore(
+    draw_step,
+    ncols=2,
+    figsize=(12, 4.2),
+    t=widgets.SelectionSlider(options=shown_steps, value=10, description="step t"),
+)
 
 # %% [markdown]
 # ## 8. Diffusion as a hierarchical VAE

@@ -151,3 +151,53 @@ def test_forward_posterior_bad_returns():
         check_forward_posterior(lambda z0, zt, t, betas: (post_right(z0, zt, t, betas)[0], z0[:2]))
     with pytest.raises(AssertionError, match="your function raised"):
         check_forward_posterior(lambda z0, zt, t, betas: z0 @ torch.zeros(7, 7))
+
+
+def sample_swapped(x0, t, betas, eps):
+    a = abar(betas, t)
+    return (1 - a).sqrt() * x0 + a.sqrt() * eps
+
+
+def sample_prod_betas(x0, t, betas, eps):  # the product of beta_s instead of 1 - beta_s
+    a = torch.prod(betas[:t])
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
+def sample_sum_betas(x0, t, betas, eps):  # 1 - sum beta_s, the first-order approximation
+    a = 1 - betas[:t].sum()
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
+def post_std(z0, zt, t, betas):
+    mean, var = post_right(z0, zt, t, betas)
+    return mean, var.sqrt()
+
+
+def post_no_denominator(z0, zt, t, betas):
+    b, ap = betas[t - 1], abar(betas, t - 1)
+    return ap.sqrt() * b * z0 + (1 - b).sqrt() * (1 - ap) * zt, post_right(z0, zt, t, betas)[1]
+
+
+@pytest.mark.parametrize(
+    ("wrong", "case", "hint"),
+    [
+        (sample_swapped, "T = 8, t = 1", "signal and noise are swapped"),
+        (sample_prod_betas, "T = 8, t = 1", "this multiplies the betas"),
+        (sample_sum_betas, "T = 8, t = 3", "first-order approximation"),
+    ],
+)
+def test_marginal_sample_slips_are_named(wrong, case, hint):
+    """Swapped roles, a product of the betas, the linearised product: each caught and named."""
+    fails(check_marginal_sample, wrong, case, hint)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "case", "hint"),
+    [
+        (post_std, "T = 8, t = 2", "this is the standard deviation"),
+        (post_no_denominator, "T = 8, t = 2", "share that denominator"),
+    ],
+)
+def test_forward_posterior_slips_are_named(wrong, case, hint):
+    """A standard deviation for a variance, a mean without its denominator: each named."""
+    fails(check_forward_posterior, wrong, case, hint)

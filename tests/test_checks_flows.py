@@ -120,3 +120,44 @@ def test_hutchinson_mistakes_are_named(wrong, case, hint):
 def test_hutchinson_bad_shape_is_reported():
     with pytest.raises(AssertionError, match="has shape \\(\\), expected \\(6,\\)"):
         check_hutchinson_divergence(hutch_summed)
+
+
+def adjoint_negated_f(func, params, t, z, a):  # "backwards in time" read as dz/dt = -f
+    fz, gz, gp = adjoint_right(func, params, t, z, a)
+    return -fz, gz, gp
+
+
+def adjoint_sum(func, params, t, z, a):
+    """-1^T df/dz and -1^T df/dp: the gradient of f.sum(), without the adjoint."""
+    with torch.enable_grad():
+        zz = z.detach().requires_grad_(True)
+        fz = func(t, zz)
+        gz, *gp = torch.autograd.grad(fz.sum(), [zz, *params])
+    return fz.detach(), -gz, [-g for g in gp]
+
+
+def adjoint_sum_params(func, params, t, z, a):
+    fz, gz, _ = adjoint_right(func, params, t, z, a)
+    return fz, gz, adjoint_sum(func, params, t, z, a)[2]
+
+
+def hutch_mean(dz, z, eps):
+    (g,) = torch.autograd.grad(dz, z, eps, create_graph=True)
+    return (g * eps).mean(1)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "case", "hint"),
+    [
+        (adjoint_negated_f, "linear f = A z", "the sign: dz/dt is f(t, z) itself"),
+        (adjoint_sum, "linear f = A z", "-1^T df/dz, the gradient of f.sum()"),
+        (adjoint_sum_params, "linear f = A z", "-1^T df/dp, the gradient of f.sum()"),
+    ],
+)
+def test_adjoint_slips_are_named(wrong, case, hint):
+    """A negated velocity and a product with 1 instead of the adjoint: each caught and named."""
+    fails(check_adjoint_dynamics, wrong, case, hint)
+
+
+def test_hutchinson_mean_over_the_state_is_named():
+    fails(check_hutchinson_divergence, hutch_mean, "Gaussian probes", "averages over the state")

@@ -165,3 +165,100 @@ def test_merge_mistakes_are_named(fn, case, hint):
 )
 def test_message_mistakes_are_named(fn, case, hint):
     fails(checks.check_backward_message, fn, case, hint)
+
+
+@pytest.mark.parametrize(
+    ("fn", "case", "hint"),
+    [
+        (
+            lambda *a: tuple(2 * k for k in topdown_right(*a)),
+            "layer 1: q(z1|z2,x) = N(0, I)",
+            "forgetting the factor 1/2",
+        ),
+        (
+            lambda m2, l2, m1, l1, mp, lp: (
+                kl_by_hand(m2, l2, 0 * m2, 0 * l2) + m2.shape[-1] / 2,
+                kl_by_hand(m1, l1, mp, lp) + m1.shape[-1] / 2,
+            ),
+            "q equals the prior in both layers",
+            "forgetting the -1 in each dimension",
+        ),
+        (
+            lambda m2, l2, m1, l1, mp, lp: (
+                0.5 * (l2.exp() + m2**2 - 1 - l2).mean(-1),
+                0.5 * (lp - l1 + (l1.exp() + (m1 - mp) ** 2) / lp.exp() - 1).mean(-1),
+            ),
+            "layer 1: q(z1|z2,x) = N(0, I)",
+            "averaging over the latent dimensions instead of summing",
+        ),
+    ],
+)
+def test_topdown_slips_of_arithmetic_are_named(fn, case, hint):
+    """A missing 1/2, a forgotten -1 and a mean instead of a sum, each caught and named."""
+    fails(checks.check_topdown_kls, fn, case, hint)
+
+
+def test_topdown_sum_over_the_batch_is_named():
+    msg = fails(
+        checks.check_topdown_kls,
+        lambda *a: tuple(k.sum() for k in topdown_right(*a)),
+        "q equals the prior in both layers",
+        "summing over the batch as well",
+    )
+    assert "has shape (), expected (2,)" in msg, msg
+
+
+@pytest.mark.parametrize(
+    ("fn", "case", "hint"),
+    [
+        (
+            lambda ma, la, mb, lb: (
+                precision_weighted(ma, la, mb, lb)[0],
+                torch.log((-la).exp() + (-lb).exp()),
+            ),
+            "equal variances",
+            "returning the log-precision",
+        ),
+        (
+            lambda ma, la, mb, lb: (precision_weighted(ma, la, mb, lb)[0], la + lb),
+            "equal variances",
+            "adding the log-variances",
+        ),
+        (
+            lambda ma, la, mb, lb: (
+                ma / la.exp() + mb / lb.exp(),
+                precision_weighted(ma, la, mb, lb)[1],
+            ),
+            "equal variances",
+            "not dividing the precision-weighted sum",
+        ),
+    ],
+)
+def test_merge_slips_are_named(fn, case, hint):
+    """A sign of the log-variance, multiplied variances, a sum not normalised: each named."""
+    fails(checks.check_ladder_merge, fn, case, hint)
+
+
+@pytest.mark.parametrize(
+    ("fn", "case", "hint"),
+    [
+        (
+            lambda lx, lt: torch.logsumexp(lt[None] + lx[:, None], 1),  # over z2, not z1
+            "a deterministic transition",
+            "the log-sum-exp over z2",
+        ),
+        (
+            lambda lx, lt: torch.logsumexp(lt[None] + lx[:, None], -1).exp(),
+            "a deterministic transition",
+            "returning p(x | z2) instead of its logarithm",
+        ),
+        (
+            lambda lx, lt: (lx.exp().mean(-1, keepdim=True).log()).expand(-1, lt.shape[0]),
+            "a deterministic transition",
+            "weighting every state z1 by 1/S1",
+        ),
+    ],
+)
+def test_message_axis_log_and_weights_are_named(fn, case, hint):
+    """The wrong axis, a probability instead of a log-probability, uniform weights: named."""
+    fails(checks.check_backward_message, fn, case, hint)

@@ -56,6 +56,41 @@ def aggregate_std_for_var(z, mu, logvar):
     return aggregate_posterior_log_prob(z, mu, 2 * logvar)
 
 
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_terms(z, means, logvars, half=0.5, const=LOG_2PI):
+    """[M, K]: log N(z_m; means_k, diag(exp(logvars_k))), or a typical mistake of it."""
+    sq = (z[:, None] - means[None]) ** 2 / logvars[None].exp()
+    return -half * (const + logvars[None] + sq).sum(-1)
+
+
+def mixture_no_log_2pi(z, means, logvars, logits):
+    return torch.logsumexp(
+        torch.log_softmax(logits, 0) + gaussian_terms(z, means, logvars, const=0), 1
+    )
+
+
+def mixture_no_half(z, means, logvars, logits):
+    return torch.logsumexp(torch.log_softmax(logits, 0) + gaussian_terms(z, means, logvars, 1.0), 1)
+
+
+def mixture_wrong_axis(z, means, logvars, logits):
+    return torch.logsumexp(torch.log_softmax(logits, 0) + gaussian_terms(z, means, logvars), 0)
+
+
+def aggregate_no_log_2pi(z, mu, logvar):
+    return torch.logsumexp(gaussian_terms(z, mu, logvar, const=0), 1) - math.log(len(mu))
+
+
+def aggregate_no_half(z, mu, logvar):
+    return torch.logsumexp(gaussian_terms(z, mu, logvar, 1.0), 1) - math.log(len(mu))
+
+
+def aggregate_wrong_axis(z, mu, logvar):
+    return torch.logsumexp(gaussian_terms(z, mu, logvar), 0) - math.log(len(mu))
+
+
 MIXTURE, AGGREGATE = checks.check_mixture_prior_log_prob, checks.check_aggregate_posterior_log_prob
 
 
@@ -75,6 +110,12 @@ MIXTURE, AGGREGATE = checks.check_mixture_prior_log_prob, checks.check_aggregate
         (AGGREGATE, aggregate_mean_of_logs, "40 apart", "Jensen"),
         (AGGREGATE, aggregate_naive_exp, "no underflow", "logsumexp"),
         (AGGREGATE, aggregate_std_for_var, "N = 1", "exp(logvar_d)"),
+        (MIXTURE, mixture_no_log_2pi, "one component", "-1/2 log(2 pi)"),
+        (MIXTURE, mixture_no_half, "one component", "the factor 1/2 is missing"),
+        (MIXTURE, mixture_wrong_axis, "one component", "the wrong axis"),
+        (AGGREGATE, aggregate_no_log_2pi, "N = 1", "-1/2 log(2 pi)"),
+        (AGGREGATE, aggregate_no_half, "N = 1", "the factor 1/2 is missing"),
+        (AGGREGATE, aggregate_wrong_axis, "N = 1", "the wrong axis"),
     ],
 )
 def test_typical_mistakes_are_rejected(check, wrong, case, hint):

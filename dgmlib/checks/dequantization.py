@@ -4,7 +4,7 @@ likelihood and the dequantization bound in bits per dimension."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -63,18 +63,66 @@ def _logistic_cases() -> list[tuple[str, dict[str, Any], str]]:
     return [_logistic_case(*row) for row in rows]
 
 
+def _logistic_mistakes(kwargs: dict[str, Any]) -> list[tuple[Tensor, str]]:
+    """What typical wrong solutions return on one case of :func:`check_discretized_logistic`."""
+    ref = discretized_logistic_log_prob
+    x, loc, scale, k = kwargs["x_int"], kwargs["loc"], kwargs["scale"], kwargs["num_levels"]
+    z = (x.to(torch.float64) - loc) / scale
+    log_pdf = -z - 2 * torch.nn.functional.softplus(-z) - torch.log(scale)  # logistic at x
+    mistakes = [
+        (
+            ref(x, loc + 0.5, scale, k),
+            "these are the masses of the centred bins [x - 1/2, x + 1/2); here the bin of x is "
+            "[x, x + 1).",
+        ),
+        (ref(x, loc, scale, k).exp(), "return log-probabilities (nats), not probabilities."),
+        (
+            log_pdf,
+            "this is the logistic log-density at x; the likelihood of an integer is the log of "
+            "the mass of its bin, a difference of two CDF values.",
+        ),
+        (
+            ref(x, loc, 1.0 / scale, k),
+            "standardise as (x - loc) / scale: divide by the scale, do not multiply.",
+        ),
+    ]
+    if k is not None:
+        mistakes.append(
+            (
+                ref(x, loc, scale, None),
+                "with num_levels = K the outer bins are open: (-inf, 1) for 0 and [K-1, inf) "
+                "for K-1 (CDF values 0 and 1 there).",
+            )
+        )
+    return mistakes
+
+
+def _diagnosed_hint(
+    got: Tensor, mistakes: list[tuple[Tensor, str]], default: str, atol: float, rtol: float
+) -> str:
+    """The hint of the first typical mistake whose result ``got`` reproduces, else ``default``."""
+    for wrong, hint in mistakes:
+        wrong = torch.as_tensor(wrong, dtype=torch.float64)
+        if wrong.shape == got.shape and torch.allclose(got, wrong, rtol=rtol, atol=atol):
+            return hint
+    return default
+
+
 def check_discretized_logistic(fn: Callable[..., Tensor], atol: float = 1e-6) -> None:
     """Check ``fn(x_int, loc, scale, num_levels)``: log-masses of a discretized logistic."""
     check = "check_discretized_logistic"
     cases = _logistic_cases()
     for case, kwargs, hint in cases:
+        got = as_float64(
+            check, case, call_student(check, case, fn, **kwargs), "the log-mass tensor"
+        )
         compare(
             check,
             case,
-            call_student(check, case, fn, **kwargs),
+            got,
             discretized_logistic_log_prob(**kwargs),
             what="the log-mass tensor",
-            hint=hint,
+            hint=_diagnosed_hint(got, _logistic_mistakes(kwargs), hint, atol, atol),
             rtol=atol,
             atol=atol,
         )
@@ -139,51 +187,90 @@ def _gaussian_bound_bpd(x: Tensor, num_levels: int, mean: float, std: float) -> 
     return -e.sum(-1) / (x.shape[-1] * math.log(2.0))
 
 
+def _bpd_mistakes(bpd: Tensor, dim: int, num_levels: int) -> list[tuple[Tensor, str]]:
+    """What typical wrong solutions return, given the right bound ``bpd`` [N] (bits/dim)."""
+    log2_k = math.log2(num_levels)
+    return [
+        (
+            bpd - log2_k,
+            "the change of variables back to integer units is missing: subtract D log K from "
+            "the average log p_Y(y) (nats) before converting.",
+        ),
+        (
+            -bpd,
+            "the sign is flipped: the bound is -E_u[log2 p_X(x + u)] / D, and the change of "
+            "variables is log p_X(x + u) = log p_Y(y) - D log K.",
+        ),
+        (
+            bpd - 2 * log2_k,
+            "the change of variables has the wrong sign: log p_X(x + u) = log p_Y(y) - D log K.",
+        ),
+        (bpd * math.log(2.0), "these are nats per dimension: divide by log 2 for bits."),
+        (bpd * dim, "these are bits per example: divide by D for bits per dimension."),
+        (bpd * dim * math.log(2.0), "these are nats per example: divide by D log 2."),
+        (
+            bpd + 8.0 - log2_k,
+            "use num_levels (not a fixed 256) in the correction -D log K.",
+        ),
+    ]
+
+
+def _bpd_cases(g: torch.Generator) -> Iterator[tuple[str, tuple[Any, ...], Tensor, float, str]]:
+    """The cases of :func:`check_dequantized_bpd`: (name, (density, x_int, K, samples), the
+    exact bound [N], tolerance, hint). Lazily: the data of a case are drawn from ``g`` after the
+    student's function used it for the previous cases."""
+    x = torch.randint(0, 256, (5, 12), generator=g)
+    yield (
+        "uniform density on [0,1)^D, K=256",
+        (_uniform_unit_density, x, 256, 4),
+        torch.full((5,), 8.0, dtype=torch.float64),
+        1e-9,
+        "the uniform density is 1 on [0,1)^D, so every image costs exactly log2(256) = 8 "
+        "bits per dimension once the change of variables back to integer units (-D log K "
+        "nats) is applied; the result has one entry per example.",
+    )
+    mean, std = 0.45, 0.3
+    yield (
+        f"Gaussian N({mean}, {std}^2) per dim, K=256, 4000 samples",
+        (_gaussian_unit_density(mean, std), x, 256, 4000),
+        _gaussian_bound_bpd(x, 256, mean, std),
+        2e-3,
+        "dequantize with y = (x + u) / K, average log p(y) over the samples, convert to "
+        "integer units with -D log K, and divide the negative result by D log 2.",
+    )
+    x17 = torch.randint(0, 17, (3, 64), generator=g)
+    yield (
+        "Gaussian N(0.5, 0.25^2) per dim, K=17, D=64, 4000 samples",
+        (_gaussian_unit_density(0.5, 0.25), x17, 17, 4000),
+        _gaussian_bound_bpd(x17, 17, 0.5, 0.25),
+        2e-3,
+        "use num_levels (here 17, not 256) in both the rescaling and the correction.",
+    )
+
+
 def check_dequantized_bpd(fn: Callable[..., Tensor]) -> None:
     """Check ``fn(log_density_unit, x_int, num_levels, num_samples, generator)``: the Monte Carlo
     dequantization bound of a model of ``[0,1)``-scaled data, per example, in bits/dim."""
     check = "check_dequantized_bpd"
     g = torch.Generator().manual_seed(123)
-    x = torch.randint(0, 256, (5, 12), generator=g)
-
-    case = "uniform density on [0,1)^D, K=256"
-    compare(
-        check,
-        case,
-        call_student(check, case, fn, _uniform_unit_density, x, 256, 4, g),
-        torch.full((5,), 8.0, dtype=torch.float64),
-        what="the bound in bits/dim",
-        hint="the uniform density is 1 on [0,1)^D, so every image costs exactly log2(256) = 8 "
-        "bits per dimension once the change of variables back to integer units (-D log K nats) "
-        "is applied; the result has one entry per example.",
-        rtol=0.0,
-        atol=1e-9,
-    )
-
-    mean, std = 0.45, 0.3
-    case = f"Gaussian N({mean}, {std}^2) per dim, K=256, 4000 samples"
-    compare(
-        check,
-        case,
-        call_student(check, case, fn, _gaussian_unit_density(mean, std), x, 256, 4000, g),
-        _gaussian_bound_bpd(x, 256, mean, std),
-        what="the bound in bits/dim",
-        hint="dequantize with y = (x + u) / K, average log p(y) over the samples, convert to "
-        "integer units with -D log K, and divide the negative result by D log 2.",
-        rtol=0.0,
-        atol=2e-3,
-    )
-
-    x17 = torch.randint(0, 17, (3, 64), generator=g)
-    case = "Gaussian N(0.5, 0.25^2) per dim, K=17, D=64, 4000 samples"
-    compare(
-        check,
-        case,
-        call_student(check, case, fn, _gaussian_unit_density(0.5, 0.25), x17, 17, 4000, g),
-        _gaussian_bound_bpd(x17, 17, 0.5, 0.25),
-        what="the bound in bits/dim",
-        hint="use num_levels (here 17, not 256) in both the rescaling and the correction.",
-        rtol=0.0,
-        atol=2e-3,
-    )
-    passed(check, 3)
+    n_cases = 0
+    for case, (density, x_int, num_levels, n_samples), expected, atol, hint in _bpd_cases(g):
+        got = as_float64(
+            check,
+            case,
+            call_student(check, case, fn, density, x_int, num_levels, n_samples, g),
+            "the bound in bits/dim",
+        )
+        mistakes = _bpd_mistakes(expected, x_int.shape[-1], num_levels)
+        compare(
+            check,
+            case,
+            got,
+            expected,
+            what="the bound in bits/dim",
+            hint=_diagnosed_hint(got, mistakes, hint, atol, 0.0),
+            rtol=0.0,
+            atol=atol,
+        )
+        n_cases += 1
+    passed(check, n_cases)

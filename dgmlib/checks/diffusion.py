@@ -35,10 +35,10 @@ def _matches(got: Tensor, wrong: Tensor) -> bool:
 
 
 def _diagnose(got: Tensor, wrongs: list[tuple[Tensor, str]], default: str) -> str:
-    for wrong, message in wrongs:
-        if _matches(got, wrong):
-            return message
-    return default
+    """The messages of every typical mistake that reproduces ``got`` (on a simple case two
+    mistakes can give the same numbers), else ``default``."""
+    matched = [message for wrong, message in wrongs if _matches(got, wrong)]
+    return " Or: ".join(matched) if matched else default
 
 
 def _abar(betas: Tensor, t: int) -> Tensor:
@@ -87,6 +87,22 @@ def _sample_mistakes(x0: Tensor, t: int, betas: Tensor, eps: Tensor) -> list[tup
             _abar(betas, t + 1).sqrt() * x0 + (1 - _abar(betas, t + 1)).sqrt() * eps,
             "off by one: this uses abar_{t+1}. betas[t - 1] holds beta_t, so abar_t is the "
             "product of (1 - betas[:t]).",
+        ),
+        (
+            (1 - ab).sqrt() * x0 + ab.sqrt() * eps,
+            "signal and noise are swapped: x0 is scaled by sqrt(abar_t), which falls from 1 "
+            "towards 0, and the noise by sqrt(1 - abar_t).",
+        ),
+        (
+            torch.prod(betas[:t]).sqrt() * x0 + (1 - torch.prod(betas[:t])).sqrt() * eps,
+            "this multiplies the betas: abar_t = prod_{s<=t} alpha_s is the product of "
+            "alpha_s = 1 - beta_s, not of beta_s.",
+        ),
+        (
+            (1 - betas[:t].sum()).clamp_min(0).sqrt() * x0
+            + betas[:t].sum().clamp_max(1).sqrt() * eps,
+            "this uses 1 - sum_{s<=t} beta_s, the first-order approximation of abar_t: the "
+            "marginal needs the exact product prod_{s<=t} (1 - beta_s).",
         ),
     ]
 
@@ -165,6 +181,14 @@ def _posterior_mistakes(
     out.append(
         (
             None,
+            var.sqrt(),
+            "this is the standard deviation sqrt(beta~_t): return the variance beta~_t = "
+            "(1 - abar_{t-1}) / (1 - abar_t) * beta_t itself.",
+        )
+    )
+    out.append(
+        (
+            None,
             (1 - ab_prev) / (1 - ab_t) * beta.sqrt(),
             "the variance is (1 - abar_{t-1}) / (1 - abar_t) * beta_t, with beta_t itself, not "
             "its square root.",
@@ -206,6 +230,14 @@ def _posterior_mistakes(
             None,
             "the coefficient of z_t is sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t): the square "
             "root of alpha_t is missing.",
+        )
+    )
+    out.append(
+        (
+            (c0 * z0 + ct * zt) * (1 - ab_t),
+            None,
+            "the mean is divided by 1 - abar_t: both coefficients, sqrt(abar_{t-1}) beta_t and "
+            "sqrt(alpha_t) (1 - abar_{t-1}), share that denominator.",
         )
     )
     out.append(

@@ -136,11 +136,24 @@ def check_adjoint_dynamics(
                 "a^T df/dz and a^T df/dp for every parameter at once.",
             )
         fz, gz, gp = _vjps(func, t, z, a)
-        compare(check, case, dz, fz, what="dz/dt", hint="dz/dt is f(t, z).", rtol=RTOL, atol=ATOL)
+        _, ones_z, ones_p = _vjps(func, t, z, torch.ones_like(a))  # 1^T df/dz, 1^T df/dp
+        dz_t = as_float64(check, case, dz, "dz/dt")
+        hint = "dz/dt is f(t, z)."
+        if _close(dz_t, -fz) and fz.abs().max() > 0:
+            hint = (
+                "the sign: dz/dt is f(t, z) itself. The backward solve runs with decreasing "
+                "time; the solver takes care of the direction, the dynamics do not change."
+            )
+        compare(check, case, dz_t, fz, what="dz/dt", hint=hint, rtol=RTOL, atol=ATOL)
         da_t = as_float64(check, case, da, "da/dt")
         if not _close(da_t, -gz):
             _, jz, _ = _vjps(func, t, z, a, transpose=True)
-            if _close(da_t, gz):
+            if _close(da_t, -ones_z) or _close(da_t, ones_z):
+                hint = (
+                    "this is -1^T df/dz, the gradient of f.sum(): the vector-Jacobian product "
+                    "must use the adjoint, torch.autograd.grad(f, z, grad_outputs=a)."
+                )
+            elif _close(da_t, gz):
                 hint = (
                     "the sign: the adjoint obeys da/dt = -a^T df/dz (Pontryagin's costate "
                     "equation), integrated backwards from a(t1) = dL/dz(t1)."
@@ -154,11 +167,16 @@ def check_adjoint_dynamics(
             else:
                 hint = "da/dt = -a^T df/dz: torch.autograd.grad(f, z, grad_outputs=a), negated."
             compare(check, case, da_t, -gz, what="da/dt", hint=hint, rtol=RTOL, atol=ATOL)
-        for p, got, ref in zip(params, dps, gp, strict=True):
+        for p, got, ref, ones in zip(params, dps, gp, ones_p, strict=True):
             name = next(n for n, q in func.named_parameters() if q is p)
             got_t = as_float64(check, case, got, f"da_{name}/dt")
             if _close(got_t, ref) and ref.abs().max() > 0:
                 hint = "the sign: da_p/dt = -a^T df/dp, like the adjoint itself."
+            elif (_close(got_t, -ones) or _close(got_t, ones)) and ones.abs().max() > 0:
+                hint = (
+                    "this is -1^T df/dp, the gradient of f.sum(): the product must use the "
+                    "adjoint, torch.autograd.grad(f, params, grad_outputs=a)."
+                )
             elif _close(got_t, torch.zeros_like(ref)):
                 hint = (
                     "the parameter term is missing: the gradient with respect to the parameters "
@@ -193,6 +211,7 @@ def _net(g: torch.Generator, d: int) -> nn.Module:
 
 def _hutchinson_mistakes(dz: Tensor, z: Tensor, eps: Tensor) -> list[tuple[Tensor, str]]:
     (ones_j,) = torch.autograd.grad(dz.sum(), z, retain_graph=True)
+    (g_eps,) = torch.autograd.grad(dz, z, eps, retain_graph=True)
     return [
         (
             (ones_j * eps).sum(1),
@@ -203,6 +222,11 @@ def _hutchinson_mistakes(dz: Tensor, z: Tensor, eps: Tensor) -> list[tuple[Tenso
         (
             (dz * eps).sum(1),
             "this is eps^T f: the probe multiplies the velocity itself, not its Jacobian.",
+        ),
+        (
+            (g_eps * eps).mean(1),
+            "this averages over the state's d coordinates: eps^T (df/dz) eps is a sum over them "
+            "(the trace is a sum of d diagonal entries).",
         ),
         (
             divergence_exact(dz, z),

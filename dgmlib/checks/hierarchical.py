@@ -28,12 +28,13 @@ Mistakes = Sequence[tuple[str, Callable[..., Any]]]
 
 
 def _diagnose(got: Any, args: tuple, mistakes: Mistakes, default: str) -> str:
-    """The description of the first typical mistake whose result matches ``got``, else
-    ``default``."""
+    """The descriptions of the typical mistakes whose results match ``got`` (joined by "or":
+    on a simple case two mistakes can give the same numbers), else ``default``."""
     try:
         got_t = [as_float64("", "", g) for g in (got if isinstance(got, (tuple, list)) else [got])]
     except AssertionError:  # not a tensor: the comparison itself will say so
         return default
+    matched = []
     for text, wrong in mistakes:
         try:
             w = wrong(*args)
@@ -46,7 +47,9 @@ def _diagnose(got: Any, args: tuple, mistakes: Mistakes, default: str) -> str:
             g.shape == e.shape and torch.allclose(g, e.to(DT), rtol=RTOL, atol=ATOL)
             for g, e in zip(got_t, w_t, strict=True)
         ):
-            return f"your result is what {text} gives. {default}"
+            matched.append(text)
+    if matched:
+        return f"your result is what {' or '.join(matched)} gives. {default}"
     return default
 
 
@@ -96,6 +99,28 @@ _TOPDOWN_MISTAKES: Mistakes = [
     (
         "swapping the two layers' terms",
         lambda *a: _topdown_reference(*a)[::-1],
+    ),
+    (
+        "forgetting the factor 1/2 (twice the KL)",
+        lambda *a: tuple(2 * k for k in _topdown_reference(*a)),
+    ),
+    (
+        "forgetting the -1 in each dimension (the KL plus half the number of dimensions)",
+        lambda m2, l2, m1, l1, mp, lp: (
+            _kl(m2, l2, 0 * m2, 0 * l2) + 0.5 * m2.shape[-1],
+            _kl(m1, l1, mp, lp) + 0.5 * m1.shape[-1],
+        ),
+    ),
+    (
+        "averaging over the latent dimensions instead of summing",
+        lambda m2, l2, m1, l1, mp, lp: (
+            _kl(m2, l2, 0 * m2, 0 * l2) / m2.shape[-1],
+            _kl(m1, l1, mp, lp) / m1.shape[-1],
+        ),
+    ),
+    (
+        "summing over the batch as well (the result is one KL per example, [B])",
+        lambda *a: tuple(k.sum() for k in _topdown_reference(*a)),
     ),
 ]
 
@@ -197,6 +222,25 @@ _MERGE_MISTAKES: Mistakes = [
             _merge_reference(ma, la, mb, lb)[1].exp(),
         ),
     ),
+    (
+        "returning the log-precision log(1/var_a + 1/var_b) instead of the log-variance (a sign)",
+        lambda ma, la, mb, lb: (
+            _merge_reference(ma, la, mb, lb)[0],
+            -_merge_reference(ma, la, mb, lb)[1],
+        ),
+    ),
+    (
+        "adding the log-variances (multiplying the variances)",
+        lambda ma, la, mb, lb: (_merge_reference(ma, la, mb, lb)[0], la + lb),
+    ),
+    (
+        "not dividing the precision-weighted sum mu_a / var_a + mu_b / var_b by the total "
+        "precision",
+        lambda ma, la, mb, lb: (
+            ma * (-la).exp() + mb * (-lb).exp(),
+            _merge_reference(ma, la, mb, lb)[1],
+        ),
+    ),
 ]
 
 
@@ -289,6 +333,21 @@ _MESSAGE_MISTAKES: Mistakes = [
     (
         "exponentiating without log-sum-exp (underflow)",
         lambda lx, lt: (lt.exp().unsqueeze(0) * lx.exp().unsqueeze(1)).sum(-1).log(),
+    ),
+    (
+        "the log-sum-exp over z2 (dimension 1 of the [B, S2, S1] sum) instead of over z1: the "
+        "result has one value per state z1, not per z2",
+        lambda lx, lt: torch.logsumexp(lt.unsqueeze(0) + lx.unsqueeze(1), 1),
+    ),
+    (
+        "returning p(x | z2) instead of its logarithm",
+        lambda lx, lt: _message_reference(lx, lt).exp(),
+    ),
+    (
+        "weighting every state z1 by 1/S1 (a log-mean-exp) instead of by p(z1 | z2)",
+        lambda lx, lt: (
+            torch.logsumexp(lx, -1, keepdim=True).expand(-1, lt.shape[0]) - math.log(lx.shape[-1])
+        ),
     ),
 ]
 

@@ -4,13 +4,13 @@ prior and of the aggregated posterior."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from dgmlib.checks._common import compare_cases, passed
+from dgmlib.checks._common import as_float64, call_student, compare, passed
 
 __all__ = ["check_aggregate_posterior_log_prob", "check_mixture_prior_log_prob"]
 
@@ -19,10 +19,77 @@ ATOL = 1e-6
 DT = torch.float64
 
 
+def _gaussian_terms(
+    z: Tensor, means: Tensor, logvars: Tensor, half: float, log_2pi: bool
+) -> Tensor:
+    """``[M, K]``: ``-half * sum_d (log 2 pi + logvar + (z - m)^2 / exp(logvar))``; the reference
+    has ``half = 0.5`` and ``log_2pi = True``, the other values are typical mistakes."""
+    sq = (z[:, None, :] - means[None]) ** 2 * torch.exp(-logvars[None])
+    const = math.log(2 * math.pi) if log_2pi else 0.0
+    return -half * (const + logvars[None] + sq).sum(-1)
+
+
+def _gaussian_mistakes(
+    z: Tensor, means: Tensor, logvars: Tensor, log_weights: Tensor
+) -> list[tuple[Tensor, str]]:
+    """What typical wrong log-densities of a mixture return (weights given as log-weights)."""
+
+    def mix(terms: Tensor, dim: int = 1) -> Tensor:
+        return torch.logsumexp(log_weights + terms, dim=dim)
+
+    right = _gaussian_terms(z, means, logvars, 0.5, True)
+    return [
+        (
+            mix(_gaussian_terms(z, means, logvars, 0.5, False)),
+            "the Gaussian log-density contains the constant -1/2 log(2 pi) in every dimension: "
+            "-D/2 log(2 pi) in all.",
+        ),
+        (
+            mix(_gaussian_terms(z, means, logvars, 1.0, True)),
+            "the factor 1/2 is missing: log N(z; m, diag(v)) = -1/2 sum_d (log(2 pi) + logvar_d "
+            "+ (z_d - m_d)^2 / v_d).",
+        ),
+        (
+            torch.logsumexp(log_weights + right, dim=0),
+            "the logsumexp runs over the wrong axis: combine the K components (dim 1 of the "
+            "[M, K] log-terms) and keep one value per point z_m.",
+        ),
+    ]
+
+
+def _diagnosed_hint(got: Tensor, mistakes: list[tuple[Tensor, str]], default: str) -> str:
+    """The hint of the first typical mistake whose result ``got`` reproduces, else ``default``."""
+    for wrong, hint in mistakes:
+        if wrong.shape == got.shape and torch.allclose(got, wrong, rtol=RTOL, atol=ATOL):
+            return hint
+    return default
+
+
+def _compare_diagnosed(
+    check: str,
+    fn: Callable[..., Tensor],
+    rows: Sequence[tuple[str, tuple[Tensor, ...], Tensor, str, list[tuple[Tensor, str]]]],
+    what: str,
+) -> None:
+    """For each row (case, args, expected, hint, mistakes), compare ``fn(*args)`` with expected;
+    a result that reproduces one of the mistakes gets that mistake's hint."""
+    for case, args, expected, hint, mistakes in rows:
+        got = as_float64(check, case, call_student(check, case, fn, *args), what)
+        hint = _diagnosed_hint(got, mistakes, hint)
+        compare(check, case, got, expected, hint=hint, what=what, rtol=RTOL, atol=ATOL)
+
+
 def _mixture_reference(z: Tensor, means: Tensor, logvars: Tensor, logits: Tensor) -> Tensor:
     """``log sum_k softmax(logits)_k N(z; means_k, diag(exp(logvars_k)))``, torch.distributions."""
     components = Independent(Normal(means, torch.exp(0.5 * logvars)), 1)
     return MixtureSameFamily(Categorical(logits=logits), components).log_prob(z)
+
+
+def _mixture_mistakes(
+    z: Tensor, means: Tensor, logvars: Tensor, logits: Tensor
+) -> list[tuple[Tensor, str]]:
+    """Typical wrong results of :func:`check_mixture_prior_log_prob` on one case."""
+    return _gaussian_mistakes(z, means, logvars, torch.log_softmax(logits, 0))
 
 
 def check_mixture_prior_log_prob(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> None:
@@ -72,8 +139,11 @@ def check_mixture_prior_log_prob(fn: Callable[[Tensor, Tensor, Tensor, Tensor], 
             "components with torch.logsumexp in log space.",
         ),
     ]
-    rows = [(case, args, _mixture_reference(*args), hint) for case, args, hint in cases]
-    compare_cases(check, fn, rows, what="log p(z)", rtol=RTOL, atol=ATOL)
+    rows = [
+        (case, args, _mixture_reference(*args), hint, _mixture_mistakes(*args))
+        for case, args, hint in cases
+    ]
+    _compare_diagnosed(check, fn, rows, "log p(z)")
     passed(check, len(cases))
 
 
@@ -81,6 +151,12 @@ def _aggregate_reference(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """``log (1/N) sum_n N(z; mu_n, diag(exp(logvar_n)))`` by broadcasting, float64."""
     log_n = Normal(mu[None], torch.exp(0.5 * logvar[None])).log_prob(z[:, None]).sum(-1)
     return torch.logsumexp(log_n, dim=1) - math.log(mu.shape[0])
+
+
+def _aggregate_mistakes(z: Tensor, mu: Tensor, logvar: Tensor) -> list[tuple[Tensor, str]]:
+    """Typical wrong results of :func:`check_aggregate_posterior_log_prob` on one case."""
+    n = mu.shape[0]
+    return _gaussian_mistakes(z, mu, logvar, torch.full((n,), -math.log(n), dtype=mu.dtype))
 
 
 def check_aggregate_posterior_log_prob(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
@@ -127,6 +203,9 @@ def check_aggregate_posterior_log_prob(fn: Callable[[Tensor, Tensor, Tensor], Te
             "the log-densities are around -1e5: exp() underflows to 0. Use torch.logsumexp.",
         ),
     ]
-    rows = [(case, args, _aggregate_reference(*args), hint) for case, args, hint in cases]
-    compare_cases(check, fn, rows, what="log q(z)", rtol=RTOL, atol=ATOL)
+    rows = [
+        (case, args, _aggregate_reference(*args), hint, _aggregate_mistakes(*args))
+        for case, args, hint in cases
+    ]
+    _compare_diagnosed(check, fn, rows, "log q(z)")
     passed(check, len(cases))
