@@ -2,14 +2,16 @@
 #   make setup   virtual environment, pinned packages, data, vendored MathJax (idempotent)
 #   make lab     JupyterLab on the notebooks
 #   make book    the website, at book/_build/html/index.html
-#   make test    lint, unit tests, kernel tests, nbval over every notebook (twice), book, browser
-#   make test-fast  unit tests only (no nbval, book or browser; tests marked slow deselected)
+#   make test    lint, unit tests, kernel tests, nbval over every notebook (twice), book, browser,
+#                nbgrader pipeline, JupyterLab in a browser
+#   make test-fast  unit tests only (no nbval, book, browser or Lab; tests marked slow deselected)
 #   make lint    ruff (lint and format) and mypy over dgmlib
 #   make gpu     on a CUDA machine: CUDA tests, GPU kernel benchmark, one epoch (benchmarks/gpu.sh)
 #   make test-notebooks  nbval only, under both kernel configurations (NB=... for one notebook)
 #   make sync    pair every notebooks/*.py with its .ipynb (Jupytext)
 #   make execute re-run notebooks and store their outputs (NB=notebooks/01_lvm_elbo.py for one)
 #   make student write the student edition (solutions replaced by stubs) to student/
+#   make homework write homework/, an nbgrader course (source/ with grading metadata, release/)
 #   make checkpoints  re-train the small models that lectures load from data/checkpoints/ (slow)
 #   make clean   remove build outputs (not the environment: make distclean)
 
@@ -22,7 +24,7 @@ APT_PACKAGES := dataset-fashion-mnist chromium
 export DGMLIB_THREADS ?= 2
 
 
-.PHONY: setup system-packages data mathjax lab book test test-fast test-notebooks lint gpu sync execute student checkpoints lock clean distclean
+.PHONY: setup system-packages data mathjax lab book test test-fast test-notebooks lint gpu sync execute student homework checkpoints lock clean distclean
 
 setup: $(STAMP) system-packages data mathjax
 
@@ -78,11 +80,13 @@ test: setup lint
 	$(VENV)/bin/pytest tests notebooks $(NBVAL)
 	ATEN_CPU_CAPABILITY=default DGMLIB_THREADS=1 $(VENV)/bin/pytest notebooks $(NBVAL)
 
-# The unit tests alone, for a quick answer while editing: no nbval, no book, no browser, and the
-# tests marked slow (fresh processes, memory measurements, code generation) deselected.
-FAST := -m "not slow and not book and not cuda" -n 2 -p no:cacheprovider
+# The unit tests alone, for a quick answer while editing: no nbval, no book, no browser, no Lab,
+# and the tests marked slow (fresh processes, memory measurements, code generation, nbgrader
+# runs) deselected.
+FAST := -m "not slow and not book and not cuda and not lab" -n 2 -p no:cacheprovider
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest tests $(FAST) --ignore=tests/test_book.py --ignore=tests/test_browser.py
+	$(VENV)/bin/pytest tests $(FAST) --ignore=tests/test_book.py --ignore=tests/test_browser.py \
+	  --ignore=tests/test_lab.py
 
 # On a machine with a CUDA GPU: the CUDA-only tests, the GPU half of benchmarks/kernels.py and one
 # training epoch on the GPU, into benchmarks/results/gpu.json; elsewhere it says so and exits 0.
@@ -102,6 +106,11 @@ execute: $(STAMP)
 
 student: $(STAMP)
 	$(PY) tools/make_student.py --out student
+
+# An nbgrader course directory for instructors: then, from inside homework/, `nbgrader autograde
+# NN_topic`, `nbgrader generate_feedback NN_topic`, `nbgrader export` (see the README).
+homework: $(STAMP)
+	$(PY) tools/make_homework.py --out homework
 
 # Deterministic (seeded, fixed threads, fixed data order) training scripts, one per lecture that
 # needs one; each writes NAME.safetensors + NAME.safetensors.sha256 (+ a JSON of results).
