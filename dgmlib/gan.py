@@ -10,7 +10,10 @@ For a data density ``p_d`` and a generator density ``p_g`` the GAN value of a di
 maximised by ``D*(x) = p_d(x) / (p_d(x) + p_g(x))``, where ``V(G, D*) = 2 JSD(p_d || p_g) - log 4``
 (Goodfellow et al., 2014). Functions on densities take **log-densities** evaluated on a grid and
 the grid's quadrature weights (``dx`` for a uniform 1-D grid); every result is in **nats**.
-Discriminators work with logits, never with probabilities, so nothing overflows. Invalid inputs
+Discriminators work with logits, never with probabilities, so nothing overflows. The unrolled GAN
+(Metz et al., 2017) trains the generator against the discriminator as it will be after ``k``
+more gradient steps (:func:`unrolled_discriminator`, :func:`unrolled_generator_loss`), with the
+gradient taken through those steps. Invalid inputs
 raise an error that names the argument (:mod:`dgmlib.validation`: ``TypeError`` for a wrong type,
 ``ValueError`` for a wrong value).
 """
@@ -22,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from dgmlib.layers import mlp
 from dgmlib.validation import check_int, check_positive, check_tensor
@@ -40,6 +44,8 @@ __all__ = [
     "mode_coverage",
     "optimal_discriminator",
     "ring_centres",
+    "unrolled_discriminator",
+    "unrolled_generator_loss",
 ]
 
 GENERATOR_LOSSES = ("minimax", "nonsaturating")
@@ -145,6 +151,43 @@ def generator_loss(logits_fake: Tensor, kind: str = "nonsaturating") -> Tensor:
     if kind == "minimax":
         return nn.functional.logsigmoid(-logits_fake).mean()
     return -nn.functional.logsigmoid(logits_fake).mean()
+
+
+def unrolled_discriminator(
+    disc: nn.Module, real: Tensor, fake: Tensor, steps: int, lr: float
+) -> dict[str, Tensor]:
+    """``disc``'s parameters (name -> tensor) after ``steps`` gradient-descent steps of size
+    ``lr`` on ``discriminator_loss(disc(real), disc(fake))``, the same batches at every step,
+    kept differentiable in ``fake`` and in the starting parameters (``create_graph``); ``steps =
+    0`` gives the parameters themselves. ``disc`` is not modified."""
+    fn = "unrolled_discriminator"
+    check_int(steps, "steps", fn, low=0)
+    check_positive(lr, "lr", fn)
+    params: dict[str, Tensor] = dict(disc.named_parameters())
+    for _ in range(steps):
+        loss = discriminator_loss(
+            functional_call(disc, params, (real,)), functional_call(disc, params, (fake,))
+        )
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+        params = {k: p - lr * g for (k, p), g in zip(params.items(), grads, strict=True)}
+    return params
+
+
+def unrolled_generator_loss(
+    disc: nn.Module,
+    real: Tensor,
+    fake: Tensor,
+    steps: int,
+    lr: float,
+    kind: str = "nonsaturating",
+) -> Tensor:
+    """The unrolled GAN's generator loss (Metz et al., 2017): :func:`generator_loss` of
+    ``fake`` [N, x_dim] against the discriminator after ``steps`` unrolled steps
+    (:func:`unrolled_discriminator` on ``real`` [M, x_dim] and ``fake``); its gradient in
+    ``fake`` includes how those steps react to ``fake``. ``steps = 0``: the plain loss. Scalar,
+    nats."""
+    params = unrolled_discriminator(disc, real, fake, steps, lr)
+    return generator_loss(functional_call(disc, params, (fake,)), kind)
 
 
 def ring_centres(n_modes: int = 8, radius: float = 2.0) -> Tensor:

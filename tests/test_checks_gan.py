@@ -30,6 +30,14 @@ def d_ratio(log_pd, log_pg):
     return (log_pd - log_pg).exp()
 
 
+def d_logit(log_pd, log_pg):
+    return log_pd - log_pg
+
+
+def d_log(log_pd, log_pg):
+    return torch.nn.functional.logsigmoid(log_pd - log_pg)
+
+
 def d_flat(log_pd, log_pg):
     return torch.sigmoid(log_pd - log_pg).reshape(-1)
 
@@ -58,6 +66,17 @@ def jsd_naive(log_p, log_q, dx):
     return 0.5 * (log_p.exp() * (log_p - log_m) + log_q.exp() * (log_q - log_m)).sum(-1) * dx
 
 
+def jsd_no_dx(log_p, log_q, dx):
+    return jsd(log_p, log_q, dx) / dx
+
+
+def jsd_no_log2_in_m(log_p, log_q, dx):
+    log_m = torch.logaddexp(log_p, log_q)  # log(p + q), not log((p + q) / 2)
+    tp = torch.xlogy(log_p.exp(), log_p.exp()) - log_p.exp() * log_m
+    tq = torch.xlogy(log_q.exp(), log_q.exp()) - log_q.exp() * log_m
+    return 0.5 * (tp + tq).sum(-1) * dx
+
+
 def jsd_sum_all(log_p, log_q, dx):
     return jsd(log_p, log_q, dx).sum()
 
@@ -79,8 +98,12 @@ def test_references_pass_with_one_line(check, fn, n, capsys):
 @pytest.mark.parametrize(
     ("wrong", "case", "hint"),
     [
+        (d_swapped, "12 random points", "the densities are swapped"),
         (d_swapped, "12 random points", "data density on top"),
+        (d_ratio, "12 random points", "you return the density ratio"),
         (d_ratio, "12 random points", "sigmoid(log p_d - log p_g)"),
+        (d_logit, "12 random points", "you return the logit"),
+        (d_log, "12 random points", "you return log D*"),
         (d_naive, "tiny densities", "0 / (0 + 0) is NaN"),
         (d_flat, "a batch of shape", "same shape"),
     ],
@@ -93,8 +116,13 @@ def test_optimal_discriminator_check_rejects_typical_mistakes(wrong, case, hint)
     ("wrong", "case", "hint"),
     [
         (jsd_no_half, "N(-1, 1) against", "(KL(p || m) + KL(q || m)) / 2"),
+        (jsd_no_half, "N(-1, 1) against", "the factor 1/2 is missing"),
         (jsd_bits, "N(-1, 1) against", "not log2"),
+        (jsd_bits, "N(-1, 1) against", "in bits"),
         (jsd_kl_instead, "N(-1, 1) against", "mixture m"),
+        (jsd_kl_instead, "N(-1, 1) against", "your result is KL(p || q)"),
+        (jsd_no_dx, "N(-1, 1) against", "multiplies the sum over the grid by the step dx"),
+        (jsd_no_log2_in_m, "equal densities", "the - log 2 is missing"),
         (jsd_naive, "uniform densities on disjoint halves", "torch.xlogy"),
         (jsd_sum_all, "a batch of 2 pairs", "last dimension only"),
     ],

@@ -21,6 +21,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import train_lecture08 as script  # noqa: E402
 
 GANS = [f"gan_{kind}" for kind in script.LOSSES]
+COLLAPSE = [f"collapse_{method}_s{seed}" for method in script.C_METHODS for seed in script.C_SEEDS]
+SAVED = [name for name in COLLAPSE if name.split("_")[1] in script.C_SAVED]  # with a checkpoint
 
 
 def results() -> dict:
@@ -52,9 +54,22 @@ def gan_high_quality(kind: str) -> Callable[[nn.Module], tuple[float, float, flo
     return figure
 
 
+def collapse_high_quality(name: str) -> Callable[[nn.Module], tuple[float, float, float]]:
+    """The stored fraction of high-quality samples of a final collapse-experiment generator
+    against the fraction recomputed from its weights (float64, the same latent codes); as for
+    the GANs above, the counts must agree: tolerance half a sample, 0.5 / EVAL_N."""
+
+    def figure(model: nn.Module) -> tuple[float, float, float]:
+        recomputed = script.coverage(model, script.collapse_codes())["high_quality"]
+        return saved_run(name)["test"]["high_quality"], recomputed, 0.5 / script.EVAL_N
+
+    return figure
+
+
 CHECKPOINT_FIGURES: dict[str, Callable[[nn.Module], tuple[float, float, float]]] = {
     "l08_disc1d": disc1d_value,
     **{f"l08_gan_{kind}": gan_high_quality(kind) for kind in script.LOSSES},
+    **{f"l08_{name}": collapse_high_quality(name) for name in SAVED},
 }
 
 
@@ -70,9 +85,11 @@ def test_results_json_matches_the_script():
     assert gan["seeds"] == list(script.SEEDS) and gan["losses"] == list(script.LOSSES)
     assert gan["betas"] == list(script.GAN_BETAS) and gan["learning_rate"] == script.GAN_LR
     assert gan["eval_every"] == script.EVAL_EVERY and gan["log_every"] == script.LOG_EVERY
-    runs = {k: v for k, v in r["models"].items() if k != "disc1d"}
+    runs = {k: v for k, v in r["models"].items() if k.startswith("gan_")}
     assert sorted(runs) == sorted(f"gan_{k}_s{s}" for k in script.LOSSES for s in script.SEEDS)
-    assert set(CHECKPOINT_FIGURES) == {f"l08_{name}" for name in ("disc1d", *GANS)}
+    assert sorted(r["models"]) == sorted(["disc1d", *runs, *COLLAPSE])
+    assert set(CHECKPOINT_FIGURES) == {f"l08_{name}" for name in ("disc1d", *GANS, *SAVED)}
+    assert all(("checkpoint" in r["models"][name]) == (name in SAVED) for name in COLLAPSE)
     steps = script.GAN_STEPS
     steps_d1 = list(range(script.D1_LOG_EVERY, script.D1_STEPS + 1, script.D1_LOG_EVERY))
     assert [row["step"] for row in r["models"]["disc1d"]["curves"]] == steps_d1
@@ -85,6 +102,28 @@ def test_results_json_matches_the_script():
             assert e["high_quality"] == pytest.approx(sum(e["counts"]) / script.EVAL_N, abs=1e-12)
         final = {k: evals[-1][k] for k in ("modes", "high_quality", "counts")}
         assert run["test"] == final  # the last evaluation is of the final generator
+
+
+def test_collapse_results_match_the_script():
+    """The collapse runs: the stored settings are the script's, every run is evaluated every
+    C_EVAL_EVERY steps and logged every LOG_EVERY steps, and its figures are consistent."""
+    r = stored_results("l08", script)
+    c = r["settings"]["collapse"]
+    assert c == script.collapse_settings(script.C_STEPS, script.C_SEEDS)
+    for name in COLLAPSE:
+        run = r["models"][name]
+        evals, log = run["curves"], run["log"]
+        steps = script.C_STEPS
+        assert [e["step"] for e in evals] == list(range(script.C_EVAL_EVERY, steps + 1, 50))
+        assert [e["step"] for e in log] == list(range(script.LOG_EVERY, steps + 1, 10))
+        for e in evals:
+            assert e["modes"] == sum(n >= 10 for n in e["counts"])
+            assert sum(e["nearest"]) == script.EVAL_N
+            assert all(a >= b for a, b in zip(e["nearest"], e["counts"], strict=True))
+            assert e["grad_norm_minimax"] >= 0 and e["grad_norm_nonsaturating"] >= 0
+            assert 0 <= e["d_fake_eval"] <= 1
+        assert all(row["loss_d_se"] > 0 for row in log)
+        assert run["test"] == {k: evals[-1][k] for k in ("modes", "high_quality", "counts")}
 
 
 def test_disc1d_value_is_just_below_the_optimum():
@@ -103,7 +142,7 @@ def test_disc1d_value_is_just_below_the_optimum():
     assert v_star - 0.01 < saved_run("disc1d")["test"]["value"] < v_star
 
 
-@pytest.mark.parametrize("name", ["disc1d", *GANS])
+@pytest.mark.parametrize("name", ["disc1d", *GANS, *SAVED])
 def test_checkpoint_is_small_verified_and_loads_by_name(name: str):
     entry = saved_run(name)
     path = pretrained.checkpoint_dir() / entry["checkpoint"]
@@ -111,13 +150,21 @@ def test_checkpoint_is_small_verified_and_loads_by_name(name: str):
     assert sidecar_path(path).read_text().split() == [sha256_file(path), path.name]
     assert entry["sha256"] == sha256_file(path) == pretrained.manifest()[f"l08_{name}"]["sha256"]
     model = pretrained.load(f"l08_{name}")
-    expected = script.build_disc1d() if name == "disc1d" else script.build_gan()
+    if name == "disc1d":
+        expected = script.build_disc1d()
+    elif name.startswith("collapse_"):
+        expected = script.build_collapse(entry["seed"])[0]
+    else:
+        expected = script.build_gan()
     assert experiment.spec_of(model) == experiment.spec_of(expected)
     assert sum(p.numel() for p in model.parameters()) == entry["n_params"]
     if name == "disc1d":  # the stored figures are those of the stored weights
         figures = script.evaluate_disc1d(model)
         for key in ("avg_abs_error", "max_abs_error", "value"):
             assert figures[key] == pytest.approx(entry["test"][key], abs=1e-9)
+    elif name.startswith("collapse_"):
+        counts = script.coverage(model, script.collapse_codes())["counts"]
+        assert counts == entry["test"]["counts"]
     else:
         counts = script.coverage(model.generator, script.eval_codes())["counts"]
         assert counts == entry["test"]["counts"]
@@ -142,3 +189,22 @@ def test_training_is_deterministic(tmp_path: Path):
     assert curves[0] == curves[1]
     assert [row["step"] for row in curves[0][0]] == [50, 100]
     assert [row["step"] for row in curves[0][1]] == [20, 40] and len(curves[0][2]) == 4
+
+
+def test_collapse_training_is_deterministic_and_unrolling_changes_it(tmp_path: Path):
+    """Two short runs of each method give the same generator hashes and curves; the plain and
+    the unrolled runs (same initialisation and batches) differ."""
+    torch.set_num_threads(script.THREADS)
+    x_data = script.ring_data()
+    runs = []
+    for _ in range(2):
+        out = {}
+        for method in script.C_METHODS:
+            gen, curves, log = script.train_collapse(method, 1, x_data, steps=20, every=10)
+            out[method] = (experiment.save_model(tmp_path / f"{method}.safetensors", gen), curves)
+            assert [row["step"] for row in log] == [10, 20]
+        runs.append(out)
+    assert runs[0] == runs[1]
+    assert runs[0]["plain"][0] != runs[0]["unrolled"][0]
+    with pytest.raises(ValueError, match="method must be one of"):
+        script.train_collapse("wgan", 0, x_data, steps=1)

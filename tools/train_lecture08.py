@@ -1,11 +1,15 @@
 """Train the discriminator and the GANs of Lecture 08; write small checkpoints and their curves.
 
-Usage: python tools/train_lecture08.py [--out data/checkpoints] [--device cpu] [--quick]
-Runtime: one to two minutes of CPU time on one thread (65 s measured on a quiet two-core machine,
-4 to 6.5 minutes of wall time when it was shared with other jobs); ``--quick`` runs a few-second
-smoke test of the pipeline (not the lecture's settings).
+Usage: python tools/train_lecture08.py [--part all|main|collapse] [--out data/checkpoints]
+[--device cpu] [--quick]
+Runtime: ``--part main`` one to two minutes of CPU time on one thread (65 s measured on a quiet
+two-core machine, 4 to 6.5 minutes of wall time when it was shared with other jobs), ``--part
+collapse`` under three minutes of CPU time (157 s measured; 11.5 minutes of wall time on a
+two-core machine shared with other jobs); ``--quick`` runs a few-second smoke test of the
+pipeline (not the lecture's settings). Each part keeps the other part's entries of
+``l08_results.json``.
 
-Two experiments, both on known densities (no data files):
+``--part main`` makes two experiments, both on known densities (no data files):
 
 * ``disc1d``: the 1-D discriminator of Check 2 (c). Data ``p_d = 0.3 N(-1.5, 0.6^2) +
   0.7 N(1.5, 0.8^2)``, generator ``p_g = N(0, 1.5^2)``, ``D1_N`` samples of each drawn once with
@@ -31,12 +35,31 @@ Two experiments, both on known densities (no data files):
   the norms of the generator's minimax and non-saturating gradients and their cosine; ``test``:
   the coverage of the final generator. The weights of seed 0 are saved.
 
+``--part collapse`` makes the mode-collapse experiment on the same ring, with the generator and
+the discriminator of Section 4 (``C_GEN``, ``C_DISC``), the non-saturating loss, Adam with
+``C_BETAS`` and ``C_STEPS`` steps of ``GAN_BATCH`` points, for each seed in ``C_SEEDS`` and each
+method of ``C_METHODS`` from the same initialisation and batches: ``plain``, a generator ten
+times faster than its discriminator (learning rates 1e-2 and 1e-3), which collapses;
+``unrolled``, the same with the generator's loss taken against the discriminator after 5
+unrolled gradient steps of size ``C_UNROLL_LR`` on the batch, differentiated through them
+(:func:`dgmlib.gan.unrolled_generator_loss`, Metz et al. 2017); ``confident``, a discriminator a
+hundred times faster than its generator, which becomes confident. Logged (``log``, every
+``LOG_EVERY`` steps): the means of the two losses, of ``D(x_real)``, of ``D(G(z))`` and of the
+standard error of the batch estimate of the discriminator's loss (``loss_d_se``, from the spread
+of its per-sample terms); ``curves`` (every ``C_EVAL_EVERY`` steps, on the fixed codes of
+Section 4): the coverage, the samples nearest to each centre (``nearest``), the norms of the
+minimax and the non-saturating generator gradients (plain losses, current discriminator), their
+cosine and the mean ``D(G(z))``. The final generators of the methods in ``C_SAVED`` are saved,
+every seed (``l08_collapse_<method>_s<seed>``). The results are written after every run; a
+re-run with the same settings skips the runs already stored (so an interrupted run resumes).
+
 Everything is deterministic: one CPU thread, fixed seeds, seeded generators (on the CPU, whatever
 ``--device``) for every sample and batch. The script writes into ``--out``
 ``l08_disc1d.safetensors``, ``l08_gan_nonsaturating.safetensors`` and
-``l08_gan_minimax.safetensors`` (weights and build spec: ``dgmlib.pretrained.load("l08_disc1d")``)
-with ``.sha256`` sidecars, ``l08_results.json`` and the models' entries in ``manifest.json``. On
-the same platform a re-run reproduces the hashes bit for bit; on another CPU the training
+``l08_gan_minimax.safetensors`` (weights and build spec: ``dgmlib.pretrained.load("l08_disc1d")``),
+``l08_collapse_<method>_s<seed>.safetensors``, with ``.sha256`` sidecars, ``l08_results.json``
+and the models' entries in ``manifest.json``. On the same platform a re-run reproduces the
+hashes bit for bit; on another CPU the training
 trajectories differ (a GAN's training is chaotic), which is why the lecture loads these files.
 """
 
@@ -58,11 +81,14 @@ from dgmlib.data import toy_2d  # noqa: E402
 from dgmlib.gan import (  # noqa: E402
     GAN,
     Discriminator,
+    Generator,
     discriminator_loss,
     generator_loss,
     mode_coverage,
     ring_centres,
+    unrolled_generator_loss,
 )
+from dgmlib.io import read_json  # noqa: E402
 from dgmlib.train import Trainer  # noqa: E402
 from dgmlib.utils import seed_everything  # noqa: E402
 
@@ -104,6 +130,22 @@ EVAL_SEED = 5
 EVAL_EVERY = 50  # steps between evaluations
 LOG_EVERY = 10  # steps per logged mean of the losses
 QUICK_D1_STEPS, QUICK_GAN_STEPS, QUICK_SEEDS = 100, 100, SEEDS[:2]  # --quick: a smoke test
+
+# the mode-collapse experiment (--part collapse): generator and discriminator as in Section 4
+C_GEN = {"z_dim": 2, "hidden": 64, "layers": 2}  # the generator
+C_DISC = {"hidden": 64, "layers": 2}  # the discriminator
+C_BETAS = GAN_BETAS  # Adam's betas, both players
+C_STEPS = 1000  # steps of GAN_BATCH real points and codes, one per player
+C_UNROLL_LR = 0.03  # step size of the unrolled steps (gradient descent on the D loss)
+C_METHODS = {  # method -> Adam learning rates of G and D, unrolled steps
+    "plain": {"lr_g": 1e-2, "lr_d": 1e-3, "unroll": 0},  # a fast generator: collapses
+    "unrolled": {"lr_g": 1e-2, "lr_d": 1e-3, "unroll": 5},  # the same, unrolled (Metz et al.)
+    "confident": {"lr_g": 1e-4, "lr_d": 1e-2, "unroll": 0},  # a fast D: confident, not saved
+}
+C_SAVED = ("plain", "unrolled")  # methods whose final generators are saved (every seed)
+C_SEEDS = (0, 1, 2, 3, 4)  # initial weights (torch.manual_seed) and batches (2000 + seed)
+C_EVAL_EVERY = 50  # steps between evaluations
+QUICK_C_STEPS = 40
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,7 +262,12 @@ def coverage(gen: torch.nn.Module, z: torch.Tensor) -> dict:
 
 def generator_gradients(gan: GAN, z: torch.Tensor) -> dict:
     """Norms of the minimax and non-saturating gradients at ``z`` and their cosine."""
-    gen, disc = gan.generator, gan.discriminator
+    return gradient_norms(gan.generator, gan.discriminator, z)
+
+
+def gradient_norms(gen: torch.nn.Module, disc: torch.nn.Module, z: torch.Tensor) -> dict:
+    """Norms of the generator's minimax and non-saturating gradients at codes ``z`` against
+    ``disc``, their cosine, and the mean ``D(G(z))``."""
     params = list(gen.parameters())
     logits = disc(gen(z.float()))
     flat = {}
@@ -290,20 +337,170 @@ def ring_data() -> torch.Tensor:
     return toy_2d("ring", RING_N, seed=RING_SEED)[0]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = experiment.script_args(experiment.script_parser(__doc__), argv)
-    device = args.device
-    seed_everything(SEED, threads=THREADS)
-    t_start = time.perf_counter()
+# --------------------------------------------------------------------------------------------
+# mode collapse: plain against unrolled
+# --------------------------------------------------------------------------------------------
+
+
+def build_collapse(seed: int) -> tuple[Generator, Discriminator]:
+    """The generator and the discriminator of the collapse experiment with their build specs
+    (weights depend only on ``seed``; the generator is created first)."""
+    torch.manual_seed(seed)
+    return experiment.make(Generator, **C_GEN), experiment.make(Discriminator, **C_DISC)
+
+
+def collapse_codes() -> torch.Tensor:
+    """The fixed evaluation codes for the collapse generators: float64 [EVAL_N, z_dim]."""
+    g = torch.Generator().manual_seed(EVAL_SEED)
+    return torch.randn(EVAL_N, C_GEN["z_dim"], generator=g, dtype=DT)
+
+
+def nearest_counts(gen: torch.nn.Module, z: torch.Tensor) -> list[int]:
+    """How many of the samples ``G(z)`` lie nearest to each ring centre, whatever their distance
+    (where the generator's mass sits): [8] ints."""
+    pts = gan_samples(gen, z)
+    nearest = torch.cdist(pts, ring_centres().to(pts.dtype)).argmin(1)
+    return torch.bincount(nearest, minlength=len(ring_centres())).tolist()
+
+
+def batch_loss_se(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> float:
+    """The standard error of the batch estimate ``discriminator_loss`` (nats): from the sample
+    variances of its per-sample terms ``-log D(x)`` and ``-log(1 - D(G(z)))``."""
+    terms_r = -torch.nn.functional.logsigmoid(logits_real.detach().double())
+    terms_f = -torch.nn.functional.logsigmoid(-logits_fake.detach().double())
+    return float((terms_r.var() / len(terms_r) + terms_f.var() / len(terms_f)).sqrt())
+
+
+def train_collapse(
+    method: str,
+    seed: int,
+    x_data: torch.Tensor,
+    steps: int = C_STEPS,
+    every: int = C_EVAL_EVERY,
+    device: str | torch.device = "cpu",
+) -> tuple[Generator, list[dict], list[dict]]:
+    """Train one run of the collapse experiment (``method`` in ``C_METHODS``, the
+    non-saturating loss); return its generator, its evaluation rows (every ``every`` steps) and
+    its logged means (every ``LOG_EVERY`` steps)."""
+    if method not in C_METHODS:
+        raise ValueError(
+            f"train_collapse: method must be one of {tuple(C_METHODS)}, got {method!r}"
+        )
+    cfg = C_METHODS[method]
+    gen, disc = build_collapse(seed)
+    gen, disc = gen.to(device), disc.to(device)
+    x_data = x_data.to(device)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg["lr_g"], betas=C_BETAS)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg["lr_d"], betas=C_BETAS)
+    rng = torch.Generator().manual_seed(2000 + seed)
+    z_eval = collapse_codes().to(device)
+    curves: list[dict] = []
+    log: list[dict] = []
+    acc = dict.fromkeys(("loss_d", "loss_g", "d_real", "d_fake", "loss_d_se"), 0.0)
+    for step in range(1, steps + 1):
+        real = x_data[torch.randint(0, len(x_data), (GAN_BATCH,), generator=rng).to(device)]
+        fake = gen(torch.randn(GAN_BATCH, C_GEN["z_dim"], generator=rng).to(device))
+        logit_real, logit_fake_d = disc(real), disc(fake.detach())
+        loss_d = discriminator_loss(logit_real, logit_fake_d)
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g = unrolled_generator_loss(disc, real, fake, cfg["unroll"], C_UNROLL_LR)
+        opt_g.zero_grad()
+        loss_g.backward(inputs=list(gen.parameters()))
+        opt_g.step()
+        acc["loss_d"] += loss_d.item()
+        acc["loss_g"] += loss_g.item()
+        acc["d_real"] += float(torch.sigmoid(logit_real.detach()).mean())
+        acc["d_fake"] += float(torch.sigmoid(logit_fake_d.detach()).mean())
+        acc["loss_d_se"] += batch_loss_se(logit_real, logit_fake_d)
+        if step % LOG_EVERY == 0:  # 4 digits: enough for plotting
+            log.append({"step": step, **{k: float(f"{v / LOG_EVERY:.4g}") for k, v in acc.items()}})
+            acc = dict.fromkeys(acc, 0.0)
+        if step % every == 0:
+            row = {"step": step, **coverage(gen, z_eval), "nearest": nearest_counts(gen, z_eval)}
+            curves.append(row | gradient_norms(gen, disc, z_eval))
+    return gen, curves, log
+
+
+def collapse_settings(steps: int, seeds: tuple[int, ...]) -> dict:
+    """The settings of ``--part collapse`` as stored in the results."""
+    return {
+        "generator": C_GEN,
+        "discriminator": C_DISC,
+        "betas": list(C_BETAS),
+        "steps": steps,
+        "batch_size": GAN_BATCH,
+        "loss": "nonsaturating",
+        "methods": C_METHODS,
+        "saved": list(C_SAVED),
+        "unroll_lr": C_UNROLL_LR,
+        "seeds": list(seeds),
+        "eval_every": C_EVAL_EVERY,
+        "log_every": LOG_EVERY,
+        "ring_n": RING_N,
+        "ring_seed": RING_SEED,
+        "ring_std": RING_STD,
+        "eval_n": EVAL_N,
+        "eval_seed": EVAL_SEED,
+    }
+
+
+def write(out: Path, models: dict, settings: dict, quick: bool) -> Path:
+    """``l08_results.json`` (Section 4's entries first) and the manifest entries."""
+    order = sorted(models, key=lambda k: (k.startswith("collapse_"), k))
+    ordered = {k: models[k] for k in order}
+    return experiment.write_results(out, "l08", LECTURE, COMMAND, settings, ordered, quick)
+
+
+def run_collapse_part(
+    out: Path, quick: bool, device: torch.device, models: dict, settings: dict
+) -> None:
+    """``--part collapse``: train every method and seed not yet in ``models`` with the same
+    settings, writing the results after each run (so an interrupted run resumes)."""
+    steps, seeds = (QUICK_C_STEPS, C_SEEDS[:2]) if quick else (C_STEPS, C_SEEDS)
+    every = 20 if quick else C_EVAL_EVERY
+    if settings.get("collapse") != collapse_settings(steps, seeds):
+        for k in [k for k in models if k.startswith("collapse_")]:
+            del models[k]
+    settings["collapse"] = collapse_settings(steps, seeds)
+    x_data = ring_data()
+    z_eval = collapse_codes().to(device)
+    for seed in seeds:
+        for method in C_METHODS:
+            name = f"collapse_{method}_s{seed}"
+            if name in models:
+                continue
+            t0 = time.perf_counter()
+            gen, curves, log = train_collapse(method, seed, x_data, steps, every, device=device)
+            row: dict = {"method": method, "seed": seed}
+            if method in C_SAVED:
+                path = out / f"l08_{name}.safetensors"
+                meta = {"command": COMMAND, "steps": steps, "method": method, "seed": seed}
+                row["checkpoint"] = path.name
+                row["sha256"] = experiment.save_model(path, gen, name=name, **meta)
+                row["n_params"] = sum(p.numel() for p in gen.parameters())
+            row["train_seconds"] = round(time.perf_counter() - t0)
+            row.update({"test": coverage(gen, z_eval), "curves": curves, "log": log})
+            models[name] = row
+            write(out, models, settings, quick)
+            print(
+                f"[collapse {method} seed {seed}] modes {row['test']['modes']}, high quality "
+                f"{row['test']['high_quality']:.3f}, {row['train_seconds']} s",
+                flush=True,
+            )
+
+
+def run_main_part(out: Path, quick: bool, device: torch.device) -> tuple[dict, dict]:
+    """``--part main``: the 1-D discriminator and the GANs of Section 4; return the models'
+    result entries and the settings."""
     d1_steps, gan_steps, seeds = (
-        (QUICK_D1_STEPS, QUICK_GAN_STEPS, QUICK_SEEDS)
-        if args.quick
-        else (D1_STEPS, GAN_STEPS, SEEDS)
+        (QUICK_D1_STEPS, QUICK_GAN_STEPS, QUICK_SEEDS) if quick else (D1_STEPS, GAN_STEPS, SEEDS)
     )
 
     t0 = time.perf_counter()
     disc, curve = train_disc1d(d1_steps, device=device)
-    path = args.out / "l08_disc1d.safetensors"
+    path = out / "l08_disc1d.safetensors"
     models: dict = {
         "disc1d": {
             "checkpoint": path.name,
@@ -326,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             gan, curves, log = train_gan(kind, seed, x_data, gan_steps, device=device)
             row: dict = {"loss": kind, "seed": seed}
             if seed == SAVED_SEED:
-                path = args.out / f"l08_gan_{kind}.safetensors"
+                path = out / f"l08_gan_{kind}.safetensors"
                 meta = {"command": COMMAND, "steps": gan_steps, "loss": kind, "seed": seed}
                 row["checkpoint"] = path.name
                 row["sha256"] = experiment.save_model(path, gan, name=f"gan_{kind}", **meta)
@@ -374,8 +571,31 @@ def main(argv: list[str] | None = None) -> int:
             "log_every": LOG_EVERY,
         },
     }
-    path = experiment.write_results(args.out, "l08", LECTURE, COMMAND, settings, models, args.quick)
-    print(f"wrote {path}; total {time.perf_counter() - t_start:.0f} s", flush=True)
+    return models, settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = experiment.script_parser(__doc__)
+    parser.add_argument("--part", choices=("all", "main", "collapse"), default="all")
+    args = experiment.script_args(parser, argv)
+    device = args.device
+    seed_everything(SEED, threads=THREADS)
+    t_start = time.perf_counter()
+    old_path = args.out / "l08_results.json"
+    old = read_json(old_path) if old_path.is_file() else {}
+    models: dict = dict(old.get("models", {}))
+    settings: dict = dict(old.get("settings", {}))
+    if args.part in ("all", "main"):
+        main_models, main_settings = run_main_part(args.out, args.quick, device)
+        models = {k: v for k, v in models.items() if k.startswith("collapse_")} | main_models
+        settings.update(main_settings)
+        write(args.out, models, settings, args.quick)
+    if args.part in ("all", "collapse"):
+        t0 = time.perf_counter()
+        run_collapse_part(args.out, args.quick, device, models, settings)
+        write(args.out, models, settings, args.quick)
+        print(f"[collapse] {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"wrote {old_path}; total {time.perf_counter() - t_start:.0f} s", flush=True)
     return 0
 
 

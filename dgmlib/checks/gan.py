@@ -1,5 +1,9 @@
 """Checks of lecture 08 (likelihood-free learning and GANs): the optimal discriminator and the
-Jensen-Shannon divergence, both computed from log-densities."""
+Jensen-Shannon divergence, both computed from log-densities.
+
+A wrong result is compared with the results of the typical mistakes (the densities swapped, the
+density ratio or the logit instead of ``D*``, a missing 1/2, log base 2, a forgotten ``dx`` or
+``log 2`` in the mixture, KL instead of JSD); when it matches one, the hint names that mistake."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import torch
 from torch import Tensor
 
 from dgmlib.checks._common import call_student, compare, passed
-from dgmlib.gan import jsd, optimal_discriminator
+from dgmlib.gan import jsd, kl, optimal_discriminator
 
 __all__ = ["check_jsd", "check_optimal_discriminator"]
 
@@ -20,6 +24,45 @@ DT = torch.float64
 def _normal_log_pdf(x: Tensor, mean: float, std: float) -> Tensor:
     """``log N(x | mean, std^2)`` elementwise."""
     return -0.5 * ((x - mean) / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi)
+
+
+Mistake = tuple[Tensor, str]  # what a typical mistake returns, and the hint that names it
+
+
+def _diagnose(got: object, mistakes: list[Mistake], hint: str) -> str:
+    """The hint of the first mistake whose result ``got`` matches (rtol 1e-6), else ``hint``."""
+    if not isinstance(got, Tensor):
+        return hint
+    got64 = got.detach().to(DT)
+    for wrong, mistake_hint in mistakes:
+        if got64.shape == wrong.shape and torch.allclose(got64, wrong, rtol=1e-6, atol=1e-9):
+            return mistake_hint
+    return hint
+
+
+def _discriminator_mistakes(log_pd: Tensor, log_pg: Tensor) -> list[Mistake]:
+    """The results of the typical mistakes in ``D*``, with hints that name them."""
+    logit = log_pd - log_pg
+    return [
+        (
+            torch.sigmoid(-logit),
+            "you return p_g / (p_d + p_g) = 1 - D*: the densities are swapped; D* is the "
+            "probability of *real*, so it has the data density on top: p_d / (p_d + p_g).",
+        ),
+        (
+            logit.exp(),
+            "you return the density ratio p_d / p_g; D* divides by the sum p_d + p_g: "
+            "D* = sigmoid(log p_d - log p_g), a number in [0, 1].",
+        ),
+        (
+            logit,
+            "you return the logit log p_d - log p_g; apply the sigmoid to it to get D*.",
+        ),
+        (
+            torch.nn.functional.logsigmoid(logit),
+            "you return log D* (logsigmoid); D* itself is sigmoid(log p_d - log p_g).",
+        ),
+    ]
 
 
 def check_optimal_discriminator(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
@@ -60,11 +103,43 @@ def check_optimal_discriminator(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
             got,
             optimal_discriminator(a, b),
             what="D*",
-            hint=hint,
+            hint=_diagnose(got, _discriminator_mistakes(a, b), hint),
             rtol=1e-6,
             atol=1e-9,
         )
     passed(check, len(cases))
+
+
+def _jsd_mistakes(log_p: Tensor, log_q: Tensor, dx: float) -> list[Mistake]:
+    """The results of the typical mistakes in the JSD, with hints that name them."""
+    right = jsd(log_p, log_q, dx)
+    return [
+        (
+            2 * right,
+            "your result is twice the JSD: it is the *average* of the two KL terms, "
+            "(KL(p || m) + KL(q || m)) / 2 (the factor 1/2 is missing).",
+        ),
+        (
+            right / math.log(2.0),
+            "your result is the JSD in bits (log base 2); the course works in nats: use the "
+            "natural log (torch.log), not log2.",
+        ),
+        (
+            right / dx,
+            "your result is the JSD divided by dx: the rectangle rule multiplies the sum over "
+            "the grid by the step dx.",
+        ),
+        (
+            right - math.log(2.0),
+            "your result is the JSD minus log 2: the mixture is m = (p + q) / 2, so "
+            "log m = logaddexp(log p, log q) - log 2 (the - log 2 is missing).",
+        ),
+        (
+            kl(log_p, log_q, dx),
+            "your result is KL(p || q); the JSD compares each density with the mixture "
+            "m = (p + q) / 2, not with the other density.",
+        ),
+    ]
 
 
 def check_jsd(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
@@ -102,5 +177,6 @@ def check_jsd(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
     ]
     for case, (p, q, step), hint in cases:
         got = call_student(check, case, fn, p, q, step)
+        hint = _diagnose(got, _jsd_mistakes(p, q, step), hint)
         compare(check, case, got, jsd(p, q, step), what="the JSD", hint=hint, rtol=1e-6, atol=1e-9)
     passed(check, len(cases))
