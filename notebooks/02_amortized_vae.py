@@ -53,6 +53,7 @@
 import itertools
 import math
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -76,6 +77,7 @@ from dgmlib.objectives import ELBO
 from dgmlib.plot import image_grid, plot_history
 from dgmlib.stats import fmt
 from dgmlib.train import Trainer
+from dgmlib.widgets import explore
 
 device = notebook_setup(0)  # the live training of section 4 runs there; stored outputs: CPU
 # One thread: the same arithmetic as the checkpoint script, so that the short live training in
@@ -1145,6 +1147,60 @@ plt.show()
 # smoothly from one garment to the next. The KL term keeps the cloud of codes roughly inside the
 # prior's bulk, so most of the plane that the prior samples from decodes to a plausible image.
 #
+# **Explore: the decoder under a moving latent point.** Move the sliders $z_1$ and $z_2$ (run the
+# cell first) to place a point $\mathbf z$ in the latent plane of the $Z = 2$ model; the right
+# panel shows the decoder's mean $\mathbb E[\mathbf x\mid\mathbf z]$ there, and its title names
+# the class of the nearest test image's code and how far away it is. Look for three things: the
+# image changes gradually as $\mathbf z$ moves inside a class region, it turns into another
+# garment where two regions meet, and outside the dotted circle of radius 3, where the prior
+# puts little mass and few codes lie, the decoder still returns an image, one it was never
+# trained to produce. The default is the prior's mean, $\mathbf z = \mathbf 0$.
+
+# %%
+# The cloud of codes as an image (drawing 10 000 points at every move would be slow): on
+# 160 x 160 cells of [-4, 4]^2, the colour of the commonest class, as in the map above; the
+# more codes a cell holds, the more opaque it is.
+edges = np.linspace(-4.0, 4.0, 161)
+counts = np.stack(
+    [np.histogram2d(*mu2[test_labels == k].numpy().T, bins=(edges, edges))[0] for k in range(10)]
+)  # [class, z1 cell, z2 cell]
+cloud = np.asarray(cmap(counts.argmax(0).T))  # [z2 cell, z1 cell, RGBA]
+cloud[..., 3] = 0.8 * np.clip(counts.sum(0).T / 3.0, 0.0, 1.0)
+angle = np.linspace(0.0, 2 * np.pi, 200)
+
+
+def draw_decoded(axes: np.ndarray, z1: float, z2: float) -> None:
+    """Left: the codes of the test images and the point z; right: the decoder's mean at z."""
+    ax_map, ax_image = axes
+    ax_map.imshow(cloud, extent=(-4, 4, -4, 4), origin="lower", interpolation="nearest")
+    for r in (1, 2, 3):  # circles of radius 1, 2, 3 around the prior's mean
+        ax_map.plot(r * np.cos(angle), r * np.sin(angle), color="0.4", lw=0.8, ls=":")
+    ax_map.plot([z1], [z2], "k+", ms=16, mew=2.5)
+    ax_map.set(xlim=(-4, 4), ylim=(-4, 4), aspect="equal", xlabel="$z_1$", ylabel="$z_2$")
+    ax_map.set_title("codes of the test images (colours as above)\n+: z; dotted: radius 1, 2, 3")
+    z = torch.tensor([[z1, z2]])
+    with torch.no_grad():
+        image = models["z2"].decoder.mean(z)[0, 0]
+    distance = ((mu2 - z) ** 2).sum(1).sqrt()
+    nearest = int(distance.argmin())
+    ax_image.imshow(image, cmap="gray", vmin=0, vmax=1)
+    ax_image.set_axis_off()
+    ax_image.set_title(
+        f"decoder mean E[x | z] at z = ({z1:.1f}, {z2:.1f})\nnearest test code: "
+        f"{FASHION_MNIST_CLASSES[int(test_labels[nearest])]}, at distance "
+        f"{distance[nearest]:.2f}"
+    )
+
+
+explore(
+    draw_decoded,
+    ncols=2,
+    figsize=(9.0, 4.4),
+    z1=widgets.FloatSlider(value=0.0, min=-4.0, max=4.0, step=0.1),
+    z2=widgets.FloatSlider(value=0.0, min=-4.0, max=4.0, step=0.1),
+)
+
+# %% [markdown]
 # **Interpolation.** Encode two test images, a trouser and an ankle boot, move along the straight
 # line between their encoder means, and decode each point.
 

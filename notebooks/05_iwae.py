@@ -53,6 +53,7 @@
 # %%
 import math
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -66,6 +67,7 @@ from dgmlib.data import binarize_fixed, load_fashion_mnist
 from dgmlib.diagnostics import active_units, gradient_snr, loglog_slope, mean_snr
 from dgmlib.models import PPCA
 from dgmlib.stats import fmt, mean_se
+from dgmlib.widgets import explore
 
 dgmlib.notebook_setup(0)  # seeds, thread count, plot style
 DT = torch.float64  # the exact checks (pPCA, gradient SNR) run in double precision
@@ -369,6 +371,70 @@ ax.set_ylabel("gap (nats)")
 ax.set_title(r"The gap shrinks like $1/K$")
 ax.legend(loc="lower left")
 plt.show()
+
+# %% [markdown]
+# **Explore: what one estimate $\log\hat p_K$ looks like as $K$ grows.** The figure above shows
+# averages over sets; here are the sets themselves. The left panel is the cumulative distribution
+# of $\log\hat p_K$ over 1000 independent sets of $K$ samples from the same $q$ (each set grows by
+# adding samples as $K$ rises, so the curve moves smoothly), with the exact $\log p(\mathbf x)$,
+# the exact ELBO, and the mean of the sets, the estimate of $\mathcal L_K$. The right panel
+# marks $K$ on the gap $\log p(\mathbf x) - \mathcal L_K$ of these sets (the control-variate
+# estimate of the table) against $\chi^2/(2K)$. Move $K$ (run the cell first) and look for three
+# things: at $K = 1$ the spread of single estimates is wide and many lie above $\log p(\mathbf
+# x)$, while their mean, the ELBO, lies below it; as $K$ grows the curve steepens (for large $K$
+# its spread shrinks like $1/\sqrt K$) and its mean climbs towards $\log p(\mathbf x)$; and the
+# gap follows $\chi^2/(2K)$ once $K$ is large. The default is $K = 5$.
+
+# %%
+K_OPTIONS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+N_SETS = 1000
+gen_sets = torch.Generator().manual_seed(11)  # a stream of its own: the cells below are unchanged
+z_sets = m_q + torch.randn(N_SETS, K_OPTIONS[-1], k, generator=gen_sets, dtype=DT) @ chol_q.T
+log_w_sets = ppca.joint_log_prob(x, z_sets) - q.log_prob(z_sets)  # [sets, 1000]
+# set s at K uses its first K samples; sorted, for the cumulative distribution
+log_p_hat = {K: iwae_bound(log_w_sets[:, :K], dim=1).sort().values.numpy() for K in K_OPTIONS}
+gap_sets = {K: float(np.mean(np.expm1(v - log_px) - (v - log_px))) for K, v in log_p_hat.items()}
+x_range = (np.quantile(log_p_hat[1], 0.01), max(float(v[-1]) for v in log_p_hat.values()))
+cdf = (np.arange(N_SETS) + 1.0) / N_SETS
+GAP_TICKS = [1e-3, 1e-2, 1e-1, 1.0]
+
+
+def draw_sets(axes: np.ndarray, K: int) -> None:
+    """Left: the distribution of log p_hat_K over the sets; right: the gap against K."""
+    ax, ax_gap = axes
+    ax.step(log_p_hat[K], cdf, where="post", color="tab:blue", label=rf"$\log\hat p_K$, K = {K}")
+    ax.axvline(log_px, color="black", lw=1.2, label=r"$\log p(\mathbf{x})$ (exact)")
+    ax.axvline(elbo, color="tab:red", ls="--", lw=1.2, label="ELBO (exact)")
+    ax.axvline(log_p_hat[K].mean(), color="tab:blue", ls=":", lw=1.5, label="mean of the sets")
+    ax.set(xlim=x_range, ylim=(0, 1), xlabel=r"$\log\hat p_K$ of one set (nats)")
+    ax.set_ylabel("fraction of sets below")
+    ax.set_title(f"{N_SETS} sets of K = {K} samples", fontsize=11)
+    ax.legend(loc="upper left", fontsize=9)
+    gaps = np.array([gap_sets[k_] for k_ in K_OPTIONS])
+    ax_gap.plot(
+        K_OPTIONS,
+        chi2 / (2 * np.array(K_OPTIONS, dtype=float)),
+        "k--",
+        lw=1,
+        label=r"$\chi^2 / (2K)$",
+    )
+    ax_gap.plot(K_OPTIONS, gaps, "o", color="0.6", ms=4, label="these sets, every K")
+    ax_gap.plot([K], [gap_sets[K]], "o", color="tab:blue", ms=9, label=f"K = {K}")
+    ax_gap.set(xscale="log", yscale="log", xlabel="number of samples $K$", ylabel="gap (nats)")
+    ax_gap.set_ylim(0.3 * gaps.min(), 3 * gaps.max())
+    ax_gap.minorticks_off()  # plain tick labels: the figure redraws quicker without mathtext
+    ax_gap.set_xticks(K_OPTIONS[::3], [str(k_) for k_ in K_OPTIONS[::3]])
+    ax_gap.set_yticks(GAP_TICKS, [f"{t:g}" for t in GAP_TICKS])
+    ax_gap.set_title(r"$\log p(\mathbf{x}) - \mathcal{L}_K$", fontsize=11)
+    ax_gap.legend(loc="lower left", fontsize=9)
+
+
+explore(
+    draw_sets,
+    ncols=2,
+    figsize=(11.0, 4.0),
+    K=widgets.SelectionSlider(options=K_OPTIONS, value=5),
+)
 
 # %% [markdown]
 # Two features are worth noticing. Most of the improvement comes from the first few samples: the
