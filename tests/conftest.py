@@ -8,12 +8,29 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parent.parent
+# The browser of the website and JupyterLab tests: the system's Chromium where there is one, with
+# the flags that keep it from reaching any other host on its own.
+SYSTEM_CHROMIUM = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--metrics-recording-only",
+]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,3 +76,23 @@ def book_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (out / "ok").write_text("built\n")
         print(f"book built in {time.perf_counter() - t0:.1f} s")
     return html
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless Chromium (the system's, else Playwright's) for tests/test_browser.py and
+    tests/test_lab.py; they skip when there is neither."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    executable = next((p for p in SYSTEM_CHROMIUM if Path(p).is_file()), None)
+    executable = executable or shutil.which("chromium")
+    with sync_api.sync_playwright() as pw:
+        try:
+            b = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        except sync_api.Error as exc:
+            if executable is not None:
+                raise
+            pytest.skip(f"no Chromium: no system browser and Playwright's is missing ({exc})")
+        try:
+            yield b
+        finally:
+            b.close()

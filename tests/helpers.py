@@ -49,13 +49,15 @@ def mixture_case(m: int, n: int, d: int, dtype: torch.dtype, seed: int = 0) -> l
     return [t.to(dtype) for t in (z, mu, logvar, log_w)]
 
 
-def fails(check, fn, case_start: str, hint: str) -> str:
-    """Run ``check(fn)``; expect the message of case ``case_start`` with ``hint`` in its Hint."""
+def fails(check, fn, case: str, hint: str) -> str:
+    """Run ``check(fn)``; expect a message that starts with the check's name and a case whose
+    name contains ``case``, with ``hint`` in its Hint; return the message."""
     with pytest.raises(AssertionError) as info:
         check(fn)
     msg = str(info.value)
-    assert msg.startswith(f"{check.__name__}, case '{case_start}"), msg
-    assert hint in msg.split("Hint:")[1], msg
+    prefix = f"{check.__name__}, case '"
+    assert msg.startswith(prefix) and case in msg[len(prefix) :].split("'")[0], msg
+    assert "Hint:" in msg and hint in msg.split("Hint:")[1], msg
     return msg
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import http.server
 import re
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,20 +20,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LECTURES = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
-SYSTEM_CHROMIUM = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-default-apps",
-    "--disable-extensions",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--metrics-recording-only",
-]
 # The article body of a sphinx-book-theme page.
 MAIN = "main#main-content article"
 # TeX left in the visible text means MathJax did not typeset it.
@@ -61,24 +46,6 @@ def site(book_html: Path) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    executable = next((p for p in SYSTEM_CHROMIUM if Path(p).is_file()), None)
-    executable = executable or shutil.which("chromium")
-    with sync_api.sync_playwright() as pw:
-        try:
-            b = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        except sync_api.Error as exc:
-            if executable is not None:
-                raise
-            pytest.skip(f"no Chromium: no system browser and Playwright's is missing ({exc})")
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 class Visit:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import fails
 
 from dgmlib import checks
 from dgmlib.dequantization import discretized_logistic_log_prob
@@ -33,11 +34,7 @@ def logistic_log_density(x_int, loc, scale, num_levels=None):
     ],
 )
 def test_logistic_mistakes_are_named(wrong, case, hint):
-    with pytest.raises(AssertionError) as info:
-        checks.check_discretized_logistic(wrong)
-    msg = str(info.value)
-    assert msg.startswith("check_discretized_logistic, case '"), msg
-    assert case in msg.split("\n")[0] and hint in msg.split("Hint:")[1], msg
+    fails(checks.check_discretized_logistic, wrong, case, hint)
 
 
 def test_subtracting_probabilities_fails_in_the_tail():
@@ -76,11 +73,7 @@ def bpd(density, x, k, n, g, *, change=-1.0, bits=True, per_dim=True, sign=1.0, 
     ],
 )
 def test_bpd_mistakes_are_named(switch, case, hint):
-    with pytest.raises(AssertionError) as info:
-        checks.check_dequantized_bpd(lambda *a: bpd(*a, **switch))
-    msg = str(info.value)
-    assert msg.startswith("check_dequantized_bpd, case '"), msg
-    assert case in msg.split("\n")[0] and hint in msg.split("Hint:")[1], msg
+    fails(checks.check_dequantized_bpd, lambda *a: bpd(*a, **switch), case, hint)
 
 
 def test_bpd_right_passes(capsys):

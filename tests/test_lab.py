@@ -37,8 +37,6 @@ LECTURES = ["07_discrete_latents", "08_gans"]
 # Lectures run in Lab ("Run All Cells"), then their exploration's slider moved one step: two of
 # the quickest to run, each with a slider.
 RUN_ALL = ["03_dequantization", "A1_adjoint"]
-SYSTEM_CHROMIUM = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 # JupyterLab settings: no news or update checks (they would go to other hosts), and every cell
 # rendered (no windowing) so that the whole notebook can be read.
 SETTINGS = {
@@ -131,24 +129,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             server.kill()
             server.wait()
         log.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    executable = next((p for p in SYSTEM_CHROMIUM if Path(p).is_file()), None)
-    executable = executable or shutil.which("chromium")
-    with sync_api.sync_playwright() as pw:
-        try:
-            b = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        except sync_api.Error as exc:
-            if executable is not None:
-                raise
-            pytest.skip(f"no Chromium: no system browser and Playwright's is missing ({exc})")
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 class Session:
@@ -303,9 +283,10 @@ def test_run_all_then_the_slider_redraws_its_figure(
         assert readout.inner_text().strip() != before, f"{lecture}: the readout did not move"
         assert image.count() == 1, f"{lecture}: the redraw added a figure instead of replacing it"
         assert "run the cell to use them" not in cell.inner_text()
-        cell.scroll_into_view_if_needed()
+        outputs = cell.locator(".jp-OutputArea").first
+        outputs.scroll_into_view_if_needed()
         shot = tmp_path_factory.mktemp("lab-screenshot") / f"{lecture}_slider_moved.png"
-        cell.screenshot(path=str(shot))
+        outputs.screenshot(path=str(shot))
         print(f"\n{lecture}: slider {before} -> {readout.inner_text().strip()}; screenshot {shot}")
         assert not s.errors, "script errors:\n" + "\n".join(s.errors)
         assert not s.external, "requests to other hosts:\n" + "\n".join(s.external)
