@@ -61,6 +61,7 @@
 # %%
 import math
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -81,6 +82,7 @@ from dgmlib.models.discrete import (
 )
 from dgmlib.plot import image_grid
 from dgmlib.stats import fmt
+from dgmlib.widgets import explore
 
 DEVICE = notebook_setup(0)  # seeds, plot style; the trained models of section 5 run on DEVICE
 set_threads(1)  # one thread: small tensor operations are fastest and reproducible
@@ -530,6 +532,62 @@ fig.suptitle(
     + ", ".join(f"{v:.2f}" for v in torch.softmax(logits3, 0))
 )
 plt.show()
+
+# %% [markdown]
+# **Explore: the temperature.** Move the slider $\tau$ (logarithmic, from about 1/20 to 20) and
+# watch the same 1500 noise draws: on the left, the relaxed samples $\mathbf y$ on the simplex,
+# coloured by their arg-max (an exact categorical sample at every $\tau$); on the right, the mean of
+# each coordinate $\mathbb E y_k$ beside the probabilities $\pi_k$. At small $\tau$ the points sit
+# in the corners and the means are the probabilities: a decoder that is linear in $\mathbf y$ sees
+# the discrete model. As $\tau$ grows the points leave the corners for the centre, and the means
+# drift to $1/K$: the relaxed model forgets the encoder's probabilities, while the colours (the
+# arg-max) do not change.
+
+# %%
+pi3 = torch.softmax(logits3, 0).numpy()
+g3_explore = sample_gumbel((1500, 3), torch.Generator().manual_seed(30), DT)  # fixed noise
+edges = np.vstack([corners, corners[:1]])
+
+
+def draw_temperature(axes: np.ndarray, tau: float) -> None:
+    """Relaxed samples at temperature tau on the simplex, and their mean coordinates."""
+    y3 = torch.softmax((logits3 + g3_explore) / tau, -1).numpy()
+    xy = y3 @ corners
+    ax = axes[0]
+    ax.plot(*edges.T, color="0.3", lw=1)
+    ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.4, c=y3.argmax(1), cmap="viridis", vmin=0, vmax=2)
+    for k, (cx, cy) in enumerate(corners):
+        ax.annotate(
+            f"c = {k + 1}",
+            (cx, cy),
+            ha="center",
+            va="top" if cy == 0 else "bottom",
+            xytext=(0, -4 if cy == 0 else 4),
+            textcoords="offset points",
+        )
+    ax.set(xlim=(-0.15, 1.15), ylim=(-0.15, 1.0), aspect="equal")
+    ax.set_axis_off()
+    ax.set_title(f"relaxed samples, tau = {tau:.2f}")
+    ks = np.arange(3)
+    axes[1].bar(ks - 0.2, pi3, width=0.4, color="0.7", label="π_k (the categorical)")
+    axes[1].bar(ks + 0.2, y3.mean(0), width=0.4, color="C0", label="E y_k (relaxed)")
+    axes[1].axhline(1 / 3, color="k", ls=":", lw=1, label="1/K (the centre)")
+    axes[1].set(
+        xticks=ks,
+        xticklabels=[f"c = {k + 1}" for k in ks],
+        ylim=(0, 0.75),
+        ylabel="probability / mean coordinate",
+        title="mean of the relaxed sample",
+    )
+    axes[1].legend(loc="upper right")
+
+
+explore(
+    draw_temperature,
+    ncols=2,
+    figsize=(10, 3.8),
+    tau=widgets.FloatLogSlider(value=0.5, base=10, min=-1.3, max=1.3, step=0.05, description="tau"),
+)
 
 # %% [markdown]
 # ## 4. The VQ-VAE: a deterministic posterior and straight-through gradients

@@ -62,6 +62,7 @@
 # %%
 import math
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -84,6 +85,7 @@ from dgmlib.density_ratio import (
 from dgmlib.gan import kl as kl_on_grid
 from dgmlib.plot import plot_history
 from dgmlib.stats import fmt, mean_se
+from dgmlib.widgets import explore
 
 DEVICE = notebook_setup(0)  # every computation below is small and runs on the CPU
 DT = torch.float64
@@ -325,6 +327,72 @@ print(f"log E_p[p/q] (Renyi divergence of order 2) = {fmt(renyi2)} >= KL = {fmt(
 assert abs(ratio_quad - ratio_closed) < 1e-9 and abs(ratio_general - ratio_closed) < 1e-12
 assert abs(ratio_exact - ratio_closed) < 3 * ratio_exact_se
 assert abs(ratio_mlp - KL_PQ) > 100 * ratio_mlp_se and renyi2 > KL_PQ
+
+# %% [markdown]
+# **Explore: the width of $q$.** Keep $p = \mathcal N(1, 1)$ and move the standard deviation
+# $s$ of $q = \mathcal N(0, s^2)$ (the pair above has $s = 2$). On the left, the two densities; on
+# the right, the two estimators as running means over the first $n$ of the same 20 000 samples of
+# $p$, with the exact ratio: the mean of $\log D^*/(1 - D^*)$, and the slide's mean of $D^*/(1 -
+# D^*)$, shown through its logarithm so that both are in nats. The dashed lines are their limits,
+# $\mathrm{KL}(p\,\|\,q)$ and $\log(1 + \chi^2)$, the Rényi divergence of order 2. For a wide
+# $q$ both curves settle. As $s$ shrinks towards $1/\sqrt 2$ the second limit runs away, and below
+# it the slide's estimator has no finite mean: its curve climbs in jumps, each a rare sample in
+# the tail of $p$ where $q$ is far smaller, and never settles, while the KL estimate still does.
+
+# %%
+eps_explore = torch.randn(20_000, generator=torch.Generator().manual_seed(40), dtype=DT)
+x_explore = P_MEAN + P_STD * eps_explore  # 20 000 samples of p, shared by every s
+n_shown = torch.unique(torch.logspace(0, math.log10(len(x_explore)), 400).long())  # n = 1..20000
+xs_density = torch.linspace(-4, 6, 300, dtype=DT)
+
+
+def draw_width(axes: np.ndarray, s: float) -> None:
+    """The densities of p and q = N(0, s^2), and the running means of the two estimators."""
+    q_s = Normal(torch.tensor(Q_MEAN, dtype=DT), torch.tensor(s, dtype=DT))
+    axes[0].plot(xs_density, p_dist.log_prob(xs_density).exp(), label="p = N(1, 1)")
+    axes[0].plot(xs_density, q_s.log_prob(xs_density).exp(), label=f"q = N(0, {s:.2f}²)")
+    axes[0].set(
+        xlim=(-4, 6), ylim=(0, 0.7), xlabel="x", ylabel="density", title="the two distributions"
+    )
+    axes[0].legend(loc="upper left")
+    c0, c1, c2 = gaussian_log_ratio_coefficients(P_MEAN, P_STD, Q_MEAN, s)
+    t_exact = c0 + c1 * x_explore + c2 * x_explore**2  # log D*/(1 - D*) = log p/q
+    n = torch.arange(1, len(x_explore) + 1, dtype=DT)
+    mean_log = (t_exact.cumsum(0) / n)[n_shown - 1]
+    log_mean = (torch.logcumsumexp(t_exact, 0) - n.log())[n_shown - 1]
+    kl_s = float(kl_divergence(p_dist, q_s))
+    renyi_s = math.log(gaussian_ratio_mean(P_MEAN, P_STD, Q_MEAN, s))
+    ax = axes[1]
+    ax.plot(n_shown, mean_log, color="C0", label="mean of log D*/(1 - D*)")
+    ax.axhline(kl_s, color="C0", ls="--", label="KL(p ‖ q)")
+    ax.plot(n_shown, log_mean, color="C3", label="log of the mean of D*/(1 - D*)")
+    if math.isfinite(renyi_s):
+        ax.axhline(renyi_s, color="C3", ls="--", label="log(1 + χ²)")
+        limit = f"log(1 + χ²) = {renyi_s:.2f}"
+    else:
+        limit = "χ² infinite"
+    ax.set_yscale("symlog", linthresh=1.0, linscale=2.0)  # linear below 1 nat, then logarithmic
+    ax.set(
+        xscale="log",
+        xlim=(1, len(x_explore)),
+        ylim=(-0.5, 40),
+        xlabel="number of samples n",
+        ylabel="running estimate (nats)",
+        title=f"s = {s:.2f}: KL = {kl_s:.2f}, {limit}",
+    )
+    ticks = [0, 0.5, 1, 2, 5, 10, 20]
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xticks([1, 10, 100, 1000, 10_000], ["1", "10", "100", "1000", "10000"])
+    ax.minorticks_off()  # fewer tick labels to lay out: a faster redraw
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize="small")
+
+
+explore(
+    draw_width,
+    ncols=2,
+    figsize=(11, 4.2),
+    s=widgets.FloatSlider(value=2.0, min=0.6, max=3.0, step=0.05, description="std of q"),
+)
 
 # %% [markdown]
 # ## 3. Adversarial variational Bayes

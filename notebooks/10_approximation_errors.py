@@ -63,6 +63,7 @@
 # %%
 import math
 
+import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -75,6 +76,7 @@ from dgmlib.data import binarize_fixed, load_fashion_mnist
 from dgmlib.gaps import doubled_steps_change, inference_gaps
 from dgmlib.models import PPCA
 from dgmlib.stats import fmt, mean_se
+from dgmlib.widgets import explore
 
 notebook_setup(0)
 set_threads(1)  # one thread: small tensor operations are fastest and reproducible
@@ -369,6 +371,95 @@ assert rot_ll < 1e-10 and abs(diagonal_gap(ppca_rot)) < 1e-10 and rot_gap_elbo.m
 print(
     "W R (orthogonal columns): change of log p(x) below 1e-10; gap below 1e-10 in closed form "
     "and by log p - ELBO"
+)
+
+# %% [markdown]
+# **Explore: rotating the loadings.** Move the angle $\alpha$ of the rotation $R(\alpha)$ applied
+# to the loadings of the model of Check 1, $W\mapsto WR(\alpha)$, which leaves $WW^\top$ and hence
+# $\log p(\mathbf x)$ unchanged (Check 3); the figure starts at 50 degrees. On the left, in the
+# latent plane around the posterior mean, the exact posterior $p(\mathbf z\mid\mathbf x)$ (its
+# covariance $\Lambda^{-1}$ is the same for every $\mathbf x$) and the best diagonal Gaussian $q$,
+# whose ellipses are held to the axes (1 and 2 standard deviations); on the right, the approximation
+# gap $\tfrac12(\sum_i\log\Lambda_{ii} - \log\det\Lambda)$ against $\alpha$. The posterior turns
+# with $\alpha$; the diagonal $q$ cannot, and the gap it leaves is zero only at the angles where
+# the posterior's axes meet the coordinate axes, where the columns of $WR(\alpha)$ are orthogonal
+# (the dotted lines, from the singular vectors of $W$). Those are the rotations that a linear VAE
+# with a diagonal encoder prefers among equally likely decoders.
+
+
+# %%
+def rotation(alpha_deg: float | torch.Tensor) -> torch.Tensor:
+    """The 2 x 2 rotation by alpha degrees: [..., 2, 2]."""
+    a = torch.as_tensor(alpha_deg, dtype=DT) * math.pi / 180
+    c, s = torch.cos(a), torch.sin(a)
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+
+
+alphas = torch.linspace(0, 180, 361, dtype=DT)
+lam_rot = rotation(alphas).mT @ Lam @ rotation(alphas)  # R^T Lambda R: [361, 2, 2]
+gaps_rot = 0.5 * (torch.diagonal(lam_rot, dim1=-2, dim2=-1).log().sum(-1) - torch.logdet(lam_rot))
+cov0 = torch.linalg.inv(Lam)
+# the angles where W R has orthogonal columns: R = V up to signs and order, V = the right
+# singular vectors of W; every 90 degrees from the angle of V's first column
+alpha_orth = math.degrees(math.atan2(V[1, 0].item(), V[0, 0].item())) % 90
+radius = 2.4 * torch.linalg.eigvalsh(cov0).max().sqrt().item()  # the 2-sd ellipse fits
+circle = torch.stack(
+    [
+        torch.cos(torch.linspace(0, 2 * math.pi, 100, dtype=DT)),
+        torch.sin(torch.linspace(0, 2 * math.pi, 100, dtype=DT)),
+    ],
+    1,
+)
+
+
+def draw_rotation(axes: np.ndarray, alpha: float) -> None:
+    """Posterior and best diagonal q in the latent plane for W R(alpha); the gap against alpha."""
+    R = rotation(alpha)
+    cov = R.T @ cov0 @ R  # the posterior covariance under W R (the same for every x)
+    var_q = 1.0 / torch.diagonal(R.T @ Lam @ R)
+    root = torch.linalg.cholesky(cov)
+    ax = axes[0]
+    for k, style in ((1, "-"), (2, ":")):
+        post_xy = k * circle @ root.T  # centred at the posterior mean
+        q_xy = k * circle * var_q.sqrt()  # q has the same mean
+        ax.plot(
+            post_xy[:, 0],
+            post_xy[:, 1],
+            "C0",
+            ls=style,
+            label="posterior p(z | x)" if k == 1 else None,
+        )
+        ax.plot(q_xy[:, 0], q_xy[:, 1], "C3", ls=style, label="best diagonal q" if k == 1 else None)
+    ax.set(
+        xlim=(-radius, radius),
+        ylim=(-radius, radius),
+        aspect="equal",
+        xlabel="z₁ - m₁",
+        ylabel="z₂ - m₂",
+        title=f"around the posterior mean m, alpha = {alpha:.0f} degrees",
+    )
+    ax.legend(loc="upper right", fontsize="small")
+    ax = axes[1]
+    ax.plot(alphas, gaps_rot, "C3", label="approximation gap of the diagonal family")
+    for a, label in ((alpha_orth, "W R(alpha) has orthogonal columns"), (alpha_orth + 90, None)):
+        ax.axvline(a, color="0.5", ls=":", label=label)
+    gap_now = 0.5 * (torch.log(1 / var_q).sum() - torch.logdet(R.T @ Lam @ R))
+    ax.plot([alpha], [gap_now], "ko", label="this rotation")
+    ax.set(
+        xlim=(0, 180),
+        ylim=(0, 1.1 * gaps_rot.max().item()),
+        xlabel="rotation alpha (degrees)",
+        ylabel="gap (nats)",
+        title="log p(x) - best diagonal ELBO, same for every x",
+    )
+    ax.legend(loc="upper right", fontsize="small")
+
+
+explore(
+    draw_rotation,
+    ncols=2,
+    figsize=(11, 4.2),
+    alpha=widgets.FloatSlider(value=50.0, min=0.0, max=180.0, step=5.0, description="alpha"),
 )
 
 # %% [markdown]

@@ -48,6 +48,26 @@ def kl_per_row(d):
     return torch.logit(d).mean(-1)
 
 
+def kl_minus_log_one_minus_d(d):
+    return -torch.log1p(-d).mean()
+
+
+def kl_chi2(d):
+    return (d / (1 - d)).mean() - 1
+
+
+def kl_sum(d):
+    return torch.logit(d).sum()
+
+
+def kl_bits(d):
+    return torch.log2(d / (1 - d)).mean()
+
+
+def kl_log10(d):
+    return torch.log10(d / (1 - d)).mean()
+
+
 # ---------------------------------------------------------------------------------------------
 # the AVB losses
 
@@ -93,6 +113,55 @@ def losses_swapped_labels(decoder, disc, x, z, z_prior):
     return losses_right(decoder, disc, x, z, z_prior)[0], dual
 
 
+def losses_loglik_sign(decoder, disc, x, z, z_prior):
+    primal, dual = losses_right(decoder, disc, x, z, z_prior)
+    return primal + 2 * decoder.log_prob(x, z).mean(), dual
+
+
+def losses_primal_sum(decoder, disc, x, z, z_prior):
+    primal, dual = losses_right(decoder, disc, x, z, z_prior)
+    return primal * len(x), dual
+
+
+def losses_no_reconstruction(decoder, disc, x, z, z_prior):
+    primal, dual = losses_right(decoder, disc, x, z, z_prior)
+    return primal + decoder.log_prob(x, z).mean(), dual
+
+
+def losses_no_kl_term(decoder, disc, x, z, z_prior):
+    return -decoder.log_prob(x, z).mean(), losses_right(decoder, disc, x, z, z_prior)[1]
+
+
+def losses_probability_as_kl(decoder, disc, x, z, z_prior):
+    t = torch.sigmoid(disc(x, z).detach())  # detached, so only the value is wrong
+    return (-decoder.log_prob(x, z) + t).mean(), losses_right(decoder, disc, x, z, z_prior)[1]
+
+
+def losses_dual_sum(decoder, disc, x, z, z_prior):
+    primal, dual = losses_right(decoder, disc, x, z, z_prior)
+    return primal, dual * len(x)
+
+
+def losses_dual_maximised(decoder, disc, x, z, z_prior):
+    primal, dual = losses_right(decoder, disc, x, z, z_prior)
+    return primal, -dual
+
+
+def losses_dual_halved(decoder, disc, x, z, z_prior):
+    primal, dual = losses_right(decoder, disc, x, z, z_prior)
+    return primal, dual / 2
+
+
+def losses_dual_no_prior_term(decoder, disc, x, z, z_prior):
+    primal = losses_right(decoder, disc, x, z, z_prior)[0]
+    return primal, F.softplus(-disc(x, z.detach())).mean()
+
+
+def losses_dual_no_encoder_term(decoder, disc, x, z, z_prior):
+    primal = losses_right(decoder, disc, x, z, z_prior)[0]
+    return primal, F.softplus(disc(x, z_prior)).mean()
+
+
 def losses_dual_no_grad(decoder, disc, x, z, z_prior):
     primal, dual = losses_right(decoder, disc, x, z, z_prior)
     return primal, dual.detach()
@@ -120,6 +189,11 @@ def test_references_pass_with_one_line(check, fn, n, capsys):
         (kl_prob, "D* of N(1, 1)", "you averaged D itself"),
         (kl_log_d, "D* of N(1, 1)", "log D - log(1 - D)"),
         (kl_flipped, "D* of N(1, 1)", "the sign is flipped"),
+        (kl_minus_log_one_minus_d, "D* of N(1, 1)", "you averaged -log(1 - D)"),
+        (kl_chi2, "D* of N(1, 1)", "the chi^2 divergence"),
+        (kl_sum, "D* of N(1, 1)", "you summed over the samples"),
+        (kl_bits, "D* of N(1, 1)", "in bits"),
+        (kl_log10, "D* of N(1, 1)", "log base 10"),
     ],
 )
 def test_kl_check_names_the_mistake(wrong, case, hint):
@@ -139,6 +213,16 @@ def test_kl_check_wants_one_number():
         (losses_sign_of_t, "values on a batch", "the sign of T is flipped"),
         (losses_swapped_labels, "values on a batch", "the labels are swapped"),
         (losses_dual_no_grad, "values on a batch", "weights in the graph"),
+        (losses_loglik_sign, "values on a batch", "the sign of the log-likelihood is flipped"),
+        (losses_primal_sum, "values on a batch", "the batch SUM"),
+        (losses_no_reconstruction, "values on a batch", "lacks the reconstruction term"),
+        (losses_no_kl_term, "values on a batch", "lacks the KL term T(x, z)"),
+        (losses_probability_as_kl, "values on a batch", "D = sigmoid(T), a probability"),
+        (losses_dual_sum, "values on a batch", "the batch SUM"),
+        (losses_dual_maximised, "values on a batch", "the sign is flipped"),
+        (losses_dual_halved, "values on a batch", "half the loss"),
+        (losses_dual_no_prior_term, "values on a batch", "lacks the prior's term"),
+        (losses_dual_no_encoder_term, "values on a batch", "lacks the encoder's term"),
     ],
 )
 def test_avb_losses_check_names_the_mistake(wrong, case, hint):

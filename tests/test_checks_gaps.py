@@ -1,13 +1,17 @@
-"""dgmlib.checks.gaps (lecture 10): typical mistakes are rejected with the case that catches
-them (the one-line/stub behaviour of every check: tests/test_checks.py)."""
+"""dgmlib.checks.gaps and dgmlib.checks.harmonium (lecture 10): typical mistakes are rejected
+with the case that catches them and a hint naming the mistake (the one-line/stub behaviour of
+every check: tests/test_checks.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import fails
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from dgmlib.checks.gaps import check_optimal_linear_encoder
+from dgmlib.checks.harmonium import check_interactions
+from dgmlib.harmonium import interactions
 from dgmlib.models.ppca import PPCA
 
 
@@ -96,3 +100,109 @@ def test_the_diagonal_of_the_precision_is_kl_optimal():
     q = MultivariateNormal(post.mean, scale_tril=torch.diag_embed(v_wrong.sqrt().expand(4, 3)))
     (grad,) = torch.autograd.grad(kl_divergence(q, post).sum(), v_wrong)
     assert grad.abs().max() > 1e-2, grad
+
+
+# ---------------------------------------------------------------------------------------------
+# the best linear diagonal encoder: each planted mistake is named in the hint
+
+
+def no_inverse_sigma2(W, b, sigma2):
+    prec = torch.eye(W.shape[1], dtype=W.dtype) + W.T @ W / sigma2
+    A = torch.linalg.solve(prec, W.T)
+    return A, -A @ b, 1.0 / torch.diagonal(prec)
+
+
+def no_precision_solve(W, b, sigma2):
+    A, c, var = right(W, b, sigma2)
+    return W.T / sigma2, c, var
+
+
+def offset_sign(W, b, sigma2):
+    A, c, var = right(W, b, sigma2)
+    return A, -c, var
+
+
+def precision_as_variance(W, b, sigma2):
+    A, c, var = right(W, b, sigma2)
+    return A, c, 1.0 / var
+
+
+def standard_deviation(W, b, sigma2):
+    A, c, var = right(W, b, sigma2)
+    return A, c, var.sqrt()
+
+
+def variance_without_prior(W, b, sigma2):
+    A, c, _ = right(W, b, sigma2)
+    return A, c, sigma2 / torch.diagonal(W.T @ W)
+
+
+@pytest.mark.parametrize(
+    ("fn", "case", "diagnosis"),
+    [
+        (no_prior, "orthogonal columns", "the pseudo-inverse of W"),
+        (sigma_not_squared, "orthogonal columns", "divides by sqrt(sigma2)"),
+        (no_inverse_sigma2, "orthogonal columns", "lacks the factor 1 / sigma2"),
+        (no_precision_solve, "orthogonal columns", "multiply by L^{-1}"),
+        (offset_sign, "orthogonal columns", "the sign of c"),
+        (no_offset, "orthogonal columns", "your c is zero"),
+        (covariance_diagonal, "general W", "the diagonal of the covariance L^{-1}"),
+        (precision_as_variance, "orthogonal columns", "a precision"),
+        (standard_deviation, "orthogonal columns", "a standard deviation"),
+        (variance_without_prior, "orthogonal columns", "your var leaves out the identity"),
+    ],
+)
+def test_encoder_check_names_the_mistake(fn, case, diagnosis):
+    fails(check_optimal_linear_encoder, fn, case, diagnosis)
+
+
+# ---------------------------------------------------------------------------------------------
+# the interactions of a function of binary latents (dgmlib.checks.harmonium, lecture 10)
+
+
+def subset_sums(f):  # the zeta transform: sums over subsets, no signs (the inverse map)
+    k = f.shape[-1].bit_length() - 1
+    a = f.clone()
+    for j in range(k):
+        with_j = [i for i in range(2**k) if i >> j & 1]
+        a[..., with_j] = a[..., with_j] + a[..., [i - 2**j for i in with_j]]
+    return a
+
+
+def sign_of_t(f):  # (-1)^|T| instead of (-1)^(|S| - |T|)
+    k = f.shape[-1].bit_length() - 1
+    parity = torch.tensor([(-1.0) ** bin(s).count("1") for s in range(2**k)], dtype=f.dtype)
+    return interactions(f) * parity
+
+
+def reversed_bits(f):  # each a_S stored at the index of S read with z_1 as the highest bit
+    k = f.shape[-1].bit_length() - 1
+    rev = [int(format(i, f"0{k}b")[::-1], 2) for i in range(2**k)]
+    return interactions(f)[..., rev]
+
+
+def walsh_hadamard(f):  # the Fourier expansion for z in {-1, 1}
+    k = f.shape[-1].bit_length() - 1
+    h = torch.ones(1, 1, dtype=f.dtype)
+    for _ in range(k):
+        h = torch.kron(torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=f.dtype), h)
+    return f @ h.T / 2**k
+
+
+@pytest.mark.parametrize(
+    ("fn", "case", "diagnosis"),
+    [
+        (subset_sums, "f(0,0)", "no signs: that is the inverse map"),
+        (sign_of_t, "f(0,0)", "your signs are (-1)^|T|"),
+        (reversed_bits, "1 + 2 z_1 - z_3", "bit-reversed positions"),
+        (walsh_hadamard, "f(0,0)", "Walsh-Hadamard"),
+        (lambda f: f.clone(), "f(0,0)", "your a is f itself"),
+    ],
+)
+def test_interactions_check_names_the_mistake(fn, case, diagnosis):
+    fails(check_interactions, fn, case, diagnosis)
+
+
+def test_interactions_reference_passes_with_one_line(capsys):
+    check_interactions(interactions)
+    assert capsys.readouterr().out == "check_interactions: all 6 cases pass.\n"

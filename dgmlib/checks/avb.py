@@ -3,6 +3,7 @@ outputs, and the two AVB losses with the gradients each may send."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -44,6 +45,27 @@ def _kl_mistakes(d: Tensor) -> list[tuple[Tensor, str]]:
             "you averaged log D; the log density ratio is log D - log(1 - D).",
         ),
         (-logit.mean(), "the sign is flipped: average log(D / (1 - D)), not log((1 - D) / D)."),
+        (
+            -torch.log1p(-d).mean(),
+            "you averaged -log(1 - D); the log density ratio is log D - log(1 - D).",
+        ),
+        (
+            (d / (1 - d)).mean() - 1,
+            "you averaged D / (1 - D) - 1, an estimate of the chi^2 divergence, not the KL; "
+            "average the log-ratio log(D / (1 - D)).",
+        ),
+        (
+            logit.sum(),
+            "you summed over the samples: the KL estimate is the MEAN of log(D / (1 - D)).",
+        ),
+        (
+            logit.mean() / math.log(2),
+            "your value is in bits (log base 2): use the natural logarithm (nats).",
+        ),
+        (
+            logit.mean() / math.log(10),
+            "your value uses log base 10: use the natural logarithm (nats).",
+        ),
     ]
 
 
@@ -98,6 +120,14 @@ def _grads(loss: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
     return [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, got, strict=True)]
 
 
+def _matching(loss: Tensor, mistakes: Sequence[tuple[Tensor, str]], hint: str) -> str:
+    """The message of the first mistake whose value ``loss`` has, else ``hint``."""
+    for wrong, why in mistakes:
+        if torch.isclose(loss.detach().to(DT), wrong.to(DT), rtol=RTOL, atol=ATOL):
+            return why
+    return hint
+
+
 def check_avb_losses(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
     """Check ``fn(decoder, discriminator, x, z, z_prior) -> (primal, dual)``: batch means of
     ``-log p(x|z) + T(x, z)`` with ``T``'s weights held fixed (gradients reach ``z`` only) and of
@@ -136,11 +166,40 @@ def check_avb_losses(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
     t_joint, t_prior = disc(x, z0).detach(), disc(x, z_prior).detach()
     log_px_z = decoder.log_prob(x, z0).detach()
     primal_hint = "the primal loss is the batch mean of -log p(x|z) + T(x, z)."
-    if torch.isclose(primal.detach(), (-log_px_z - t_joint).mean(), rtol=RTOL, atol=ATOL):
-        primal_hint = (
+    primal_mistakes = [
+        (
+            (-log_px_z - t_joint).mean(),
             "the sign of T is flipped: the ELBO is E[log p(x|z)] - KL with KL = E[T], so the "
-            "loss to minimise is -log p(x|z) + T."
-        )
+            "loss to minimise is -log p(x|z) + T.",
+        ),
+        (
+            (log_px_z + t_joint).mean(),
+            "the sign of the log-likelihood is flipped: the loss is -log p(x|z) + T (minus the "
+            "ELBO), so the reconstruction term enters as -log p(x|z).",
+        ),
+        (
+            (-log_px_z + t_joint).sum(),
+            "your value is the batch SUM: take the batch mean, .mean().",
+        ),
+        (
+            t_joint.mean(),
+            "your value lacks the reconstruction term: the loss is -log p(x|z) + T, not T alone.",
+        ),
+        (
+            -log_px_z.mean(),
+            "your value lacks the KL term T(x, z): without it the encoder is not pulled "
+            "towards the prior.",
+        ),
+        (
+            (-log_px_z + torch.sigmoid(t_joint)).mean(),
+            "you added D = sigmoid(T), a probability: the KL estimate is the logit T itself.",
+        ),
+        (
+            (-log_px_z + F.logsigmoid(t_joint)).mean(),
+            "you added log D = log sigmoid(T): the KL estimate is the logit T = log(D / (1 - D)).",
+        ),
+    ]
+    primal_hint = _matching(primal, primal_mistakes, primal_hint)
     compare(
         check,
         case,
@@ -155,12 +214,35 @@ def check_avb_losses(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
         "the dual loss is the batch mean of softplus(-T(x, z)) + softplus(T(x, z_prior)): "
         "pairs with z from the encoder are labelled 1, pairs with z from the prior 0."
     )
-    swapped = (F.softplus(t_joint) + F.softplus(-t_prior)).mean()
-    if torch.isclose(dual.detach(), swapped, rtol=RTOL, atol=ATOL):
-        dual_hint = (
+    right_terms = F.softplus(-t_joint) + F.softplus(t_prior)
+    dual_mistakes = [
+        (
+            (F.softplus(t_joint) + F.softplus(-t_prior)).mean(),
             "the labels are swapped: the encoder's pairs (x, z) are the class y = 1, so that "
-            "the logit estimates log q(z|x) - log p(z), not its negative."
-        )
+            "the logit estimates log q(z|x) - log p(z), not its negative.",
+        ),
+        (right_terms.sum(), "your value is the batch SUM: take the batch mean, .mean()."),
+        (
+            -right_terms.mean(),
+            "the sign is flipped: the dual loss is the logistic loss (a negative "
+            "log-likelihood, >= 0) that the discriminator minimises.",
+        ),
+        (
+            0.5 * right_terms.mean(),
+            "your value is half the loss: add the two logistic terms, do not average them.",
+        ),
+        (
+            F.softplus(-t_joint).mean(),
+            "your value lacks the prior's term softplus(T(x, z_prior)): the discriminator must "
+            "also learn to reject the pairs with z from the prior.",
+        ),
+        (
+            F.softplus(t_prior).mean(),
+            "your value lacks the encoder's term softplus(-T(x, z)): the discriminator must "
+            "also learn to accept the pairs with z from the encoder.",
+        ),
+    ]
+    dual_hint = _matching(dual, dual_mistakes, dual_hint)
     compare(
         check, case, dual, ref["dual"], what="the dual loss", hint=dual_hint, rtol=RTOL, atol=ATOL
     )

@@ -3,7 +3,8 @@ distribution to the uniform one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -21,6 +22,61 @@ def _gumbel_max_reference(logits: Tensor, u: Tensor) -> Tensor:
     return (logits - torch.log(-torch.log(u))).argmax(-1)
 
 
+def _diagnosis(got: object, mistakes: Sequence[tuple[Tensor, str]], exact: bool = False) -> str:
+    """The message of the first typical mistake whose value ``got`` equals (same number of
+    elements; ``exact``: equal, else within 1e-6 relative), or ``""`` when none matches."""
+    if not isinstance(got, Tensor):
+        return ""
+    values = got.detach().cpu().reshape(-1).to(DT)
+    for wrong, why in mistakes:
+        wrong = wrong.reshape(-1).to(DT)
+        if wrong.shape != values.shape:
+            continue
+        if exact and torch.equal(values, wrong):
+            return why
+        if not exact and torch.allclose(values, wrong, rtol=1e-6, atol=1e-9, equal_nan=True):
+            return why
+    return ""
+
+
+def _gumbel_mistakes(logits: Tensor, u: Tensor) -> list[tuple[Tensor, str]]:
+    """What typical wrong samplers return for ``logits`` and ``u``, and what to say."""
+    gumbel = -torch.log(-torch.log(u))
+    return [
+        (
+            (logits - gumbel).argmax(-1),
+            "your samples are those of logits - g: the sign of the noise is flipped "
+            "(g = -log(-log u) is added).",
+        ),
+        (
+            (logits - torch.log(u)).argmax(-1),
+            "your samples are those of the noise -log u, with one log: that is exponential noise, "
+            "not Gumbel noise; g = -log(-log u) takes the log twice.",
+        ),
+        (
+            (logits + u).argmax(-1),
+            "your samples are those of logits + u: the uniform numbers must first be turned into "
+            "Gumbel noise, g = -log(-log u).",
+        ),
+        (
+            (logits + gumbel).argmin(-1),
+            "your samples are the argmin of the perturbed logits: the sample is the argmax.",
+        ),
+        (
+            (torch.softmax(logits, -1) + gumbel).argmax(-1),
+            "your samples perturb softmax(logits), the probabilities, instead of the logits.",
+        ),
+        (
+            (torch.exp(logits) + gumbel).argmax(-1),
+            "your samples perturb exp(logits) instead of the logits (log-probabilities).",
+        ),
+        (
+            (logits - torch.log10(-torch.log10(u))).argmax(-1),
+            "your samples use log10: the Gumbel noise -log(-log u) uses the natural logarithm.",
+        ),
+    ]
+
+
 def check_gumbel_max_sample(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(logits [..., C], u [..., C]) -> int64 [...]``: the Gumbel-max sample
     ``argmax_c (logits_c + g_c)`` with Gumbel noise ``g_c = -log(-log u_c)`` made from the given
@@ -29,6 +85,8 @@ def check_gumbel_max_sample(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     g = torch.Generator().manual_seed(7)
     logits_r = torch.randn(8, 5, generator=g, dtype=DT) * 2.0
     u_r = torch.rand(8, 5, generator=g, dtype=DT)
+    logits_probe = torch.randn(400, 5, generator=torch.Generator().manual_seed(70), dtype=DT)
+    u_probe = torch.rand(400, 5, generator=torch.Generator().manual_seed(71), dtype=DT)
     noise_hint = (
         "the Gumbel noise is g = -log(-log u) (two minus signs), added to the logits; the sample "
         "is the index of the largest logits + g (argmax over the last dimension); perturb the "
@@ -49,16 +107,30 @@ def check_gumbel_max_sample(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         ),
     ]
     for case, args, hint in cases:
-        got = call_student(check, case, fn, *args)
+        got = call_student(check, case, fn, *(a.clone() for a in args))
         if not isinstance(got, Tensor) or got.dtype not in (torch.int64, torch.int32):
             fail(check, case, "the result should be an integer tensor of indices.", hint)
+        again = call_student(check, case, fn, *(a.clone() for a in args))
+        if not isinstance(again, Tensor) or not torch.equal(again, got):
+            fail(
+                check,
+                case,
+                "two calls with the same logits and u gave different samples.",
+                "make the noise from the given u, g = -log(-log u); do not draw new random "
+                "numbers (torch.rand) inside the function. " + hint,
+            )
+        expected = _gumbel_max_reference(*args)
+        why = ""
+        if not torch.equal(got, expected):  # which mistake? 400 rows tell them apart
+            probe = call_student(check, case, fn, logits_probe.clone(), u_probe.clone())
+            why = _diagnosis(probe, _gumbel_mistakes(logits_probe, u_probe), exact=True)
         compare(
             check,
             case,
             got,
-            _gumbel_max_reference(*args),
+            expected,
             what="the sampled indices",
-            hint=hint,
+            hint=f"{why} {hint[:1].upper()}{hint[1:]}" if why else hint,
             rtol=0.0,
             atol=0.0,
         )
@@ -81,6 +153,45 @@ def check_gumbel_max_sample(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         atol=0.01,
     )
     passed(check, len(cases) + 1)
+
+
+_ONE_NUMBER = (
+    "your value is one number for the whole batch: return one KL per row (sum over dim=-1 "
+    "only, with no sum or mean over the batch)."
+)
+
+
+def _kl_mistakes(logits: Tensor, kl: Tensor) -> list[tuple[Tensor, str]]:
+    """What typical wrong formulas give for ``logits`` (``kl``: the right values), and what to
+    say."""
+    log_c = math.log(logits.shape[-1])
+    q, log_q = torch.softmax(logits, -1), torch.log_softmax(logits, -1)
+    return [
+        (kl - log_c, "your value lacks the + log C (it is -H(q), not KL(q || uniform))."),
+        (
+            (q * logits).sum(-1) + log_c,
+            "your value uses the raw logits as log q: normalize them, log q = log_softmax(logits).",
+        ),
+        (
+            (-log_c - log_q).mean(-1),
+            "your value is KL(uniform || q), the other direction: the ELBO needs KL(q || p).",
+        ),
+        (-kl, "your value has the wrong sign: KL = sum_c q_c log q_c + log C = log C - H(q) >= 0."),
+        (
+            log_c - (q * log_q).sum(-1),
+            "your value is log C + H(q): the entropy enters with a minus sign, log C - H(q).",
+        ),
+        (
+            kl / math.log(2),
+            "your value is in bits (log base 2): the course uses nats, natural log.",
+        ),
+        (
+            (q * log_q).mean(-1) + log_c,
+            "your value averages q_c log q_c over the categories: sum them.",
+        ),
+        (kl.sum(), _ONE_NUMBER),
+        (kl.mean(), _ONE_NUMBER),
+    ]
 
 
 def check_categorical_kl_uniform(fn: Callable[[Tensor], Tensor]) -> None:
@@ -128,13 +239,18 @@ def check_categorical_kl_uniform(fn: Callable[[Tensor], Tensor]) -> None:
         ),
     ]
     for case, logits, hint in cases:
+        got = call_student(check, case, fn, logits.clone())
+        expected = reference(logits)
+        why = _diagnosis(got, _kl_mistakes(logits, expected))
+        if why and _diagnosis(got, [(expected, "right")]):
+            why = ""  # right (a mistake that gives the same value here is not diagnosed)
         compare(
             check,
             case,
-            call_student(check, case, fn, logits),
-            reference(logits),
+            got,
+            expected,
             what="KL(q || uniform)",
-            hint=hint,
+            hint=f"{why} {hint[:1].upper()}{hint[1:]}" if why else hint,
             rtol=1e-6,
             atol=1e-6,
         )

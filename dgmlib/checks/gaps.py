@@ -27,6 +27,75 @@ def _optimal_linear_encoder_reference(W: Tensor, b: Tensor, sigma2: float) -> tu
     return A, -A @ b, 1.0 / torch.diagonal(prec)
 
 
+def _encoder_mistakes(W: Tensor, b: Tensor, sigma2: float) -> dict[str, list[tuple[Tensor, str]]]:
+    """What typical wrong formulas give for ``A``, ``c`` and ``var``, and what to say."""
+    eye = torch.eye(W.shape[1], dtype=W.dtype)
+    prec = eye + W.T @ W / sigma2
+    A = torch.linalg.solve(prec, W.T) / sigma2
+    A_sd = _optimal_linear_encoder_reference(W, b, sigma2**0.5)[0]
+    no_prior = W.T @ W / sigma2
+    return {
+        "A": [
+            (
+                torch.linalg.solve(no_prior, W.T) / sigma2,
+                "your A leaves out the identity in L = I + W^T W / sigma2: the identity comes "
+                "from the prior N(0, I) (without it A is the pseudo-inverse of W).",
+            ),
+            (
+                A_sd,
+                "your A divides by sqrt(sigma2): sigma2 is the noise VARIANCE, divide by it "
+                "as it is.",
+            ),
+            (
+                torch.linalg.solve(prec, W.T),
+                "your A lacks the factor 1 / sigma2: A = L^{-1} W^T / sigma2.",
+            ),
+            (W.T / sigma2, "your A is W^T / sigma2: multiply by L^{-1} (solve with L)."),
+            (
+                torch.linalg.solve(eye + W.T @ W * sigma2, W.T) * sigma2,
+                "your A multiplies by sigma2 where it should divide: L = I + W^T W / sigma2.",
+            ),
+        ],
+        "c": [
+            (A @ b, "the sign of c: the posterior mean is A (x - b), so c = -A b, not +A b."),
+            (torch.zeros_like(A @ b), "your c is zero: the offset b shifts the mean, c = -A b."),
+        ],
+        "var": [
+            (
+                torch.diagonal(torch.linalg.inv(prec)),
+                "your var is the diagonal of the covariance L^{-1}, the exact posterior's "
+                "marginal variances, not the best diagonal q in KL(q || p).",
+            ),
+            (torch.diagonal(prec), "your var is L_ii, a precision: invert it, var_i = 1 / L_ii."),
+            (
+                torch.diagonal(prec).rsqrt(),
+                "your var is 1 / sqrt(L_ii), a standard deviation: var_i = 1 / L_ii.",
+            ),
+            (
+                1.0 / torch.diagonal(no_prior),
+                "your var leaves out the identity in L = I + W^T W / sigma2 (from the prior).",
+            ),
+            (
+                1.0 / torch.diagonal(eye + W.T @ W / sigma2**0.5),
+                "your var divides W^T W by sqrt(sigma2): sigma2 is the variance.",
+            ),
+        ],
+    }
+
+
+def _diagnosis(got: object, expected: Tensor, mistakes: list[tuple[Tensor, str]]) -> str:
+    """The message of the first mistake whose value ``got`` has (when it is not ``expected``)."""
+    if not isinstance(got, Tensor) or got.shape != expected.shape:
+        return ""
+    got = got.detach().to(DT)
+    if torch.allclose(got, expected, rtol=1e-6, atol=1e-8):
+        return ""
+    for wrong, why in mistakes:
+        if torch.allclose(got, wrong, rtol=1e-6, atol=1e-8):
+            return why
+    return ""
+
+
 def check_optimal_linear_encoder(
     fn: Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor, Tensor]],
 ) -> None:
@@ -61,7 +130,13 @@ def check_optimal_linear_encoder(
         if not isinstance(got, (tuple, list)) or len(got) != 3:
             fail(check, case, "expected a tuple (A, c, var).", mean_hint)
         A_ref, c_ref, var_ref = _optimal_linear_encoder_reference(W, b, s2)
-        compare(check, case, got[0], A_ref, hint=mean_hint, rtol=1e-6, atol=1e-8, what="A")
-        compare(check, case, got[1], c_ref, hint=mean_hint, rtol=1e-6, atol=1e-8, what="c")
-        compare(check, case, got[2], var_ref, hint=var_hint, rtol=1e-6, atol=1e-8, what="var")
+        mistakes = _encoder_mistakes(W, b, s2)
+        for name, value, ref, hint in (
+            ("A", got[0], A_ref, mean_hint),
+            ("c", got[1], c_ref, mean_hint),
+            ("var", got[2], var_ref, var_hint),
+        ):
+            why = _diagnosis(value, ref, mistakes[name])
+            hint = f"{why} {hint[:1].upper()}{hint[1:]}" if why else hint
+            compare(check, case, value, ref, hint=hint, rtol=1e-6, atol=1e-8, what=name)
     passed(check, len(cases))

@@ -37,6 +37,59 @@ def _from_monomials(coefficients: dict[tuple[int, ...], float], k: int) -> Tenso
     return f
 
 
+def _bit_reversal(k: int) -> Tensor:
+    """The permutation of the 2^k states that reverses the order of the k bits: int64 [2^k]."""
+    return torch.tensor([int(format(i, f"0{k}b")[::-1], 2) for i in range(2**k)])
+
+
+def _interaction_mistakes(f: Tensor) -> list[tuple[Tensor, str]]:
+    """What typical wrong transforms give for ``f [..., 2^k]``, and what to say."""
+    k = f.shape[-1].bit_length() - 1
+    a = _interactions_reference(f)
+    sizes = torch.tensor([bin(s).count("1") for s in range(2**k)])
+    subset = torch.tensor([[float(t & s == t) for t in range(2**k)] for s in range(2**k)], dtype=DT)
+    overlap = torch.tensor(
+        [[(-1.0) ** bin(s & t).count("1") for t in range(2**k)] for s in range(2**k)], dtype=DT
+    )
+    rev = _bit_reversal(k)
+    return [
+        (
+            f @ subset.T,
+            "your a sums f over the subsets with no signs: that is the inverse map (it makes f "
+            "from a); the coefficients need the alternating signs (-1)^(|S| - |T|).",
+        ),
+        (
+            a * (-1.0) ** sizes.to(DT),
+            "your signs are (-1)^|T|: the sign of f(1_T) in a_S is (-1)^(|S| - |T|), positive "
+            "for T = S.",
+        ),
+        (
+            a[..., rev],
+            "your coefficients are right but at the bit-reversed positions: a_S sits at the "
+            "index sum of 2^j over j in S, z_1 being bit 0, the lowest.",
+        ),
+        (
+            f @ overlap.T / 2**k,
+            "your a is the Fourier (Walsh-Hadamard) transform, the expansion for z in {-1, 1}: "
+            "here z is in {0, 1}, and a_S = sum over subsets T of S of (-1)^(|S| - |T|) f(1_T).",
+        ),
+        (f, "your a is f itself: the values at the states are not the coefficients."),
+    ]
+
+
+def _diagnosis(got: object, expected: Tensor, mistakes: list[tuple[Tensor, str]]) -> str:
+    """The message of the first mistake whose value ``got`` has (when it is not ``expected``)."""
+    if not isinstance(got, Tensor) or got.shape != expected.shape:
+        return ""
+    got = got.detach().to(DT)
+    if torch.allclose(got, expected, rtol=1e-9, atol=1e-10):
+        return ""
+    for wrong, why in mistakes:
+        if torch.allclose(got, wrong, rtol=1e-9, atol=1e-10):
+            return why
+    return ""
+
+
 def check_interactions(fn: Callable[[Tensor], Tensor]) -> None:
     """Check ``fn(f [..., 2^k]) -> a [..., 2^k]``: the coefficients of ``f(z) = sum_S a_S
     prod_{j in S} z_j``, with ``f`` and ``a`` indexed by the states of
@@ -98,5 +151,7 @@ def check_interactions(fn: Callable[[Tensor], Tensor]) -> None:
     ]
     for case, f, expected, hint in cases:
         got = call_student(check, case, fn, f.clone())
+        why = _diagnosis(got, expected, _interaction_mistakes(f))
+        hint = f"{why} {hint[:1].upper()}{hint[1:]}" if why else hint
         compare(check, case, got, expected, hint=hint, rtol=1e-9, atol=1e-10, what="a")
     passed(check, len(cases))
