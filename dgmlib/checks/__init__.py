@@ -20,7 +20,7 @@ and 05), :mod:`dgmlib.checks.priors` (lecture 06), :mod:`dgmlib.checks.discrete`
 :mod:`dgmlib.checks.gan` (lecture 08), :mod:`dgmlib.checks.avb` (lecture 09),
 :mod:`dgmlib.checks.gaps` and :mod:`dgmlib.checks.harmonium` (lecture 10),
 :mod:`dgmlib.checks.hierarchical` (lecture 11), :mod:`dgmlib.checks.diffusion` (lecture 12)
-and :mod:`dgmlib.checks.flows` (appendix A1); :mod:`dgmlib.checks._common` holds the plumbing
+and :mod:`dgmlib.checks.flows` (appendix A1); :mod:`dgmlib.checks.common` holds the plumbing
 they share.
 """
 

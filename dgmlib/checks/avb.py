@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmlib.avb import JointDiscriminator, avb_losses
-from dgmlib.checks._common import as_float64, call_student, compare, fail, passed
+from dgmlib.checks.common import as_float64, call_student, compare, fail, passed
 from dgmlib.density_ratio import gaussian_log_ratio_coefficients
 from dgmlib.models.vae import BernoulliDecoder
 

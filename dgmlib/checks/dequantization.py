@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal
 
-from dgmlib.checks._common import as_float64, call_student, compare, fail, passed
+from dgmlib.checks.common import as_float64, call_student, compare, diagnose, fail, passed
 from dgmlib.dequantization import discretized_logistic_log_prob
 
 __all__ = ["check_dequantized_bpd", "check_discretized_logistic"]
@@ -97,17 +97,6 @@ def _logistic_mistakes(kwargs: dict[str, Any]) -> list[tuple[Tensor, str]]:
     return mistakes
 
 
-def _diagnosed_hint(
-    got: Tensor, mistakes: list[tuple[Tensor, str]], default: str, atol: float, rtol: float
-) -> str:
-    """The hint of the first typical mistake whose result ``got`` reproduces, else ``default``."""
-    for wrong, hint in mistakes:
-        wrong = torch.as_tensor(wrong, dtype=torch.float64)
-        if wrong.shape == got.shape and torch.allclose(got, wrong, rtol=rtol, atol=atol):
-            return hint
-    return default
-
-
 def check_discretized_logistic(fn: Callable[..., Tensor], atol: float = 1e-6) -> None:
     """Check ``fn(x_int, loc, scale, num_levels)``: log-masses of a discretized logistic."""
     check = "check_discretized_logistic"
@@ -122,7 +111,7 @@ def check_discretized_logistic(fn: Callable[..., Tensor], atol: float = 1e-6) ->
             got,
             discretized_logistic_log_prob(**kwargs),
             what="the log-mass tensor",
-            hint=_diagnosed_hint(got, _logistic_mistakes(kwargs), hint, atol, atol),
+            hint=diagnose(got, _logistic_mistakes(kwargs), hint, rtol=atol, atol=atol),
             rtol=atol,
             atol=atol,
         )
@@ -268,7 +257,7 @@ def check_dequantized_bpd(fn: Callable[..., Tensor]) -> None:
             got,
             expected,
             what="the bound in bits/dim",
-            hint=_diagnosed_hint(got, mistakes, hint, atol, 0.0),
+            hint=diagnose(got, mistakes, hint, rtol=0.0, atol=atol),
             rtol=0.0,
             atol=atol,
         )

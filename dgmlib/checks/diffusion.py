@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dgmlib.checks._common import as_float64, call_student, compare, fail, passed
+from dgmlib.checks.common import as_float64, call_student, compare, diagnose, fail, passed
 from dgmlib.diffusion import alpha_bars, forward_marginal, forward_posterior
 
 __all__ = ["check_forward_posterior", "check_marginal_sample"]
@@ -24,21 +24,6 @@ __all__ = ["check_forward_posterior", "check_marginal_sample"]
 DT = torch.float64
 RTOL = 1e-6
 ATOL = 1e-9
-
-
-def _matches(got: Tensor, wrong: Tensor) -> bool:
-    try:
-        wrong = torch.broadcast_to(torch.as_tensor(wrong, dtype=DT), got.shape)
-    except RuntimeError:
-        return False
-    return bool(torch.allclose(got, wrong, rtol=RTOL, atol=ATOL))
-
-
-def _diagnose(got: Tensor, wrongs: list[tuple[Tensor, str]], default: str) -> str:
-    """The messages of every typical mistake that reproduces ``got`` (on a simple case two
-    mistakes can give the same numbers), else ``default``."""
-    matched = [message for wrong, message in wrongs if _matches(got, wrong)]
-    return " Or: ".join(matched) if matched else default
 
 
 def _abar(betas: Tensor, t: int) -> Tensor:
@@ -132,7 +117,15 @@ def check_marginal_sample(fn: Callable[[Tensor, int, Tensor, Tensor], Any]) -> N
         got = as_float64(check, name, got_raw, "z_t")
         mean, var = forward_marginal(x0, t, betas)
         expected = mean + var.sqrt() * eps
-        hint = _diagnose(got, _sample_mistakes(x0, t, betas, eps), general)
+        hint = diagnose(
+            got,
+            _sample_mistakes(x0, t, betas, eps),
+            general,
+            rtol=RTOL,
+            atol=ATOL,
+            every=True,
+            broadcast=True,
+        )
         compare(check, name, got, expected, what="z_t", hint=hint, rtol=RTOL, atol=ATOL)
     passed(check, len(cases))
 
@@ -302,8 +295,24 @@ def check_forward_posterior(fn: Callable[[Tensor, Tensor, int, Tensor], Any]) ->
                 "the forward process is isotropic: one number (a 0-d tensor) is enough.",
             )
         var_ref = torch.broadcast_to(var_exp, var_b.shape)
-        hint = _diagnose(var_b, [(v, h) for m, v, h in mistakes if v is not None], general_var)
+        hint = diagnose(
+            var_b,
+            [(v, h) for m, v, h in mistakes if v is not None],
+            general_var,
+            rtol=RTOL,
+            atol=ATOL,
+            every=True,
+            broadcast=True,
+        )
         compare(check, name, var_b, var_ref, what="the variance", hint=hint, rtol=RTOL, atol=ATOL)
-        hint = _diagnose(mean_got, [(m, h) for m, v, h in mistakes if m is not None], general_mean)
+        hint = diagnose(
+            mean_got,
+            [(m, h) for m, v, h in mistakes if m is not None],
+            general_mean,
+            rtol=RTOL,
+            atol=ATOL,
+            every=True,
+            broadcast=True,
+        )
         compare(check, name, mean_got, mean_exp, what="the mean", hint=hint, rtol=RTOL, atol=ATOL)
     passed(check, len(cases))

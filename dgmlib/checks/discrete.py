@@ -4,13 +4,13 @@ distribution to the uniform one."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torch.distributions import Categorical, kl_divergence
 
-from dgmlib.checks._common import call_student, compare, fail, passed
+from dgmlib.checks.common import call_student, compare, diagnose, fail, matches, passed
 
 __all__ = ["check_categorical_kl_uniform", "check_gumbel_max_sample"]
 
@@ -20,23 +20,6 @@ DT = torch.float64
 def _gumbel_max_reference(logits: Tensor, u: Tensor) -> Tensor:
     """``argmax_c (logits_c - log(-log u_c))``: int64 ``[...]``."""
     return (logits - torch.log(-torch.log(u))).argmax(-1)
-
-
-def _diagnosis(got: object, mistakes: Sequence[tuple[Tensor, str]], exact: bool = False) -> str:
-    """The message of the first typical mistake whose value ``got`` equals (same number of
-    elements; ``exact``: equal, else within 1e-6 relative), or ``""`` when none matches."""
-    if not isinstance(got, Tensor):
-        return ""
-    values = got.detach().cpu().reshape(-1).to(DT)
-    for wrong, why in mistakes:
-        wrong = wrong.reshape(-1).to(DT)
-        if wrong.shape != values.shape:
-            continue
-        if exact and torch.equal(values, wrong):
-            return why
-        if not exact and torch.allclose(values, wrong, rtol=1e-6, atol=1e-9, equal_nan=True):
-            return why
-    return ""
 
 
 def _gumbel_mistakes(logits: Tensor, u: Tensor) -> list[tuple[Tensor, str]]:
@@ -123,7 +106,7 @@ def check_gumbel_max_sample(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         why = ""
         if not torch.equal(got, expected):  # which mistake? 400 rows tell them apart
             probe = call_student(check, case, fn, logits_probe.clone(), u_probe.clone())
-            why = _diagnosis(probe, _gumbel_mistakes(logits_probe, u_probe), exact=True)
+            why = diagnose(probe, _gumbel_mistakes(logits_probe, u_probe), rtol=0.0, atol=0.0)
         compare(
             check,
             case,
@@ -241,8 +224,8 @@ def check_categorical_kl_uniform(fn: Callable[[Tensor], Tensor]) -> None:
     for case, logits, hint in cases:
         got = call_student(check, case, fn, logits.clone())
         expected = reference(logits)
-        why = _diagnosis(got, _kl_mistakes(logits, expected))
-        if why and _diagnosis(got, [(expected, "right")]):
+        why = diagnose(got, _kl_mistakes(logits, expected))
+        if why and matches(got, expected):
             why = ""  # right (a mistake that gives the same value here is not diagnosed)
         compare(
             check,

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from dgmlib.checks._common import as_float64, call_student, compare, fail, passed
+from dgmlib.checks.common import as_float64, call_student, compare, fail, passed
 from dgmlib.ode import divergence_exact, divergence_hutchinson
 
 __all__ = ["check_adjoint_dynamics", "check_hutchinson_divergence"]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from dgmlib.checks._common import call_student, compare, passed
+from dgmlib.checks.common import call_student, compare, diagnose, passed
 from dgmlib.gan import jsd, kl, optimal_discriminator
 
 __all__ = ["check_jsd", "check_optimal_discriminator"]
@@ -27,17 +27,6 @@ def _normal_log_pdf(x: Tensor, mean: float, std: float) -> Tensor:
 
 
 Mistake = tuple[Tensor, str]  # what a typical mistake returns, and the hint that names it
-
-
-def _diagnose(got: object, mistakes: list[Mistake], hint: str) -> str:
-    """The hint of the first mistake whose result ``got`` matches (rtol 1e-6), else ``hint``."""
-    if not isinstance(got, Tensor):
-        return hint
-    got64 = got.detach().to(DT)
-    for wrong, mistake_hint in mistakes:
-        if got64.shape == wrong.shape and torch.allclose(got64, wrong, rtol=1e-6, atol=1e-9):
-            return mistake_hint
-    return hint
 
 
 def _discriminator_mistakes(log_pd: Tensor, log_pg: Tensor) -> list[Mistake]:
@@ -103,7 +92,7 @@ def check_optimal_discriminator(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
             got,
             optimal_discriminator(a, b),
             what="D*",
-            hint=_diagnose(got, _discriminator_mistakes(a, b), hint),
+            hint=diagnose(got, _discriminator_mistakes(a, b), hint),
             rtol=1e-6,
             atol=1e-9,
         )
@@ -177,6 +166,6 @@ def check_jsd(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
     ]
     for case, (p, q, step), hint in cases:
         got = call_student(check, case, fn, p, q, step)
-        hint = _diagnose(got, _jsd_mistakes(p, q, step), hint)
+        hint = diagnose(got, _jsd_mistakes(p, q, step), hint)
         compare(check, case, got, jsd(p, q, step), what="the JSD", hint=hint, rtol=1e-6, atol=1e-9)
     passed(check, len(cases))

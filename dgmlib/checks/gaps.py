@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from dgmlib.checks._common import call_student, compare, fail, passed
+from dgmlib.checks.common import call_student, compare, diagnose, fail, passed
 
 __all__ = ["check_optimal_linear_encoder"]
 
@@ -83,19 +83,6 @@ def _encoder_mistakes(W: Tensor, b: Tensor, sigma2: float) -> dict[str, list[tup
     }
 
 
-def _diagnosis(got: object, expected: Tensor, mistakes: list[tuple[Tensor, str]]) -> str:
-    """The message of the first mistake whose value ``got`` has (when it is not ``expected``)."""
-    if not isinstance(got, Tensor) or got.shape != expected.shape:
-        return ""
-    got = got.detach().to(DT)
-    if torch.allclose(got, expected, rtol=1e-6, atol=1e-8):
-        return ""
-    for wrong, why in mistakes:
-        if torch.allclose(got, wrong, rtol=1e-6, atol=1e-8):
-            return why
-    return ""
-
-
 def check_optimal_linear_encoder(
     fn: Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor, Tensor]],
 ) -> None:
@@ -136,7 +123,6 @@ def check_optimal_linear_encoder(
             ("c", got[1], c_ref, mean_hint),
             ("var", got[2], var_ref, var_hint),
         ):
-            why = _diagnosis(value, ref, mistakes[name])
-            hint = f"{why} {hint[:1].upper()}{hint[1:]}" if why else hint
+            hint = diagnose(value, mistakes[name], hint, atol=1e-8, and_default=True)
             compare(check, case, value, ref, hint=hint, rtol=1e-6, atol=1e-8, what=name)
     passed(check, len(cases))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from dgmlib.checks._common import call_student, compare, passed
+from dgmlib.checks.common import call_student, compare, diagnose, passed
 from dgmlib.harmonium import binary_states, softplus
 
 __all__ = ["check_interactions"]
@@ -77,19 +77,6 @@ def _interaction_mistakes(f: Tensor) -> list[tuple[Tensor, str]]:
     ]
 
 
-def _diagnosis(got: object, expected: Tensor, mistakes: list[tuple[Tensor, str]]) -> str:
-    """The message of the first mistake whose value ``got`` has (when it is not ``expected``)."""
-    if not isinstance(got, Tensor) or got.shape != expected.shape:
-        return ""
-    got = got.detach().to(DT)
-    if torch.allclose(got, expected, rtol=1e-9, atol=1e-10):
-        return ""
-    for wrong, why in mistakes:
-        if torch.allclose(got, wrong, rtol=1e-9, atol=1e-10):
-            return why
-    return ""
-
-
 def check_interactions(fn: Callable[[Tensor], Tensor]) -> None:
     """Check ``fn(f [..., 2^k]) -> a [..., 2^k]``: the coefficients of ``f(z) = sum_S a_S
     prod_{j in S} z_j``, with ``f`` and ``a`` indexed by the states of
@@ -151,7 +138,7 @@ def check_interactions(fn: Callable[[Tensor], Tensor]) -> None:
     ]
     for case, f, expected, hint in cases:
         got = call_student(check, case, fn, f.clone())
-        why = _diagnosis(got, expected, _interaction_mistakes(f))
-        hint = f"{why} {hint[:1].upper()}{hint[1:]}" if why else hint
+        mistakes = _interaction_mistakes(f)
+        hint = diagnose(got, mistakes, hint, rtol=1e-9, atol=1e-10, and_default=True)
         compare(check, case, got, expected, hint=hint, rtol=1e-9, atol=1e-10, what="a")
     passed(check, len(cases))

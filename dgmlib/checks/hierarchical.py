@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal, kl_divergence
 
-from dgmlib.checks._common import as_float64, call_student, compare, fail, passed
+from dgmlib.checks.common import as_float64, call_student, compare, fail, passed
 
 __all__ = ["check_backward_message", "check_ladder_merge", "check_topdown_kls"]
 

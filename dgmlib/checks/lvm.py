@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from dgmlib.checks._common import as_float64, call_student, compare, fail, fmt, passed
+from dgmlib.checks.common import as_float64, call_student, compare, diagnose, fail, fmt, passed
 from dgmlib.distributions import log_mean_exp
 from dgmlib.models.ppca import PPCA
 
@@ -31,20 +31,12 @@ class Case:
     diagnoses: Sequence[tuple[Callable[..., Any], str]] = field(default_factory=tuple)
 
 
-def _hint_for(case: Case, got: Tensor, default: str) -> str:
-    """The hint of the first known mistake that reproduces ``got``, else the case's own hint."""
-    for wrong_fn, message in case.diagnoses:
-        wrong = torch.as_tensor(wrong_fn(*case.args), dtype=torch.float64)
-        if wrong.shape == got.shape and torch.allclose(got, wrong, rtol=RTOL, atol=ATOL):
-            return message
-    return case.hint or default
-
-
 def _compare_diagnosed(
     check: str, case: Case, got: Tensor, expected: Tensor, what: str, default: str
 ) -> None:
     """:func:`compare` ``got`` with ``expected``; the hint names the known mistake it matches."""
-    hint = _hint_for(case, got, default)
+    mistakes = [(wrong(*case.args), message) for wrong, message in case.diagnoses]
+    hint = diagnose(got, mistakes, case.hint or default, rtol=RTOL, atol=ATOL)
     compare(check, case.name, got, expected, what=what, hint=hint, rtol=RTOL, atol=ATOL)
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from dgmlib.checks._common import as_float64, call_student, compare, passed
+from dgmlib.checks.common import as_float64, call_student, compare, diagnose, passed
 
 __all__ = ["check_aggregate_posterior_log_prob", "check_mixture_prior_log_prob"]
 
@@ -57,14 +57,6 @@ def _gaussian_mistakes(
     ]
 
 
-def _diagnosed_hint(got: Tensor, mistakes: list[tuple[Tensor, str]], default: str) -> str:
-    """The hint of the first typical mistake whose result ``got`` reproduces, else ``default``."""
-    for wrong, hint in mistakes:
-        if wrong.shape == got.shape and torch.allclose(got, wrong, rtol=RTOL, atol=ATOL):
-            return hint
-    return default
-
-
 def _compare_diagnosed(
     check: str,
     fn: Callable[..., Tensor],
@@ -75,7 +67,7 @@ def _compare_diagnosed(
     a result that reproduces one of the mistakes gets that mistake's hint."""
     for case, args, expected, hint, mistakes in rows:
         got = as_float64(check, case, call_student(check, case, fn, *args), what)
-        hint = _diagnosed_hint(got, mistakes, hint)
+        hint = diagnose(got, mistakes, hint, rtol=RTOL, atol=ATOL)
         compare(check, case, got, expected, hint=hint, what=what, rtol=RTOL, atol=ATOL)
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal, kl_divergence
 
-from dgmlib.checks._common import call_student, compare, compare_cases, fail, passed
+from dgmlib.checks.common import call_student, compare, compare_cases, fail, passed
 
 __all__ = [
     "check_active_units",

@@ -131,6 +131,53 @@ def compare_cases(
         compare(check, case, call_student(check, case, fn, *args), expected, hint=hint, **options)
 
 
+def matches(
+    got: object, wrong: object, rtol: float = 1e-6, atol: float = 1e-9, broadcast: bool = False
+) -> bool:
+    """Whether ``got`` reproduces the value ``wrong`` of a typical mistake: tensors (or equally
+    long tuples of tensors) of the same shapes (``broadcast``: ``wrong`` broadcast to ``got``'s),
+    equal within ``rtol`` and ``atol`` in float64, NaN matching NaN."""
+    got_parts = list(got) if isinstance(got, (tuple, list)) else [got]
+    wrong_parts = list(wrong) if isinstance(wrong, (tuple, list)) else [wrong]
+    if len(got_parts) != len(wrong_parts):
+        return False
+    for g, w in zip(got_parts, wrong_parts, strict=True):
+        if not isinstance(g, Tensor):
+            return False
+        g = g.detach().to("cpu", torch.float64)
+        w = torch.as_tensor(w).detach().to("cpu", torch.float64)
+        if broadcast and w.shape != g.shape:
+            try:
+                w = torch.broadcast_to(w, g.shape)
+            except RuntimeError:
+                return False
+        if w.shape != g.shape or not torch.allclose(g, w, rtol=rtol, atol=atol, equal_nan=True):
+            return False
+    return True
+
+
+def diagnose(
+    got: object,
+    mistakes: Iterable[tuple[object, str]],
+    default: str = "",
+    *,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    every: bool = False,
+    broadcast: bool = False,
+    and_default: bool = False,
+) -> str:
+    """The hint of the first typical mistake ``(value, hint)`` whose value ``got`` reproduces
+    (:func:`matches`), else ``default``; ``every``: the hints of all that match, joined by
+    " Or: " (on a simple case two mistakes can give the same numbers); ``and_default``: the
+    hint found followed by ``default`` (capitalised)."""
+    found = [hint for wrong, hint in mistakes if matches(got, wrong, rtol, atol, broadcast)]
+    if not found:
+        return default
+    why = " Or: ".join(found) if every else found[0]
+    return f"{why} {default[:1].upper()}{default[1:]}" if and_default and default else why
+
+
 def passed(check: str, n_cases: int) -> None:
     """Print the one success line of a check."""
     print(f"{check}: all {n_cases} cases pass.")
