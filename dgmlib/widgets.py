@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ipywidgets
@@ -124,6 +124,18 @@ class Exploration:
         controls["text/plain"] = f"(controls {', '.join(self.controls)}: run the cell to use them)"
         display(controls, raw=True)
         self.handles.append(display(self.mimebundle(), raw=True, display_id=True))
+
+
+def choose(
+    values: Sequence[Any], value: Any, description: str, fmt: str | None = None
+) -> ipywidgets.SelectionSlider:
+    """A slider over the ``values`` a lecture computed beforehand, starting at ``value``, each
+    labelled ``fmt.format(v)`` (e.g. ``"{:.2g}"``; ``None``: ``str(v)``)."""
+    values = list(values)
+    if value not in values:
+        raise ValueError(f"choose: value {value!r} is not one of the {len(values)} values given")
+    options = [(str(v) if fmt is None else fmt.format(v), v) for v in values]
+    return ipywidgets.SelectionSlider(options=options, value=value, description=description)
 
 
 def explore(

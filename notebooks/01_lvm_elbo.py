@@ -56,7 +56,6 @@
 import math
 from functools import partial
 
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -69,7 +68,7 @@ from dgmlib.data import load_digits
 from dgmlib.distributions import log_mean_exp, sample_mvn
 from dgmlib.models import PPCA
 from dgmlib.plot import image_grid
-from dgmlib.widgets import explore
+from dgmlib.widgets import choose, explore
 
 device = dgmlib.notebook_setup(0)  # unused: the closed-form checks below run on the CPU
 set_threads(1)  # every tensor in this lecture is tiny: one CPU thread is fastest
@@ -516,10 +515,7 @@ def draw_naive_estimates(axes, k: int) -> None:
 
 
 explore(
-    draw_naive_estimates,
-    ncols=2,
-    figsize=(11.0, 3.8),
-    k=widgets.SelectionSlider(options=latent_dims, value=8, description="latent dim k"),
+    draw_naive_estimates, ncols=2, figsize=(11.0, 3.8), k=choose(latent_dims, 8, "latent dim k")
 )
 
 # %% [markdown]

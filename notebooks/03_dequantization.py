@@ -41,7 +41,6 @@
 # %%
 import math
 
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -61,7 +60,7 @@ from dgmlib.dequantization import (
 from dgmlib.plot import image_grid
 from dgmlib.stats import fmt  # 4 significant digits: stable across runs
 from dgmlib.units import log_density_to_integer_units, nats_to_bits_per_dim
-from dgmlib.widgets import explore
+from dgmlib.widgets import choose, explore
 
 dgmlib.notebook_setup(0)
 torch.set_default_dtype(torch.float64)  # the checks below compare numbers to ~1e-9
@@ -255,12 +254,7 @@ def draw_spike(axes, sigma: float) -> None:
 
 
 explore(
-    draw_spike,
-    ncols=2,
-    figsize=(11.0, 3.8),
-    sigma=widgets.SelectionSlider(
-        options=[(f"{s:.2g}", s) for s in sigmas], value=sigmas[18], description="width σ"
-    ),
+    draw_spike, ncols=2, figsize=(11.0, 3.8), sigma=choose(sigmas, sigmas[18], "width σ", "{:.2g}")
 )
 
 # %% [markdown]

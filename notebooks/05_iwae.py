@@ -53,7 +53,6 @@
 # %%
 import math
 
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -67,7 +66,7 @@ from dgmlib.data import binarize_fixed, load_fashion_mnist
 from dgmlib.diagnostics import active_units, gradient_snr, loglog_slope, mean_snr
 from dgmlib.models import PPCA
 from dgmlib.stats import fmt, mean_se
-from dgmlib.widgets import explore
+from dgmlib.widgets import choose, explore
 
 dgmlib.notebook_setup(0)  # seeds, thread count, plot style
 DT = torch.float64  # the exact checks (pPCA, gradient SNR) run in double precision
@@ -429,12 +428,7 @@ def draw_sets(axes: np.ndarray, K: int) -> None:
     ax_gap.legend(loc="lower left", fontsize=9)
 
 
-explore(
-    draw_sets,
-    ncols=2,
-    figsize=(11.0, 4.0),
-    K=widgets.SelectionSlider(options=K_OPTIONS, value=5),
-)
+explore(draw_sets, ncols=2, figsize=(11.0, 4.0), K=choose(K_OPTIONS, 5, "K"))
 
 # %% [markdown]
 # Two features are worth noticing. Most of the improvement comes from the first few samples: the

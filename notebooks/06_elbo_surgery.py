@@ -62,7 +62,6 @@
 # %%
 import math
 
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -92,7 +91,7 @@ from dgmlib.surgery import (
     summarize_surgery,
     surgery_samples,
 )
-from dgmlib.widgets import explore
+from dgmlib.widgets import choose, explore
 
 dgmlib.notebook_setup(0)  # seeds and plot style
 dgmlib.set_threads(1)  # one thread: small tensor operations are fastest and reproducible
@@ -420,12 +419,7 @@ def draw_codes(axes, sigma: float) -> None:
 
 
 explore(
-    draw_codes,
-    ncols=2,
-    figsize=(11.0, 4.2),
-    sigma=widgets.SelectionSlider(
-        options=[(f"{s:.2g}", s) for s in sigmas], value=sigmas[4], description="width σ"
-    ),
+    draw_codes, ncols=2, figsize=(11.0, 4.2), sigma=choose(sigmas, sigmas[4], "width σ", "{:.2g}")
 )
 
 # %% [markdown]

@@ -60,7 +60,6 @@
 # %%
 import math
 
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -87,7 +86,7 @@ from dgmlib.models.binary_hierarchy import (
 )
 from dgmlib.models.hierarchical import layer_statistics, precision_weighted
 from dgmlib.stats import fmt, mean_se
-from dgmlib.widgets import explore
+from dgmlib.widgets import choose, explore
 
 DEVICE = dgmlib.notebook_setup(0)
 DT = torch.float64  # the exact checks run in double precision
@@ -468,15 +467,12 @@ def draw_split(axes, noise1):
     ax_all.legend(fontsize=8)
 
 
+noise_values = [float(s) for s in noise_grid]
 explore(
     draw_split,
     ncols=2,
     figsize=(11, 4),
-    noise1=widgets.SelectionSlider(
-        options=[(f"{s:.2g}", float(s)) for s in noise_grid],
-        value=float(noise_grid[10]),
-        description="noise of z1",
-    ),
+    noise1=choose(noise_values, noise_values[10], "noise of z1", "{:.2g}"),
 )
 
 # %% [markdown]

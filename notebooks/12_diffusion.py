@@ -57,7 +57,6 @@
 # %%
 import math
 
-import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -87,7 +86,7 @@ from dgmlib.io import load_checkpoint
 from dgmlib.plot import image_grid
 from dgmlib.stats import fmt, mean_se
 from dgmlib.units import log_density_to_integer_units, nats_to_bits_per_dim
-from dgmlib.widgets import explore
+from dgmlib.widgets import choose, explore
 
 notebook_setup(0)
 set_threads(1)  # one thread: small tensor operations are fastest and reproducible
@@ -1234,12 +1233,7 @@ def draw_step(axes, t):
     ax_kl.legend(loc="lower left")
 
 
-explore(
-    draw_step,
-    ncols=2,
-    figsize=(12, 4.2),
-    t=widgets.SelectionSlider(options=shown_steps, value=10, description="step t"),
-)
+explore(draw_step, ncols=2, figsize=(12, 4.2), t=choose(shown_steps, 10, "step t"))
 
 # %% [markdown]
 # ## 8. Diffusion as a hierarchical VAE

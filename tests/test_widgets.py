@@ -17,7 +17,7 @@ import pytest
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from dgmlib.widgets import Exploration, explore
+from dgmlib.widgets import Exploration, choose, explore
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -72,6 +72,21 @@ def test_several_controls_and_axes() -> None:
     assert seen == [(2, 1.0, "a"), (2, 1.0, "b")]
     assert ex.controls["p"].description == "p"  # a control without a description gets its name
     assert [c.description for c in ex.widget.children[:2]] == ["p", "label"]
+
+
+def test_choose_slides_over_given_values_with_formatted_labels() -> None:
+    seen = []
+    ex = explore(
+        lambda ax, s: seen.append(s), s=choose([0.001, 0.0316, 1.0], 0.0316, "width", "{:.2g}")
+    )
+    control = ex.controls["s"]
+    assert [label for label, _ in control.options] == ["0.001", "0.032", "1"]
+    assert control.description == "width" and control.value == 0.0316
+    control.index = 2  # one step of the slider to the right
+    assert seen == [0.0316, 1.0]
+    assert [label for label, _ in choose([1, 10], 1, "K").options] == ["1", "10"]
+    with pytest.raises(ValueError, match="value 3 is not one of the 2 values given"):
+        choose([1, 10], 3, "K")
 
 
 def test_bad_arguments_are_named() -> None:
