@@ -11,6 +11,7 @@ variance with ``1 - abar_{t+1}``) and the hint names the one that reproduces it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -24,6 +25,9 @@ __all__ = ["check_forward_posterior", "check_marginal_sample"]
 DT = torch.float64
 RTOL = 1e-6
 ATOL = 1e-9
+# how a wrong answer is matched to the typical mistakes: every match is named (on a simple
+# case two mistakes can give the same numbers), and a scalar stands for a constant tensor
+diagnose_all = partial(diagnose, rtol=RTOL, atol=ATOL, every=True, broadcast=True)
 
 
 def _abar(betas: Tensor, t: int) -> Tensor:
@@ -117,15 +121,7 @@ def check_marginal_sample(fn: Callable[[Tensor, int, Tensor, Tensor], Any]) -> N
         got = as_float64(check, name, got_raw, "z_t")
         mean, var = forward_marginal(x0, t, betas)
         expected = mean + var.sqrt() * eps
-        hint = diagnose(
-            got,
-            _sample_mistakes(x0, t, betas, eps),
-            general,
-            rtol=RTOL,
-            atol=ATOL,
-            every=True,
-            broadcast=True,
-        )
+        hint = diagnose_all(got, _sample_mistakes(x0, t, betas, eps), general)
         compare(check, name, got, expected, what="z_t", hint=hint, rtol=RTOL, atol=ATOL)
     passed(check, len(cases))
 
@@ -295,24 +291,10 @@ def check_forward_posterior(fn: Callable[[Tensor, Tensor, int, Tensor], Any]) ->
                 "the forward process is isotropic: one number (a 0-d tensor) is enough.",
             )
         var_ref = torch.broadcast_to(var_exp, var_b.shape)
-        hint = diagnose(
-            var_b,
-            [(v, h) for m, v, h in mistakes if v is not None],
-            general_var,
-            rtol=RTOL,
-            atol=ATOL,
-            every=True,
-            broadcast=True,
-        )
+        hint = diagnose_all(var_b, [(v, h) for _, v, h in mistakes if v is not None], general_var)
         compare(check, name, var_b, var_ref, what="the variance", hint=hint, rtol=RTOL, atol=ATOL)
-        hint = diagnose(
-            mean_got,
-            [(m, h) for m, v, h in mistakes if m is not None],
-            general_mean,
-            rtol=RTOL,
-            atol=ATOL,
-            every=True,
-            broadcast=True,
+        hint = diagnose_all(
+            mean_got, [(m, h) for m, _, h in mistakes if m is not None], general_mean
         )
         compare(check, name, mean_got, mean_exp, what="the mean", hint=hint, rtol=RTOL, atol=ATOL)
     passed(check, len(cases))

@@ -53,6 +53,24 @@ def _diagnose(got: Any, args: tuple, mistakes: Mistakes, default: str) -> str:
     return default
 
 
+def _compare_pairs(
+    check: str,
+    fn: Callable[..., Any],
+    cases: Sequence[tuple[str, tuple[Tensor, ...]]],
+    what: tuple[str, str],
+    reference: Callable[..., tuple[Tensor, Tensor]],
+    mistakes: Mistakes,
+    default: str,
+) -> None:
+    """For each case ``(name, args)``: ``fn(*args)`` must return the pair named ``what`` that
+    ``reference(*args)`` returns; a wrong pair gets the hint of the mistake it reproduces."""
+    for case, args in cases:
+        got = _as_pair(check, case, call_student(check, case, fn, *args), f"({', '.join(what)})")
+        hint = _diagnose(got, args, mistakes, default)
+        for name, value, expected in zip(what, got, reference(*args), strict=True):
+            compare(check, case, value, expected, what=name, hint=hint, rtol=RTOL, atol=ATOL)
+
+
 def _as_pair(check: str, case: str, got: Any, what: str) -> tuple[Any, Any]:
     if not isinstance(got, (tuple, list)) or len(got) != 2:
         fail(
@@ -175,13 +193,8 @@ def check_topdown_kls(fn: Callable[..., Any]) -> None:
         "KL = 0.5 (log var_p - log var_q + (var_q + (mu_q - mu_p)^2) / var_p - 1), summed over "
         "the last dimension only."
     )
-    for case, args in cases:
-        got = call_student(check, case, fn, *args)
-        got2, got1 = _as_pair(check, case, got, "(kl_z2, kl_z1)")
-        exp2, exp1 = _topdown_reference(*args)
-        hint = _diagnose((got2, got1), args, _TOPDOWN_MISTAKES, default)
-        compare(check, case, got2, exp2, what="kl_z2", hint=hint, rtol=RTOL, atol=ATOL)
-        compare(check, case, got1, exp1, what="kl_z1", hint=hint, rtol=RTOL, atol=ATOL)
+    what = ("kl_z2", "kl_z1")
+    _compare_pairs(check, fn, cases, what, _topdown_reference, _TOPDOWN_MISTAKES, default)
     passed(check, len(cases))
 
 
@@ -274,13 +287,7 @@ def check_ladder_merge(fn: Callable[..., Any]) -> None:
         "precisions add: 1/var = 1/var_a + 1/var_b with var = exp(logvar); "
         "mu = var * (mu_a / var_a + mu_b / var_b); return (mu, log var)."
     )
-    for case, args in cases:
-        got = call_student(check, case, fn, *args)
-        mu, logvar = _as_pair(check, case, got, "(mu, logvar)")
-        exp_mu, exp_lv = _merge_reference(*args)
-        hint = _diagnose((mu, logvar), args, _MERGE_MISTAKES, default)
-        compare(check, case, mu, exp_mu, what="mu", hint=hint, rtol=RTOL, atol=ATOL)
-        compare(check, case, logvar, exp_lv, what="logvar", hint=hint, rtol=RTOL, atol=ATOL)
+    _compare_pairs(check, fn, cases, ("mu", "logvar"), _merge_reference, _MERGE_MISTAKES, default)
     # the product of densities, checked pointwise: log N(z; mu, var) - log N_a - log N_b is
     # the same for every z
     case = "the merged density is proportional to the product of the two"
