@@ -5,14 +5,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
+from helpers import run_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 # The browser of the website and JupyterLab tests: the system's Chromium where there is one, with
@@ -61,12 +60,7 @@ def book_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (out / "ok").is_file():
             return html
         t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "tools" / "build_book.py"), "--path-output", str(out)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
+        proc = run_tool("build_book.py", "--path-output", str(out))
         if proc.returncode != 0:
             pytest.fail(
                 f"the book build failed (exit status {proc.returncode}):\n"

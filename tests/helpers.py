@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -59,6 +61,18 @@ def fails(check, fn, case: str, hint: str) -> str:
     assert msg.startswith(prefix) and case in msg[len(prefix) :].split("'")[0], msg
     assert "Hint:" in msg and hint in msg.split("Hint:")[1], msg
     return msg
+
+
+def run_tool(tool: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``python tools/<tool> args...`` from the repository root, output captured (text); ``env``
+    added to the environment."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / tool), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
 
 
 def training_script(lecture: str) -> ModuleType:

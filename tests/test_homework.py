@@ -32,6 +32,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "tools"))
+from helpers import run_tool  # noqa: E402
 from make_homework import split_exercise  # noqa: E402
 
 
@@ -138,13 +139,8 @@ def course(tmp_path_factory: pytest.TempPathFactory) -> Path:
     graded, with feedback and grades.csv; prints the scores and the times."""
     course = tmp_path_factory.mktemp("homework") / "homework"
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "make_homework.py"), "--out", str(course)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"),
-    )
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    proc = run_tool("make_homework.py", "--out", str(course), PATH=path)
     assert proc.returncode == 0, f"make_homework failed:\n{proc.stdout}\n{proc.stderr[-6000:]}"
     print(f"\nmake_homework: {time.perf_counter() - t0:.0f} s")
     for lecture, mistake in MISTAKES.items():

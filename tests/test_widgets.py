@@ -24,6 +24,15 @@ BIN = Path(sys.executable).parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def executed(cells: list) -> nbformat.NotebookNode:
+    """A notebook of ``cells`` run by nbclient in a python3 kernel, as the lectures are."""
+    nb = new_notebook(
+        cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}
+    )
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    return nb
+
+
 def draw_power(ax, p: float) -> None:
     """y = x**p on [0, 1]: one line whose data the tests can read back."""
     x = np.linspace(0.0, 1.0, 11)
@@ -113,8 +122,8 @@ def test_in_a_kernel_the_figure_is_an_image_output_that_moving_a_control_replace
         "ex = explore(draw, p=ipywidgets.FloatSlider(value=1.0, min=0.5, max=3.0, step=0.5))\n"
         "ex"
     )
-    nb = new_notebook(
-        cells=[
+    nb = executed(
+        [
             new_code_cell(setup),
             new_code_cell("first = ex.png()\nex.controls['p'].value = 2.0\nsecond = ex.png()"),
             new_code_cell("ex.controls['p'].value = 3.0"),
@@ -122,10 +131,8 @@ def test_in_a_kernel_the_figure_is_an_image_output_that_moving_a_control_replace
                 "import base64\nprint(base64.b64encode(first).decode())\n"
                 "print(base64.b64encode(second).decode())"
             ),
-        ],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}},
+        ]
     )
-    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
     outputs = nb.cells[0].outputs
     kinds = [sorted(o.get("data", {})) for o in outputs]
     assert kinds == [
@@ -152,17 +159,15 @@ def test_the_book_shows_the_figure_alone(tmp_path) -> None:
         pytest.skip("jupyter-book is not installed (pip install -e '.[book]')")
     course_config = yaml.safe_load((ROOT / "book" / "_config.yml").read_text())
     widgets_js = course_config["sphinx"]["config"]["nb_ipywidgets_js"]
-    nb = new_notebook(
-        cells=[
+    nb = executed(
+        [
             new_markdown_cell("# An exploration"),
             new_code_cell(
                 "import ipywidgets\nfrom dgmlib.widgets import explore\n\n"
                 "explore(lambda ax, p: ax.plot([0, 1], [0, p]), p=ipywidgets.FloatSlider(1.0))"
             ),
-        ],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}},
+        ]
     )
-    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
     assert "widgets" in nb.metadata  # the widget state is stored, as in the lectures
     nbformat.write(nb, tmp_path / "page.ipynb")
     config = {
