@@ -19,7 +19,6 @@ All log-densities, ELBOs and KL divergences are in nats.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -54,32 +53,6 @@ MAX_BITS = 20
 def softplus(a: Tensor) -> Tensor:
     """``log(1 + e^a)`` elementwise, exact in floating point for every ``a`` (no threshold)."""
     return torch.logaddexp(a, torch.zeros_like(a))
-
-
-def lbfgs_minimise(
-    params: list[Tensor], loss_fn: Callable[[], Tensor], max_iter: int = 500, tol: float = 1e-10
-) -> float:
-    """Minimise the scalar ``loss_fn()`` over ``params`` in place with L-BFGS (strong Wolfe line
-    search, gradient tolerance ``tol``, at most ``max_iter`` iterations); the final loss."""
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=max_iter,
-        tolerance_grad=tol,
-        tolerance_change=1e-15,
-        history_size=50,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return loss_fn().item()
 
 
 def binary_states(k: int, dtype: torch.dtype = torch.float64) -> Tensor:

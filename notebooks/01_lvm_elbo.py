@@ -67,6 +67,7 @@ from dgmlib import checks, set_threads, stats
 from dgmlib.data import load_digits
 from dgmlib.distributions import log_mean_exp, sample_mvn
 from dgmlib.models import PPCA
+from dgmlib.optim import lbfgs_minimise
 from dgmlib.plot import image_grid
 from dgmlib.widgets import choose, explore
 
@@ -1174,24 +1175,13 @@ theta = {
 }
 for p in theta.values():
     p.requires_grad_(True)
-lbfgs = torch.optim.LBFGS(
+lbfgs_minimise(
     list(theta.values()),
-    max_iter=1000,
-    tolerance_grad=1e-10,
-    tolerance_change=1e-15,
+    lambda: -log_posterior(PPCA(W=theta["W"], mu=theta["mu"], sigma2=theta["log_s2"].exp())),
+    1000,
+    1e-10,
     history_size=20,
-    line_search_fn="strong_wolfe",
 )
-
-
-def minus_log_posterior() -> torch.Tensor:
-    lbfgs.zero_grad()
-    loss = -log_posterior(PPCA(W=theta["W"], mu=theta["mu"], sigma2=theta["log_s2"].exp()))
-    loss.backward()
-    return loss
-
-
-lbfgs.step(minus_log_posterior)
 direct = PPCA(W=theta["W"].detach(), mu=theta["mu"].detach(), sigma2=theta["log_s2"].exp().detach())
 
 lam_map, U_map = torch.linalg.eigh(torch.cov(X_map.T, correction=0))
@@ -1348,22 +1338,14 @@ def lbfgs_fit(objective, seed: int) -> PPCA:
     par = [torch.randn(d, k, generator=g), torch.zeros(d), torch.zeros(())]
     for p in par:
         p.requires_grad_(True)
-    opt = torch.optim.LBFGS(
+    lbfgs_minimise(
         par,
-        max_iter=2000,
-        tolerance_grad=1e-9,
+        lambda: -objective(par[0], par[1], par[2].exp()),
+        2000,
+        1e-9,
         tolerance_change=1e-14,
         history_size=20,
-        line_search_fn="strong_wolfe",
     )
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = -objective(par[0], par[1], par[2].exp())
-        loss.backward()
-        return loss
-
-    opt.step(closure)
     return PPCA(W=par[0].detach(), mu=par[1].detach(), sigma2=par[2].exp().detach())
 
 
@@ -1431,18 +1413,12 @@ def rotated_gap(model: PPCA, seed: int) -> float:
     """The smallest mean gap over rotations W -> W R, by L-BFGS from a random rotation."""
     v = torch.randn(k * (k - 1) // 2, generator=torch.Generator().manual_seed(seed))
     v.requires_grad_(True)
-    opt_r = torch.optim.LBFGS(
-        [v], max_iter=500, tolerance_grad=1e-10, line_search_fn="strong_wolfe"
-    )
 
-    def closure() -> torch.Tensor:
-        opt_r.zero_grad()
-        g = missing_data_terms(model.W @ rotation(v), model.mu, model.sigma2, mask)[3].mean()
-        g.backward()
-        return g
+    def mean_gap() -> torch.Tensor:
+        return missing_data_terms(model.W @ rotation(v), model.mu, model.sigma2, mask)[3].mean()
 
-    opt_r.step(closure)
-    return closure().item()
+    # torch's defaults for the change tolerance and the history
+    return lbfgs_minimise([v], mean_gap, 500, 1e-10, tolerance_change=1e-9, history_size=100)
 
 
 best_rot_gap = min(rotated_gap(ml_fit, seed) for seed in range(3))

@@ -74,6 +74,7 @@ from dgmlib.data import (
 from dgmlib.distributions import LOG_2PI, kl_normal_std_normal
 from dgmlib.models import VAE, GaussianDecoder
 from dgmlib.objectives import ELBO
+from dgmlib.optim import lbfgs_minimise
 from dgmlib.plot import image_grid, plot_history
 from dgmlib.stats import fmt
 from dgmlib.train import Trainer
@@ -836,22 +837,9 @@ for seed in (9, 10):
         (0.01 * torch.randn(k_lin, 784, generator=g, dtype=torch.float64)).requires_grad_(True),
         torch.zeros(k_lin, dtype=torch.float64, requires_grad=True),
     ]
-    opt = torch.optim.LBFGS(
-        par,
-        max_iter=600,
-        tolerance_grad=1e-10,
-        tolerance_change=1e-15,
-        history_size=50,
-        line_search_fn="strong_wolfe",
+    lbfgs_minimise(
+        par, lambda par=par: linear_beta_loss(par[0], par[1] * whiten, par[2], beta_lin), 600
     )
-
-    def closure(par=par, opt=opt) -> torch.Tensor:
-        opt.zero_grad()
-        loss = linear_beta_loss(par[0], par[1] * whiten, par[2], beta_lin)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
     fits.append(torch.linalg.eigvalsh(par[0].detach().T @ par[0].detach()).flip(0))
 predicted = (lam_img[:k_lin] - beta_lin / 2).clamp_min(0)
 print(f"{'j':<26}" + " ".join(f"{j:>7d}" for j in range(1, k_lin + 1)))

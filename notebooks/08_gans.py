@@ -81,6 +81,7 @@ from dgmlib.gan import (
     ring_centres,
 )
 from dgmlib.kernels import mixture_logpdf
+from dgmlib.optim import lbfgs_minimise
 from dgmlib.stats import fmt, mean_se
 from dgmlib.widgets import explore
 
@@ -1186,22 +1187,11 @@ sigmas = torch.linspace(0.2, 4.0, 191, dtype=DT)
 def refine(div, mu0: float, sigma0: float) -> tuple[float, float]:
     """Minimise div(N(mu, sigma^2)) by L-BFGS in (mu, log sigma) from (mu0, sigma0)."""
     params = torch.tensor([mu0, math.log(sigma0)], dtype=DT, requires_grad=True)
-    lbfgs = torch.optim.LBFGS(
-        [params],
-        lr=0.5,
-        max_iter=200,
-        tolerance_grad=1e-12,
-        tolerance_change=1e-15,
-        line_search_fn="strong_wolfe",
-    )
 
-    def closure():
-        lbfgs.zero_grad()
-        value = div(normal(params[0], params[1].exp()).log_prob(xg))
-        value.backward()
-        return value
+    def divergence() -> torch.Tensor:
+        return div(normal(params[0], params[1].exp()).log_prob(xg))
 
-    lbfgs.step(closure)
+    lbfgs_minimise([params], divergence, 200, 1e-12, history_size=100, lr=0.5)
     return params[0].item(), params[1].exp().item()
 
 

@@ -75,6 +75,7 @@ from dgmlib.checks.harmonium import check_interactions
 from dgmlib.data import binarize_fixed, load_fashion_mnist
 from dgmlib.gaps import doubled_steps_change, inference_gaps
 from dgmlib.models import PPCA
+from dgmlib.optim import lbfgs_minimise
 from dgmlib.stats import fmt, mean_se
 from dgmlib.widgets import explore
 
@@ -1050,7 +1051,7 @@ def gap_by_grid(
     raw, best = kl.min(0)
     ell = torch.logit(grid[best]).requires_grad_(True)
     lj = harmonium.log_joint(log_prior, logits)
-    harmonium.lbfgs_minimise([ell], lambda: harmonium.kl_factorised(lj, ell).sum(), 300, 1e-11)
+    lbfgs_minimise([ell], lambda: harmonium.kl_factorised(lj, ell).sum(), 300, 1e-11)
     return raw, harmonium.kl_factorised(lj, ell.detach())
 
 
@@ -1117,13 +1118,9 @@ def best_encoder_gaps(gain: float) -> dict[str, float]:
     W2 = (torch.randn(32, m_z, generator=ge, dtype=DT) / math.sqrt(32)).requires_grad_(True)
     b2 = torch.zeros(m_z, dtype=DT, requires_grad=True)
     return {
-        "constant": harmonium.lbfgs_minimise(
-            [const], lambda: mean_gap(const.expand(64, m_z)), 200, 1e-10
-        ),
-        "affine": harmonium.lbfgs_minimise(
-            [A_e, b_e], lambda: mean_gap(x_states @ A_e + b_e), 500, 1e-10
-        ),
-        "MLP": harmonium.lbfgs_minimise(
+        "constant": lbfgs_minimise([const], lambda: mean_gap(const.expand(64, m_z)), 200, 1e-10),
+        "affine": lbfgs_minimise([A_e, b_e], lambda: mean_gap(x_states @ A_e + b_e), 500, 1e-10),
+        "MLP": lbfgs_minimise(
             [W1, b1, W2, b2], lambda: mean_gap(torch.tanh(x_states @ W1 + b1) @ W2 + b2), 200, 1e-10
         ),
         "lookup": (p_x * harmonium.approximation_gap(log_prior, logits)).sum().item(),
@@ -1202,11 +1199,11 @@ def condition2_size(theta: torch.Tensor) -> float:
 
 
 theta = torch.tensor([1.0, 1.5, 0.0], dtype=DT, requires_grad=True)
-harmonium.lbfgs_minimise([theta], lambda: -log_lik(theta), 500, 1e-11)
+lbfgs_minimise([theta], lambda: -log_lik(theta), 500, 1e-11)
 theta_ml = theta.detach().clone()
 ell = harmonium.best_factorised_logits(harmonium.log_joint(uniform_prior, two_causes(theta_ml)))
 theta, ell = theta_ml.clone().requires_grad_(True), ell.requires_grad_(True)
-elbo_star = -harmonium.lbfgs_minimise(
+elbo_star = -lbfgs_minimise(
     [theta, ell],
     lambda: -(p_d * harmonium.elbo(uniform_prior, two_causes(theta), ell)).sum(),
     1000,
@@ -1221,7 +1218,7 @@ def one_cause() -> torch.Tensor:
     return -log_lik(torch.cat([torch.zeros(1, dtype=DT), w_b]))
 
 
-ll_consistent = -harmonium.lbfgs_minimise([w_b], one_cause, 500, 1e-11)
+ll_consistent = -lbfgs_minimise([w_b], one_cause, 500, 1e-11)
 
 print(f"data: theta_d = (w1, w2, b) = (2, 3, -2.5), -H(p_d) = {fmt(-entropy, 6)} nats")
 for name, th in {"maximum likelihood": theta_ml, "ELBO optimum": theta_elbo}.items():

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from dgmlib import harmonium
+from dgmlib.optim import lbfgs_minimise
 
 DT = torch.float64
 
@@ -73,7 +74,7 @@ def elbo_optimum(p_d: torch.Tensor, start: torch.Tensor) -> tuple[float, torch.T
     theta = start.clone().requires_grad_(True)
     lj = harmonium.log_joint(UNIFORM2, two_cause_logits(start))
     ell = harmonium.best_factorised_logits(lj).requires_grad_(True)
-    value = -harmonium.lbfgs_minimise(
+    value = -lbfgs_minimise(
         [theta, ell],
         lambda: -(p_d * harmonium.elbo(UNIFORM2, two_cause_logits(theta), ell)).sum(),
         max_iter=1500,
@@ -84,7 +85,7 @@ def elbo_optimum(p_d: torch.Tensor, start: torch.Tensor) -> tuple[float, torch.T
 def consistent_ml(p_d: torch.Tensor) -> float:
     """max of E_pd log p(x) over the consistent set w1 = 0, no encoder."""
     wb = torch.tensor([1.0, 0.0], dtype=DT, requires_grad=True)
-    return -harmonium.lbfgs_minimise(
+    return -lbfgs_minimise(
         [wb],
         lambda: (
             -(
@@ -143,12 +144,10 @@ def encoder_gaps(log_prior: torch.Tensor, logits: torch.Tensor) -> tuple[float, 
     W2 = (torch.randn(64, 3, generator=gm, dtype=DT) / 8).requires_grad_(True)
     b1 = torch.zeros(64, dtype=DT, requires_grad=True)
     b2 = torch.zeros(3, dtype=DT, requires_grad=True)
-    mlp = harmonium.lbfgs_minimise(
-        [W1, b1, W2, b2], lambda: mean_gap(torch.tanh(x @ W1 + b1) @ W2 + b2), 200
-    )
+    mlp = lbfgs_minimise([W1, b1, W2, b2], lambda: mean_gap(torch.tanh(x @ W1 + b1) @ W2 + b2), 200)
     A = torch.zeros(5, 3, dtype=DT, requires_grad=True)
     b = torch.zeros(3, dtype=DT, requires_grad=True)
-    return floor, mlp, harmonium.lbfgs_minimise([A, b], lambda: mean_gap(x @ A + b))
+    return floor, mlp, lbfgs_minimise([A, b], lambda: mean_gap(x @ A + b))
 
 
 def test_a_bigger_encoder_only_reaches_the_lookup_floor():
