@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.distributions import MultivariateNormal
+from torch.distributions import MultivariateNormal, Normal
 
 from dgmlib.validation import check_int, check_tensor
 
@@ -37,6 +37,7 @@ __all__ = [
     "bottom_up_factors",
     "elbo_terms",
     "q_joint",
+    "sampled_terms",
     "top_down_factors",
 ]
 
@@ -343,3 +344,22 @@ def elbo_terms(chain: LinearGaussianChain, x: Tensor, q: BottomUpQ | TopDownQ) -
         "kl_z2": kl_z2,
         "elbo": log_px_z - kl_z1 - kl_z2,
     }
+
+
+def sampled_terms(
+    chain: LinearGaussianChain, x: Tensor, q: BottomUpQ | TopDownQ, z2: Tensor, z1: Tensor
+) -> dict[str, Tensor]:
+    """The integrands of :func:`elbo_terms` at samples ``z2 [n, N, k2]``, ``z1 [n, N, k1]`` of
+    ``q`` given ``x [N, d]``: ``log_px_z = log p(x|z1)``, ``kl_z1 = log q(z1|.) - log p(z1|z2)``
+    and ``kl_z2 = log q(z2|.) - log p(z2)``, each ``[n, N]`` nats, densities from
+    ``torch.distributions`` (their means over the samples estimate the closed forms)."""
+    lpx = MultivariateNormal(z1 @ chain.B.T + chain.b, chain.S0).log_prob(x)
+    lp1 = MultivariateNormal(z2 @ chain.A.T + chain.a, chain.S1).log_prob(z1)
+    lp2 = Normal(0.0, 1.0).log_prob(z2).sum(-1)
+    if isinstance(q, BottomUpQ):
+        lq1 = MultivariateNormal(q.m1, q.P1).log_prob(z1)
+        lq2 = MultivariateNormal(z1 @ q.C.T + q.c, q.P2).log_prob(z2)
+    else:
+        lq2 = MultivariateNormal(q.m2, q.P2).log_prob(z2)
+        lq1 = MultivariateNormal(z2 @ q.D.T + q.d, q.P1).log_prob(z1)
+    return {"log_px_z": lpx, "kl_z1": lq1 - lp1, "kl_z2": lq2 - lp2}

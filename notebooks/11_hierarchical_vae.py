@@ -63,7 +63,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torch.distributions import Bernoulli, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import Bernoulli, MultivariateNormal, kl_divergence
 
 import dgmlib
 from dgmlib import pretrained
@@ -76,6 +76,7 @@ from dgmlib.linear_gaussian import (
     bottom_up_factors,
     elbo_terms,
     q_joint,
+    sampled_terms,
     top_down_factors,
 )
 from dgmlib.models.binary_hierarchy import (
@@ -295,17 +296,7 @@ def mc_terms(q, x, n, generator):
     qj = q_joint(q)  # the Gaussian of (z2, z1) under q, one covariance for all x
     eps = torch.randn(n, *qj.loc.shape, generator=generator, dtype=DT)
     z = qj.loc + eps @ torch.linalg.cholesky(qj.covariance_matrix[0]).T  # [n, N, k2 + k1]
-    z2, z1 = z[..., :k2], z[..., k2:]
-    lpx = MultivariateNormal(z1 @ chain.B.T + chain.b, chain.S0).log_prob(x)
-    lp1 = MultivariateNormal(z2 @ chain.A.T + chain.a, chain.S1).log_prob(z1)
-    lp2 = Normal(0.0, 1.0).log_prob(z2).sum(-1)
-    if isinstance(q, BottomUpQ):
-        lq1 = MultivariateNormal(q.m1, q.P1).log_prob(z1)
-        lq2 = MultivariateNormal(z1 @ q.C.T + q.c, q.P2).log_prob(z2)
-    else:
-        lq2 = MultivariateNormal(q.m2, q.P2).log_prob(z2)
-        lq1 = MultivariateNormal(z2 @ q.D.T + q.d, q.P1).log_prob(z1)
-    s = {"log_px_z": lpx, "kl_z1": lq1 - lp1, "kl_z2": lq2 - lp2}
+    s = sampled_terms(chain, x, q, z[..., :k2], z[..., k2:])  # torch.distributions densities
     return {k: (v.mean(0), v.std(0) / math.sqrt(n)) for k, v in s.items()}
 
 

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Bernoulli, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from dgmlib.experiment import build, load_model_file, save_model
 from dgmlib.kl_control import linear_warmup, scheduled
@@ -20,6 +20,7 @@ from dgmlib.linear_gaussian import (
     bottom_up_factors,
     elbo_terms,
     q_joint,
+    sampled_terms,
     top_down_factors,
 )
 from dgmlib.models.binary_hierarchy import (
@@ -137,17 +138,7 @@ def test_each_elbo_term_matches_monte_carlo(chain, split):
     t = elbo_terms(chain, x, q)
     n = 100_000
     z = q_joint(q).sample(torch.Size([n]))  # [n, N, 4]
-    z2, z1 = z[..., :2], z[..., 2:]
-    lpx = MultivariateNormal(z1 @ chain.B.T + chain.b, chain.S0).log_prob(x)
-    lp1 = MultivariateNormal(z2 @ chain.A.T + chain.a, chain.S1).log_prob(z1)
-    lp2 = Normal(0.0, 1.0).log_prob(z2).sum(-1)
-    if isinstance(q, BottomUpQ):
-        lq1 = MultivariateNormal(q.m1, q.P1).log_prob(z1)
-        lq2 = MultivariateNormal(z1 @ q.C.T + q.c, q.P2).log_prob(z2)
-    else:
-        lq2 = MultivariateNormal(q.m2, q.P2).log_prob(z2)
-        lq1 = MultivariateNormal(z2 @ q.D.T + q.d, q.P1).log_prob(z1)
-    samples = {"log_px_z": lpx, "kl_z1": lq1 - lp1, "kl_z2": lq2 - lp2}
+    samples = sampled_terms(chain, x, q, z[..., :2], z[..., 2:])
     for key, s in samples.items():
         se = s.std(0) / math.sqrt(n)
         assert ((s.mean(0) - t[key]).abs() <= 5 * se).all(), key
