@@ -507,12 +507,14 @@ assert set(y_hard.detach().tolist()) == {0.0, 1.0} and torch.equal(grad_hard, gr
 logits3 = torch.tensor([1.0, 0.0, -0.5], dtype=DT)
 g3 = -torch.log(-torch.log(torch.rand(1500, 3, generator=g, dtype=DT)))
 corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
-fig, axes = plt.subplots(1, 4, figsize=(13, 3.4))
-for ax, tau in zip(axes, [0.1, 0.5, 1.0, 5.0], strict=True):
-    y3 = torch.softmax((logits3 + g3) / tau, -1).numpy()
+
+
+def draw_simplex(ax, y3: np.ndarray, title: str) -> None:
+    """Points y3 [n, 3] of the simplex as a triangle (barycentric coordinates), coloured by
+    their arg-max."""
     xy = y3 @ corners  # barycentric coordinates -> the plane
     ax.plot(*np.vstack([corners, corners[:1]]).T, color="0.3", lw=1)
-    ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.4, c=y3.argmax(1), cmap="viridis")
+    ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.4, c=y3.argmax(1), cmap="viridis", vmin=0, vmax=2)
     for k, (cx, cy) in enumerate(corners):
         ax.annotate(
             f"c = {k + 1}",
@@ -522,11 +524,13 @@ for ax, tau in zip(axes, [0.1, 0.5, 1.0, 5.0], strict=True):
             xytext=(0, -4 if cy == 0 else 4),
             textcoords="offset points",
         )
-    ax.set_title(f"tau = {tau}")
-    ax.set_xlim(-0.15, 1.15)
-    ax.set_ylim(-0.15, 1.0)
-    ax.set_aspect("equal")
+    ax.set(xlim=(-0.15, 1.15), ylim=(-0.15, 1.0), aspect="equal", title=title)
     ax.set_axis_off()
+
+
+fig, axes = plt.subplots(1, 4, figsize=(13, 3.4))
+for ax, tau in zip(axes, [0.1, 0.5, 1.0, 5.0], strict=True):
+    draw_simplex(ax, torch.softmax((logits3 + g3) / tau, -1).numpy(), f"tau = {tau}")
 fig.suptitle(
     "Gumbel-softmax samples on the 3-category simplex, p = "
     + ", ".join(f"{v:.2f}" for v in torch.softmax(logits3, 0))
@@ -546,28 +550,12 @@ plt.show()
 # %%
 pi3 = torch.softmax(logits3, 0).numpy()
 g3_explore = sample_gumbel((1500, 3), torch.Generator().manual_seed(30), DT)  # fixed noise
-edges = np.vstack([corners, corners[:1]])
 
 
 def draw_temperature(axes: np.ndarray, tau: float) -> None:
     """Relaxed samples at temperature tau on the simplex, and their mean coordinates."""
     y3 = torch.softmax((logits3 + g3_explore) / tau, -1).numpy()
-    xy = y3 @ corners
-    ax = axes[0]
-    ax.plot(*edges.T, color="0.3", lw=1)
-    ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.4, c=y3.argmax(1), cmap="viridis", vmin=0, vmax=2)
-    for k, (cx, cy) in enumerate(corners):
-        ax.annotate(
-            f"c = {k + 1}",
-            (cx, cy),
-            ha="center",
-            va="top" if cy == 0 else "bottom",
-            xytext=(0, -4 if cy == 0 else 4),
-            textcoords="offset points",
-        )
-    ax.set(xlim=(-0.15, 1.15), ylim=(-0.15, 1.0), aspect="equal")
-    ax.set_axis_off()
-    ax.set_title(f"relaxed samples, tau = {tau:.2f}")
+    draw_simplex(axes[0], y3, f"relaxed samples, tau = {tau:.2f}")
     ks = np.arange(3)
     axes[1].bar(ks - 0.2, pi3, width=0.4, color="0.7", label="π_k (the categorical)")
     axes[1].bar(ks + 0.2, y3.mean(0), width=0.4, color="C0", label="E y_k (relaxed)")
