@@ -11,18 +11,9 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
+from dgmlib import linear_gaussian as lg
 from dgmlib.experiment import build, load_model_file, save_model
 from dgmlib.kl_control import linear_warmup, scheduled
-from dgmlib.linear_gaussian import (
-    BottomUpQ,
-    LinearGaussianChain,
-    TopDownQ,
-    bottom_up_factors,
-    elbo_terms,
-    q_joint,
-    sampled_terms,
-    top_down_factors,
-)
 from dgmlib.models.binary_hierarchy import (
     BinaryHierarchyVAE,
     bernoulli_kl,
@@ -52,11 +43,11 @@ DT = torch.float64
 
 
 @pytest.fixture
-def chain() -> LinearGaussianChain:
-    return LinearGaussianChain.random(2, 3, 5, torch.Generator().manual_seed(0))
+def chain() -> lg.LinearGaussianChain:
+    return lg.LinearGaussianChain.random(2, 3, 5, torch.Generator().manual_seed(0))
 
 
-def x_points(chain: LinearGaussianChain, n: int = 4, seed: int = 1) -> torch.Tensor:
+def x_points(chain: lg.LinearGaussianChain, n: int = 4, seed: int = 1) -> torch.Tensor:
     return chain.sample(n, torch.Generator().manual_seed(seed))[2]
 
 
@@ -91,66 +82,66 @@ def test_bayes_rule_holds_at_random_latents(chain):
 def test_markov_property_and_ladder_route_give_the_exact_factors(chain):
     x = x_points(chain)
     post = chain.posterior(x)
-    bu = bottom_up_factors(post, 2)
+    bu = lg.bottom_up_factors(post, 2)
     C, c, P = chain.z2_given_z1()
     torch.testing.assert_close(bu.C, C, rtol=0, atol=1e-10)
     torch.testing.assert_close(bu.c, c.expand_as(bu.c), rtol=0, atol=1e-10)
     torch.testing.assert_close(bu.P2, P, rtol=0, atol=1e-10)
-    td = top_down_factors(post, 2)
+    td = lg.top_down_factors(post, 2)
     for a, b in zip(chain.ladder_posterior(x), td, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
 def test_factors_and_q_joint_round_trip(chain):
     post = chain.posterior(x_points(chain))
-    for split in (bottom_up_factors, top_down_factors):
+    for split in (lg.bottom_up_factors, lg.top_down_factors):
         q = split(post, 2)
-        j = q_joint(q)
+        j = lg.q_joint(q)
         torch.testing.assert_close(j.loc, post.loc, rtol=0, atol=1e-10)
         torch.testing.assert_close(j.covariance_matrix, post.covariance_matrix, rtol=0, atol=1e-10)
 
 
 def perturbed(q):
-    if isinstance(q, BottomUpQ):
-        return BottomUpQ(q.m1 + 0.3, 1.5 * q.P1, 0.8 * q.C, q.c - 0.2, 0.6 * q.P2)
-    return TopDownQ(q.m2 - 0.2, 0.7 * q.P2, 1.2 * q.D, q.d + 0.1, 1.3 * q.P1)
+    if isinstance(q, lg.BottomUpQ):
+        return lg.BottomUpQ(q.m1 + 0.3, 1.5 * q.P1, 0.8 * q.C, q.c - 0.2, 0.6 * q.P2)
+    return lg.TopDownQ(q.m2 - 0.2, 0.7 * q.P2, 1.2 * q.D, q.d + 0.1, 1.3 * q.P1)
 
 
-@pytest.mark.parametrize("split", [bottom_up_factors, top_down_factors])
+@pytest.mark.parametrize("split", [lg.bottom_up_factors, lg.top_down_factors])
 def test_elbo_terms_equal_log_p_minus_the_kl_to_the_posterior(chain, split):
     x = x_points(chain)
     post = chain.posterior(x)
-    exact = elbo_terms(chain, x, split(post, 2))
+    exact = lg.elbo_terms(chain, x, split(post, 2))
     torch.testing.assert_close(exact["elbo"], chain.log_prob(x), rtol=0, atol=1e-9)
     q = perturbed(split(post, 2))
-    t = elbo_terms(chain, x, q)
-    gap = kl_divergence(q_joint(q), post)
+    t = lg.elbo_terms(chain, x, q)
+    gap = kl_divergence(lg.q_joint(q), post)
     assert (gap > 0.01).all()
     torch.testing.assert_close(t["elbo"], chain.log_prob(x) - gap, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("split", [bottom_up_factors, top_down_factors])
+@pytest.mark.parametrize("split", [lg.bottom_up_factors, lg.top_down_factors])
 def test_each_elbo_term_matches_monte_carlo(chain, split):
     """Every per-layer term against its sample mean under q (torch.distributions densities),
     within 5 standard errors."""
     x = x_points(chain, n=2)
     q = perturbed(split(chain.posterior(x), 2))
-    t = elbo_terms(chain, x, q)
+    t = lg.elbo_terms(chain, x, q)
     n = 100_000
-    z = q_joint(q).sample(torch.Size([n]))  # [n, N, 4]
-    samples = sampled_terms(chain, x, q, z[..., :2], z[..., 2:])
+    z = lg.q_joint(q).sample(torch.Size([n]))  # [n, N, 4]
+    samples = lg.sampled_terms(chain, x, q, z[..., :2], z[..., 2:])
     for key, s in samples.items():
         se = s.std(0) / math.sqrt(n)
         assert ((s.mean(0) - t[key]).abs() <= 5 * se).all(), key
 
 
 def test_bottom_up_z1_term_can_be_negative_and_top_down_terms_cannot():
-    chain = LinearGaussianChain.random(2, 3, 5, torch.Generator().manual_seed(0), noise1=0.1)
+    chain = lg.LinearGaussianChain.random(2, 3, 5, torch.Generator().manual_seed(0), noise1=0.1)
     x = x_points(chain, n=50)
     post = chain.posterior(x)
     bu, td = (
-        elbo_terms(chain, x, bottom_up_factors(post, 2)),
-        elbo_terms(chain, x, top_down_factors(post, 2)),
+        lg.elbo_terms(chain, x, lg.bottom_up_factors(post, 2)),
+        lg.elbo_terms(chain, x, lg.top_down_factors(post, 2)),
     )
     assert (bu["kl_z1"] < 0).any()
     assert (td["kl_z1"] > 0).all() and (td["kl_z2"] > 0).all()
@@ -161,10 +152,10 @@ def test_linear_gaussian_errors(chain):
     with pytest.raises(ValueError, match="x must have shape \\[N, 5\\]"):
         chain.log_prob(torch.zeros(3, 4, dtype=DT))
     with pytest.raises(ValueError, match="S1 must have shape"):
-        LinearGaussianChain(chain.A, chain.a, chain.S0, chain.B, chain.b, chain.S0)
+        lg.LinearGaussianChain(chain.A, chain.a, chain.S0, chain.B, chain.b, chain.S0)
     with pytest.raises(TypeError, match="BottomUpQ or a TopDownQ"):
-        elbo_terms(chain, x_points(chain), (1, 2))
-    assert isinstance(top_down_factors(chain.posterior(x_points(chain)), 2), TopDownQ)
+        lg.elbo_terms(chain, x_points(chain), (1, 2))
+    assert isinstance(lg.top_down_factors(chain.posterior(x_points(chain)), 2), lg.TopDownQ)
 
 
 # ---------------------------------------------------------------------------------------------
