@@ -69,6 +69,21 @@ def image_grid(
     return ax
 
 
+def image_rows(
+    rows: Sequence[tuple[torch.Tensor | np.ndarray, str]],
+    nrow: int,
+    figsize: tuple[float, float],
+) -> plt.Figure:
+    """A figure of one :func:`image_grid` per ``(images, title)`` of ``rows``, stacked top to
+    bottom, ``nrow`` images per grid row."""
+    if not rows:
+        raise ValueError("image_rows: rows must hold at least one (images, title) pair")
+    fig, axes = plt.subplots(len(rows), 1, figsize=figsize, squeeze=False)
+    for ax, (images, title) in zip(axes[:, 0], rows, strict=True):
+        image_grid(images, nrow=nrow, ax=ax, title=title)
+    return fig
+
+
 def plot_history(
     history: Mapping[str, Sequence[float]],
     keys: Sequence[str] | None = None,

@@ -75,7 +75,7 @@ from dgmlib.distributions import LOG_2PI, kl_normal_std_normal
 from dgmlib.models import VAE, GaussianDecoder
 from dgmlib.objectives import ELBO
 from dgmlib.optim import lbfgs_minimise
-from dgmlib.plot import image_grid, plot_history
+from dgmlib.plot import image_grid, image_rows, plot_history
 from dgmlib.stats import fmt
 from dgmlib.train import Trainer
 from dgmlib.widgets import explore
@@ -1071,25 +1071,18 @@ plt.show()
 # %%
 g_samples = torch.Generator().manual_seed(4)
 z_prior = torch.randn(20, 20, generator=g_samples)
-fig, axes = plt.subplots(3, 1, figsize=(10, 2.9))
-image_grid(
-    models["z20"].decoder.mean(z_prior)[:, 0],
-    nrow=20,
-    ax=axes[0],
-    title="Z = 20: pixel probabilities for z from the prior",
-)
-image_grid(
-    models["z2"].sample(20, generator=g_samples, mean=True)[:, 0],
-    nrow=20,
-    ax=axes[1],
-    title="Z = 2: pixel probabilities for z from the prior",
-)
-image_grid(
-    models["z20"].decoder.sample(z_prior, generator=g_samples)[:, 0],
-    nrow=20,
-    ax=axes[2],
-    title="Z = 20: binary samples of p(x | z), same z as the first row",
-)
+prior_rows = [  # made in this order: the last two draw from g_samples
+    (models["z20"].decoder.mean(z_prior)[:, 0], "Z = 20: pixel probabilities for z from the prior"),
+    (
+        models["z2"].sample(20, generator=g_samples, mean=True)[:, 0],
+        "Z = 2: pixel probabilities for z from the prior",
+    ),
+    (
+        models["z20"].decoder.sample(z_prior, generator=g_samples)[:, 0],
+        "Z = 20: binary samples of p(x | z), same z as the first row",
+    ),
+]
+image_rows(prior_rows, nrow=20, figsize=(10, 2.9))
 plt.show()
 
 # %% [markdown]
@@ -1196,19 +1189,17 @@ explore(
 with torch.no_grad():
     mu20 = models["z20"].encode(x_test)[0]
 path20 = (1 - t_interp) * mu20[pair[0]] + t_interp * mu20[pair[1]]
-fig, axes = plt.subplots(2, 1, figsize=(10, 2.8))
-image_grid(
-    models["z20"].decoder.mean(path20)[:, 0],
-    nrow=10,
-    ax=axes[0],
-    title="Z = 20: decoded points on the segment between two encoder means",
-)
-image_grid(
-    models["z2"].decoder.mean(path2)[:, 0],
-    nrow=10,
-    ax=axes[1],
-    title="Z = 2: the same, along the black path of the latent map",
-)
+path_rows = [
+    (
+        models["z20"].decoder.mean(path20)[:, 0],
+        "Z = 20: decoded points on the segment between two encoder means",
+    ),
+    (
+        models["z2"].decoder.mean(path2)[:, 0],
+        "Z = 2: the same, along the black path of the latent map",
+    ),
+]
+image_rows(path_rows, nrow=10, figsize=(10, 2.8))
 plt.show()
 
 # %% [markdown]
