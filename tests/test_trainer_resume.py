@@ -27,7 +27,7 @@ def batches(epoch: int) -> list[torch.Tensor]:
 
 
 def record(trainer: Trainer) -> None:
-    trainer.state.setdefault("weight_sums", []).append(float(trainer.model.weight.sum()))
+    trainer.state.setdefault("weight_sums", []).append(float(trainer.model.weight.detach().sum()))
 
 
 def run(epochs: int, checkpoint=None) -> Trainer:
