@@ -201,6 +201,11 @@ def test_bibliography_page(visit: Visit, site: str) -> None:
 def test_lecture_page(visit: Visit, site: str, lecture: str, tmp_path: Path) -> None:
     assert visit.goto(f"{site}notebooks/{lecture}.html") == 200
     check_page(visit, expect_math=True)
+    # the exploration shows as its figure at the default: no widget placeholder, error, or the
+    # text that stands in for the controls in a notebook
+    text = visit.page.locator(MAIN).inner_text()
+    for words in ("Loading widget", "Error displaying widget", "run the cell to use them"):
+        assert words not in text, f"{lecture}: {words!r} on the page"
     # citations in the lecture link to the bibliography page
     for href in visit.page.eval_on_selector_all(
         f'{MAIN} a[href*="bibliography.html#"]', "els => els.map(e => e.getAttribute('href'))"
