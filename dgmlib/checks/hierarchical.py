@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal, kl_divergence
 
-from dgmlib.checks.common import as_float64, call_student, compare, fail, passed
+from dgmlib.checks.common import as_float64, call_student, compare, fail, matches, passed
 
 __all__ = ["check_backward_message", "check_ladder_merge", "check_topdown_kls"]
 
@@ -30,23 +30,13 @@ Mistakes = Sequence[tuple[str, Callable[..., Any]]]
 def _diagnose(got: Any, args: tuple, mistakes: Mistakes, default: str) -> str:
     """The descriptions of the typical mistakes whose results match ``got`` (joined by "or":
     on a simple case two mistakes can give the same numbers), else ``default``."""
-    try:
-        got_t = [as_float64("", "", g) for g in (got if isinstance(got, (tuple, list)) else [got])]
-    except AssertionError:  # not a tensor: the comparison itself will say so
-        return default
     matched = []
     for text, wrong in mistakes:
         try:
-            w = wrong(*args)
+            value = wrong(*args)
         except Exception:  # a mistake that cannot even be evaluated on this case
             continue
-        w_t = list(w) if isinstance(w, tuple) else [w]
-        if isinstance(w, tuple) != isinstance(got, (tuple, list)) or len(w_t) != len(got_t):
-            continue
-        if all(
-            g.shape == e.shape and torch.allclose(g, e.to(DT), rtol=RTOL, atol=ATOL)
-            for g, e in zip(got_t, w_t, strict=True)
-        ):
+        if matches(got, value, RTOL, ATOL):
             matched.append(text)
     if matched:
         return f"your result is what {' or '.join(matched)} gives. {default}"
