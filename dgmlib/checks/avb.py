@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from dgmlib.avb import JointDiscriminator, avb_losses
-from dgmlib.checks.common import as_float64, call_student, compare, fail, passed
+from dgmlib.checks.common import as_float64, call_student, compare, fail, passed, seeded_build
 from dgmlib.density_ratio import gaussian_log_ratio_coefficients
 from dgmlib.models.vae import BernoulliDecoder
-
-M = TypeVar("M", bound=nn.Module)
 
 __all__ = ["check_avb_losses", "check_kl_from_discriminator"]
 
@@ -104,16 +101,6 @@ def check_kl_from_discriminator(fn: Callable[[Tensor], Tensor]) -> None:
     passed(check, len(cases))
 
 
-def _seeded(g: torch.Generator, build: Callable[[], M]) -> M:
-    """``build()`` with torch's global generator seeded from ``g``, then restored."""
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
-        return build().to(DT)
-    finally:
-        torch.random.set_rng_state(state)
-
-
 def _grads(loss: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
     """Gradients of ``loss`` (zeros where it does not depend on an input)."""
     got = torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=True)
@@ -134,8 +121,10 @@ def check_avb_losses(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
     the logistic loss ``softplus(-T(x, z)) + softplus(T(x, z_prior))`` with ``z`` detached."""
     check = "check_avb_losses"
     g = torch.Generator().manual_seed(32)
-    decoder = _seeded(g, lambda: BernoulliDecoder(z_dim=2, hidden=8, x_shape=4, n_hidden_layers=1))
-    disc = _seeded(g, lambda: JointDiscriminator(x_dim=4, z_dim=2, hidden=8))
+    decoder = seeded_build(
+        g, lambda: BernoulliDecoder(z_dim=2, hidden=8, x_shape=4, n_hidden_layers=1)
+    )
+    disc = seeded_build(g, lambda: JointDiscriminator(x_dim=4, z_dim=2, hidden=8))
     x = torch.eye(4, dtype=DT)[torch.randint(0, 4, (16,), generator=g)]
     z0 = torch.randn(16, 2, generator=g, dtype=DT) * 0.5 + x[:, :2]
     z_prior = torch.randn(16, 2, generator=g, dtype=DT)

@@ -8,11 +8,13 @@ Success is the single line ``"{check}: all {n} cases pass."``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+M = TypeVar("M", bound=nn.Module)
 
 #: How many values of a tensor a message shows before it abbreviates.
 SHOWN = 6
@@ -129,6 +131,17 @@ def compare_cases(
     ``expected``; ``options`` are the rest of compare's keywords (``rtol``, ``atol``, ``what``)."""
     for case, args, expected, hint in cases:
         compare(check, case, call_student(check, case, fn, *args), expected, hint=hint, **options)
+
+
+def seeded_build(g: torch.Generator, build: Callable[[], M]) -> M:
+    """``build()`` (a module, returned in float64) with torch's global generator seeded from
+    ``g``, then restored: a check's random weights without touching the learner's random state."""
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
+        return build().to(torch.float64)
+    finally:
+        torch.random.set_rng_state(state)
 
 
 def matches(

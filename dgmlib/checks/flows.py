@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dgmlib.checks.common import as_float64, call_student, compare, fail, passed
+from dgmlib.checks.common import as_float64, call_student, compare, fail, passed, seeded_build
 from dgmlib.ode import divergence_exact, divergence_hutchinson
 
 __all__ = ["check_adjoint_dynamics", "check_hutchinson_divergence"]
@@ -192,21 +192,8 @@ def check_adjoint_dynamics(
 # Hutchinson's estimate eps^T (df/dz) eps of the divergence
 
 
-M = TypeVar("M", bound=nn.Module)
-
-
-def _seeded(g: torch.Generator, build: Callable[[], M]) -> M:
-    """``build()`` with torch's global generator seeded from ``g``, then restored."""
-    torch_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
-        return build().to(DT)
-    finally:
-        torch.random.set_rng_state(torch_state)
-
-
 def _net(g: torch.Generator, d: int) -> nn.Module:
-    return _seeded(g, lambda: nn.Sequential(nn.Linear(d, 7), nn.Tanh(), nn.Linear(7, d)))
+    return seeded_build(g, lambda: nn.Sequential(nn.Linear(d, 7), nn.Tanh(), nn.Linear(7, d)))
 
 
 def _hutchinson_mistakes(dz: Tensor, z: Tensor, eps: Tensor) -> list[tuple[Tensor, str]]:
@@ -276,7 +263,7 @@ def check_hutchinson_divergence(fn: Callable[[Tensor, Tensor, Tensor], Any]) -> 
 
     case = "linear f = A z: eps^T A eps"
     A = torch.tensor([[0.5, 2.0], [-1.0, 0.3]], dtype=DT)
-    lin = _seeded(g, lambda: nn.Linear(2, 2, bias=False))
+    lin = seeded_build(g, lambda: nn.Linear(2, 2, bias=False))
     with torch.no_grad():
         lin.weight.copy_(A)
     eps = torch.tensor([[1.0, -1.0], [0.5, 2.0]], dtype=DT)
