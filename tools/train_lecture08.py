@@ -479,7 +479,7 @@ def run_collapse_part(
                 meta = {"command": COMMAND, "steps": steps, "method": method, "seed": seed}
                 row["checkpoint"] = path.name
                 row["sha256"] = experiment.save_model(path, gen, name=name, **meta)
-                row["n_params"] = sum(p.numel() for p in gen.parameters())
+                row["n_params"] = experiment.n_params(gen)
             row["train_seconds"] = round(time.perf_counter() - t0)
             row.update({"test": coverage(gen, z_eval), "curves": curves, "log": log})
             models[name] = row
@@ -501,17 +501,12 @@ def run_main_part(out: Path, quick: bool, device: torch.device) -> tuple[dict, d
     t0 = time.perf_counter()
     disc, curve = train_disc1d(d1_steps, device=device)
     path = out / "l08_disc1d.safetensors"
+    digest = experiment.save_model(path, disc, name="disc1d", command=COMMAND, steps=d1_steps)
+    seconds = round(time.perf_counter() - t0)
     models: dict = {
-        "disc1d": {
-            "checkpoint": path.name,
-            "sha256": experiment.save_model(
-                path, disc, name="disc1d", command=COMMAND, steps=d1_steps
-            ),
-            "n_params": sum(p.numel() for p in disc.parameters()),
-            "train_seconds": round(time.perf_counter() - t0),
-            "test": evaluate_disc1d(disc),
-            "curves": curve,
-        }
+        "disc1d": experiment.model_entry(
+            path, digest, disc, seconds, test=evaluate_disc1d(disc), curves=curve
+        )
     }
     print(f"[disc1d] {models['disc1d']['test']}", flush=True)
 
@@ -527,7 +522,7 @@ def run_main_part(out: Path, quick: bool, device: torch.device) -> tuple[dict, d
                 meta = {"command": COMMAND, "steps": gan_steps, "loss": kind, "seed": seed}
                 row["checkpoint"] = path.name
                 row["sha256"] = experiment.save_model(path, gan, name=f"gan_{kind}", **meta)
-                row["n_params"] = sum(p.numel() for p in gan.parameters())
+                row["n_params"] = experiment.n_params(gan)
             row["train_seconds"] = round(time.perf_counter() - t0)
             row.update({"test": coverage(gan.generator, z_eval), "curves": curves, "log": log})
             models[f"gan_{kind}_s{seed}"] = row
